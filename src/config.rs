@@ -1,0 +1,428 @@
+//! One `Config` for the whole server, built once at start-up.
+//!
+//! Every setting has one name in three spellings: TOML key `max_connections`,
+//! flag `--max-connections`, environment `WS_URING_MAX_CONNECTIONS`.
+//! Precedence: flags > environment > TOML file > built-in defaults.
+//! Values are validated once, here; an invalid value is an error that names
+//! the key and where it came from, never a silent fallback.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use argh::FromArgs;
+use serde::Deserialize;
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Default => "default",
+            Source::File => "config file",
+            Source::Env => "environment",
+            Source::Flag => "command line",
+        })
+    }
+}
+
+/// A configuration error a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Source,
+        reason: String,
+    },
+}
+
+/// Declares every setting once and generates the flag struct, the TOML
+/// struct, the resolved `Config` and the environment reader from it, so the
+/// three spellings can never drift apart.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr; )*) => {
+        /// ws-uring: a thread-per-core io_uring WebSocket message server.
+        #[derive(FromArgs, Debug, Default)]
+        pub struct Flags {
+            /// TOML config file (keys as documented in ws-uring.example.toml)
+            #[argh(option)]
+            pub config: Option<PathBuf>,
+            /// plain echo mode: every message on the WebSocket path is echoed
+            /// verbatim and no `welcome` is sent (for conformance suites and
+            /// peer comparisons)
+            #[argh(switch)]
+            pub echo: bool,
+            /// print the version and exit
+            #[argh(switch)]
+            pub version: bool,
+            $(
+                $(#[doc = $doc])*
+                #[argh(option)]
+                pub $name: Option<String>,
+            )*
+        }
+
+        /// The settings as a TOML file may spell them; unknown keys are errors.
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields)]
+        struct FileSettings {
+            $( $name: Option<toml::Value>, )*
+        }
+
+        /// The resolved configuration every part of the server reads.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            /// `--echo`: plain echo mode.
+            pub echo: bool,
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Config {
+            /// Built-in defaults (shards = the cores available).
+            pub fn defaults() -> Config {
+                Config { echo: false, $( $name: $default, )* }
+            }
+
+            /// Resolves flags > env > file > defaults and validates the result.
+            pub fn resolve(flags: &Flags, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+                let mut config = Config::defaults();
+                let mut sources: HashMap<&'static str, Source> = HashMap::new();
+                config.echo = flags.echo || env_bool(env, "ECHO")?;
+                let file = match &flags.config {
+                    Some(path) => read_file(path)?,
+                    None => FileSettings::default(),
+                };
+                $(
+                    if let Some(value) = &file.$name {
+                        config.$name = from_toml(stringify!($name), value)?;
+                        sources.insert(stringify!($name), Source::File);
+                    }
+                    if let Some(value) = env.get(&env_name(stringify!($name))) {
+                        config.$name = parse_value(stringify!($name), value, Source::Env)?;
+                        sources.insert(stringify!($name), Source::Env);
+                    }
+                    if let Some(value) = &flags.$name {
+                        config.$name = parse_value(stringify!($name), value, Source::Flag)?;
+                        sources.insert(stringify!($name), Source::Flag);
+                    }
+                )*
+                config.validate(&sources)?;
+                Ok(config)
+            }
+
+            /// Every setting as `(key, value)`, for the start-up log line.
+            pub fn describe(&self) -> Vec<(&'static str, String)> {
+                let mut out = vec![("echo", self.echo.to_string())];
+                $( out.push((stringify!($name), ValueDisplay::show(&self.$name))); )*
+                out
+            }
+        }
+    };
+}
+
+settings! {
+    /// address to bind (default 0.0.0.0)
+    host: String = "0.0.0.0".to_string();
+    /// TCP port; 0 picks a free one (default 8765)
+    port: u16 = 8765;
+    /// the WebSocket upgrade path (default /ws)
+    path: String = "/ws".to_string();
+    /// shard count: one glommio executor each (default: the cores available)
+    shards: usize = available_cores();
+    /// live WebSocket connections accepted before HTTP 503 (default 100000)
+    max_connections: usize = 100_000;
+    /// largest message accepted, in bytes; larger closes with 1009 (default 1 MiB)
+    max_message_bytes: usize = 1 << 20;
+    /// time to complete the HTTP request / upgrade, in ms (default 10000)
+    handshake_timeout_ms: u64 = 10_000;
+    /// interval between server pings, in ms (default 20000)
+    ping_interval_ms: u64 = 20_000;
+    /// silence after which a connection is closed with 1001, in ms (default 60000)
+    idle_timeout_ms: u64 = 60_000;
+    /// grace period for clients to finish the close handshake at shutdown, in ms (default 2000)
+    shutdown_timeout_ms: u64 = 2_000;
+}
+
+impl Config {
+    fn validate(&self, sources: &HashMap<&'static str, Source>) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
+            key,
+            value,
+            origin: sources.get(key).copied().unwrap_or(Source::Default),
+            reason: reason.to_string(),
+        };
+        if self.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "host",
+                self.host.clone(),
+                "expected an IP address such as 0.0.0.0 or 127.0.0.1",
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
+            return Err(invalid(
+                "path",
+                self.path.clone(),
+                "expected an absolute path such as /ws",
+            ));
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(invalid(
+                "shards",
+                self.shards.to_string(),
+                "expected 1 to 1024",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "0".into(), "expected at least 1"));
+        }
+        if self.max_message_bytes < 16 || self.max_message_bytes > 256 << 20 {
+            return Err(invalid(
+                "max_message_bytes",
+                self.max_message_bytes.to_string(),
+                "expected 16 bytes to 256 MiB",
+            ));
+        }
+        for (key, value) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "0".into(), "expected at least 1 ms"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address the listeners bind.
+    pub fn bind_addr(&self) -> std::net::SocketAddr {
+        let ip: std::net::IpAddr = self.host.parse().expect("validated in Config::resolve");
+        std::net::SocketAddr::new(ip, self.port)
+    }
+}
+
+/// The environment variable for a setting: `WS_URING_MAX_CONNECTIONS`.
+pub fn env_name(key: &str) -> String {
+    format!("WS_URING_{}", key.to_ascii_uppercase())
+}
+
+fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+fn read_file(path: &PathBuf) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.clone(),
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+fn env_bool(env: &HashMap<String, String>, key: &'static str) -> Result<bool, ConfigError> {
+    match env.get(&env_name(key)) {
+        None => Ok(false),
+        Some(v) => parse_value::<bool>("echo", v, Source::Env),
+    }
+}
+
+/// Parses one setting from text (flags and environment).
+fn parse_value<T: SettingValue>(
+    key: &'static str,
+    text: &str,
+    source: Source,
+) -> Result<T, ConfigError> {
+    T::parse_setting(text.trim()).map_err(|reason| ConfigError::Invalid {
+        key,
+        value: text.to_string(),
+        origin: source,
+        reason,
+    })
+}
+
+/// Reads one setting from a TOML value: strings are parsed like flags so
+/// `port = "8080"` and `port = 8080` both work.
+fn from_toml<T: SettingValue>(key: &'static str, value: &toml::Value) -> Result<T, ConfigError> {
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        other => {
+            return Err(ConfigError::Invalid {
+                key,
+                value: other.to_string(),
+                origin: Source::File,
+                reason: "expected a string, number or boolean".into(),
+            })
+        }
+    };
+    parse_value(key, &text, Source::File)
+}
+
+/// A type a setting can have.
+trait SettingValue: Sized {
+    fn parse_setting(text: &str) -> Result<Self, String>;
+}
+
+macro_rules! numeric_setting {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn parse_setting(text: &str) -> Result<Self, String> {
+                let cleaned = text.replace('_', "");
+                <$t>::from_str(&cleaned).map_err(|_| {
+                    format!("expected a whole number from {} to {}", <$t>::MIN, <$t>::MAX)
+                })
+            }
+        }
+    )*};
+}
+numeric_setting!(u16, u32, u64, usize);
+
+impl SettingValue for String {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        Ok(text.to_string())
+    }
+}
+
+impl SettingValue for bool {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }
+    }
+}
+
+/// Displays a setting's value for the start-up log.
+trait ValueDisplay {
+    fn show(&self) -> String;
+}
+
+impl<T: fmt::Display> ValueDisplay for T {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn temp_file(text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "ws-uring-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::resolve(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.port, 8765);
+        assert_eq!(c.path, "/ws");
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.max_message_bytes, 1 << 20);
+        assert_eq!(c.handshake_timeout_ms, 10_000);
+        assert_eq!(c.ping_interval_ms, 20_000);
+        assert_eq!(c.idle_timeout_ms, 60_000);
+        assert!(c.shards >= 1);
+        assert!(!c.echo);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let path = temp_file("port = 1111\nmax_connections = 7\nidle_timeout_ms = 5\n");
+        let flags = Flags {
+            config: Some(path.clone()),
+            port: Some("3333".into()),
+            ..Flags::default()
+        };
+        let e = env(&[("WS_URING_PORT", "2222"), ("WS_URING_MAX_CONNECTIONS", "9")]);
+        let c = Config::resolve(&flags, &e).unwrap();
+        std::fs::remove_file(path).unwrap();
+        assert_eq!(c.port, 3333, "flag wins over env and file");
+        assert_eq!(c.max_connections, 9, "env wins over file");
+        assert_eq!(c.idle_timeout_ms, 5, "file wins over default");
+        assert_eq!(c.ping_interval_ms, 20_000, "default when nobody says");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_source() {
+        let flags = Flags {
+            max_connections: Some("lots".into()),
+            ..Flags::default()
+        };
+        let err = Config::resolve(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("`max_connections`"), "{err}");
+        assert!(err.contains("command line"), "{err}");
+
+        let err = Config::resolve(&Flags::default(), &env(&[("WS_URING_PORT", "70000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`port`") && err.contains("environment"), "{err}");
+
+        let err = Config::resolve(&Flags::default(), &env(&[("WS_URING_HOST", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`host`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let path = temp_file("prot = 1\n");
+        let flags = Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        };
+        let err = Config::resolve(&flags, &env(&[])).unwrap_err().to_string();
+        std::fs::remove_file(path).unwrap();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_shards_are_rejected() {
+        for (key, value) in [("WS_URING_SHARDS", "0"), ("WS_URING_IDLE_TIMEOUT_MS", "0")] {
+            assert!(Config::resolve(&Flags::default(), &env(&[(key, value)])).is_err());
+        }
+    }
+
+    #[test]
+    fn echo_from_env() {
+        let c = Config::resolve(&Flags::default(), &env(&[("WS_URING_ECHO", "true")])).unwrap();
+        assert!(c.echo);
+    }
+}

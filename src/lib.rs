@@ -1,0 +1,29 @@
+//! ws-uring: a thread-per-core io_uring WebSocket message server.
+//!
+//! Modules in the order a request flows through them:
+//!
+//! - [`config`]: one `Config`, from defaults < TOML < env < flags.
+//! - [`server`]: binds one SO_REUSEPORT listener per shard, starts the pinned
+//!   glommio executors, joins the channel mesh, turns signals into shutdown.
+//! - [`shard`]: a shard's state (its connections, counters, sweeper) and the
+//!   mesh messages shards exchange.
+//! - [`conn`]: one connection's task: HTTP head, routing, the WebSocket loop;
+//!   the sans-IO rules it applies (`commands`, `liveness`).
+//! - [`http`]: request parsing (httparse), responses, router, upgrade checks.
+//! - [`ws`]: tungstenite driven sans-IO over in-memory buffers.
+//! - [`protocol`]: commands decoded from frames, events encoded into them.
+//! - [`registry`]: the cross-shard table of live connections (sharded-slab).
+//!
+//! Data flows one way: socket → conn → ws → protocol → conn → socket.
+
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod shard;
+pub mod ws;
+
+pub use config::Config;
+pub use server::{Server, ServerError};

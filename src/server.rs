@@ -1,0 +1,255 @@
+//! Start-up and shutdown: bind one SO_REUSEPORT listener per shard, start a
+//! pinned glommio executor per shard, join them into the channel mesh, turn
+//! SIGINT/SIGTERM into a mesh-wide graceful shutdown, and wait.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::shard::{self, ShardStart};
+
+/// Pending connections the kernel queues per shard listener (capped by
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// Messages in flight per ordered pair of shards on the mesh.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// io_uring registered-buffer memory per shard. Storage I/O is small here,
+/// and this memory is locked, which the memlock limit bounds.
+pub const SHARD_IO_MEMORY_BYTES: usize = 64 * 1024;
+/// How long start-up may take before we give up on a shard.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// glommio's own minimum locked memory per executor.
+const MEMLOCK_MIN_BYTES_PER_SHARD: u64 = 512 * 1024;
+
+/// Why the server could not start or stopped abnormally. One line each,
+/// saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start shard {shard}: {message}")]
+    ShardStart { shard: usize, message: String },
+    #[error("shard {shard} crashed")]
+    ShardCrashed { shard: usize },
+}
+
+/// The whole server: `Server::new(config).run()` serves until SIGINT/SIGTERM.
+pub struct Server {
+    config: Arc<Config>,
+}
+
+impl Server {
+    pub fn new(config: Config) -> Self {
+        Server {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Binds, starts every shard, logs `listening on HOST:PORT`, and blocks
+    /// until every shard has shut down.
+    pub fn run(self) -> Result<(), ServerError> {
+        let config = self.config;
+        let shards = config.shards;
+        let (listeners, local_addr) = bind_listeners(config.bind_addr(), shards)?;
+
+        let shutdown_flag = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // A second signal while shutting down exits at once.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, shutdown_flag.clone())
+                .map_err(ServerError::Signals)?;
+            signal_hook::flag::register(signal, shutdown_flag.clone())
+                .map_err(ServerError::Signals)?;
+        }
+
+        let registry = Arc::new(Registry::new(config.max_connections));
+        let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let started_at = Instant::now();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(shards);
+
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let start = ShardStart {
+                config: config.clone(),
+                registry: registry.clone(),
+                listener,
+                mesh: mesh.clone(),
+                shutdown_flag: shutdown_flag.clone(),
+                started_at,
+                ready: ready_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || run_shard_thread(index, core, start))
+                .map_err(|e| ServerError::ShardStart {
+                    shard: index,
+                    message: format!("cannot spawn its thread: {e}"),
+                })?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        for _ in 0..shards {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match ready_rx.recv_timeout(wait) {
+                Ok(Ok(_)) => {}
+                Ok(Err(message)) => return Err(startup_error(message)),
+                Err(_) => {
+                    return Err(ServerError::ShardStart {
+                        shard: usize::MAX,
+                        message: "shards did not start within 30 s".into(),
+                    })
+                }
+            }
+        }
+        log::info!(
+            "listening on {local_addr} ({shards} shard{}, {} mode, path {})",
+            if shards == 1 { "" } else { "s" },
+            if config.echo { "echo" } else { "protocol" },
+            config.path
+        );
+
+        let mut crashed = None;
+        for (index, thread) in threads.into_iter().enumerate() {
+            if thread.join().is_err() && crashed.is_none() {
+                crashed = Some(index);
+            }
+        }
+        match crashed {
+            Some(shard) => Err(ServerError::ShardCrashed { shard }),
+            None => {
+                log::info!("shutdown complete");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The error for a shard that reported failure as `shard N: message`.
+fn startup_error(message: String) -> ServerError {
+    let (shard, message) = match message.split_once(": ") {
+        Some((n, rest)) if n.starts_with("shard ") => (
+            n.trim_start_matches("shard ").parse().unwrap_or(usize::MAX),
+            rest.to_string(),
+        ),
+        _ => (usize::MAX, message),
+    };
+    ServerError::ShardStart { shard, message }
+}
+
+fn run_shard_thread(index: usize, core: Option<core_affinity::CoreId>, start: ShardStart) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            log::warn!("shard {index}: cannot pin to core {}", core.id);
+        }
+    }
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&format!("shard-{index}"))
+        .io_memory(SHARD_IO_MEMORY_BYTES)
+        .make();
+    match executor {
+        Ok(executor) => executor.run(shard::run(start)),
+        Err(e) => {
+            let _ = start.ready.send(Err(format!(
+                "shard {index}: io_uring setup failed ({e}); glommio needs at least {} KiB of \
+                 locked memory per shard and the limit is {}: raise it with `ulimit -l` \
+                 (or run scripts/tune.sh)",
+                MEMLOCK_MIN_BYTES_PER_SHARD / 1024,
+                memlock_limit_text()
+            )));
+        }
+    }
+}
+
+fn memlock_limit_text() -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    if rc != 0 {
+        "unknown".into()
+    } else if limit.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} KiB", limit.rlim_cur / 1024)
+    }
+}
+
+/// One listening socket per shard on the same address (SO_REUSEPORT lets
+/// the kernel spread connections over them). Port 0 resolves to one free
+/// port that every shard then shares.
+fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), ServerError> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = bind_one(bound).map_err(|source| ServerError::Bind { addr, source })?;
+        if let Some(local) = socket
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?
+            .as_socket()
+        {
+            bound = local;
+        }
+        listeners.push(OwnedFd::from(socket));
+    }
+    Ok((listeners, bound))
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_resolves_once_for_all_shards() {
+        let (fds, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(fds.len(), 3);
+        assert_ne!(addr.port(), 0);
+        for fd in fds {
+            let s = Socket::from(fd);
+            assert_eq!(s.local_addr().unwrap().as_socket().unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn startup_errors_keep_the_shard_number() {
+        match startup_error("shard 3: io_uring setup failed".into()) {
+            ServerError::ShardStart { shard, message } => {
+                assert_eq!(shard, 3);
+                assert_eq!(message, "io_uring setup failed");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
