@@ -190,7 +190,11 @@ impl Config {
             ));
         }
         if self.max_connections == 0 {
-            return Err(invalid("max_connections", "0".into(), "expected at least 1"));
+            return Err(invalid(
+                "max_connections",
+                "0".into(),
+                "expected at least 1",
+            ));
         }
         if self.max_message_bytes < 16 || self.max_message_bytes > 256 << 20 {
             return Err(invalid(
@@ -393,7 +397,10 @@ mod tests {
         let err = Config::resolve(&Flags::default(), &env(&[("WS_URING_PORT", "70000")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`port`") && err.contains("environment"), "{err}");
+        assert!(
+            err.contains("`port`") && err.contains("environment"),
+            "{err}"
+        );
 
         let err = Config::resolve(&Flags::default(), &env(&[("WS_URING_HOST", "nowhere")]))
             .unwrap_err()

@@ -23,7 +23,12 @@ pub enum LivenessAction {
 impl LivenessRules {
     /// Decides for a connection last heard from at `last_rx` and last pinged
     /// at `last_ping` (`None`: never).
-    pub fn check(&self, now: Instant, last_rx: Instant, last_ping: Option<Instant>) -> LivenessAction {
+    pub fn check(
+        &self,
+        now: Instant,
+        last_rx: Instant,
+        last_ping: Option<Instant>,
+    ) -> LivenessAction {
         let silent = now.saturating_duration_since(last_rx);
         if silent >= self.idle_timeout {
             return LivenessAction::CloseIdle;
@@ -60,8 +65,14 @@ mod tests {
     fn quiet_connection_gets_pinged_then_closed() {
         let t0 = Instant::now();
         let r = rules();
-        assert_eq!(r.check(t0 + Duration::from_secs(5), t0, None), LivenessAction::Nothing);
-        assert_eq!(r.check(t0 + Duration::from_secs(20), t0, None), LivenessAction::Ping);
+        assert_eq!(
+            r.check(t0 + Duration::from_secs(5), t0, None),
+            LivenessAction::Nothing
+        );
+        assert_eq!(
+            r.check(t0 + Duration::from_secs(20), t0, None),
+            LivenessAction::Ping
+        );
         let pinged = t0 + Duration::from_secs(20);
         assert_eq!(
             r.check(t0 + Duration::from_secs(30), t0, Some(pinged)),

@@ -271,7 +271,10 @@ async fn upgrade_and_run(
         .user
         .clone()
         .unwrap_or_else(|| identity::anonymous_user(conn_id));
-    log::debug!("{peer}: connection {conn_id} open as {user:?} on shard {}", shard.id);
+    log::debug!(
+        "{peer}: connection {conn_id} open as {user:?} on shard {}",
+        shard.id
+    );
 
     let mode = if shard.config.echo {
         Mode::Echo
@@ -365,11 +368,17 @@ async fn run_session(
             return Outcome::PeerGone;
         }
         if ended {
-            return if stale { Outcome::Stale } else { Outcome::Closed };
+            return if stale {
+                Outcome::Stale
+            } else {
+                Outcome::Closed
+            };
         }
 
         match wait_for_wake(shard, stream, session, handle, close_deadline).await {
             Wake::Input => {}
+            // A stale peer that hangs up after our close is still stale.
+            Wake::PeerGone if stale => return Outcome::Stale,
             Wake::PeerGone => return Outcome::PeerGone,
             Wake::Deadline => {
                 return if stale {

@@ -142,7 +142,12 @@ impl Response {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.body.len());
         out.extend_from_slice(
-            format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes(),
+            format!(
+                "HTTP/1.1 {} {}\r\n",
+                self.status,
+                reason_phrase(self.status)
+            )
+            .as_bytes(),
         );
         for (name, value) in &self.headers {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
@@ -182,7 +187,8 @@ mod tests {
 
     #[test]
     fn parses_a_complete_head_and_reports_its_length() {
-        let raw = b"GET /ws?user=a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\r\nREST";
+        let raw =
+            b"GET /ws?user=a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\r\nREST";
         let head = parse_request_head(raw).unwrap().unwrap();
         assert_eq!(head.method, "GET");
         assert_eq!(head.path, "/ws");

@@ -37,7 +37,10 @@ pub fn route(head: &RequestHead, ws_path: &str) -> Route {
             };
         }
     }
-    Route::Respond(Response::error(404, &format!("no such path: {}", head.path)))
+    Route::Respond(Response::error(
+        404,
+        &format!("no such path: {}", head.path),
+    ))
 }
 
 #[cfg(test)]
@@ -56,9 +59,18 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&head("GET", "/ws"), "/ws"), Route::Serve(Endpoint::WebSocket));
-        assert_eq!(route(&head("GET", "/live"), "/live"), Route::Serve(Endpoint::WebSocket));
-        assert_eq!(route(&head("GET", "/health"), "/ws"), Route::Serve(Endpoint::Health));
+        assert_eq!(
+            route(&head("GET", "/ws"), "/ws"),
+            Route::Serve(Endpoint::WebSocket)
+        );
+        assert_eq!(
+            route(&head("GET", "/live"), "/live"),
+            Route::Serve(Endpoint::WebSocket)
+        );
+        assert_eq!(
+            route(&head("GET", "/health"), "/ws"),
+            Route::Serve(Endpoint::Health)
+        );
         match route(&head("POST", "/health"), "/ws") {
             Route::Respond(r) => {
                 assert_eq!(r.status, 405);

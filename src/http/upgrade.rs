@@ -56,15 +56,19 @@ impl Upgrade {
 
 /// Checks an upgrade request; the `Err` is the response to send instead.
 pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, Response> {
-    if !head.header_has_token("Upgrade", "websocket") || !head.header_has_token("Connection", "upgrade") {
+    if !head.header_has_token("Upgrade", "websocket")
+        || !head.header_has_token("Connection", "upgrade")
+    {
         return Err(Response::error(
             400,
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
         ));
     }
     if head.header("Sec-WebSocket-Version") != Some("13") {
-        return Err(Response::error(426, "only WebSocket version 13 is supported")
-            .with_header("Sec-WebSocket-Version", "13"));
+        return Err(
+            Response::error(426, "only WebSocket version 13 is supported")
+                .with_header("Sec-WebSocket-Version", "13"),
+        );
     }
     let key = head.header("Sec-WebSocket-Key").unwrap_or_default();
     if !is_valid_key(key) {
@@ -127,7 +131,10 @@ mod tests {
             ("Upgrade".into(), b"websocket".to_vec()),
             ("Connection".into(), b"Upgrade".to_vec()),
             ("Sec-WebSocket-Version".into(), b"13".to_vec()),
-            ("Sec-WebSocket-Key".into(), b"dGhlIHNhbXBsZSBub25jZQ==".to_vec()),
+            (
+                "Sec-WebSocket-Key".into(),
+                b"dGhlIHNhbXBsZSBub25jZQ==".to_vec(),
+            ),
         ];
         for (n, v) in extra {
             headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n));
@@ -155,7 +162,10 @@ mod tests {
 
     #[test]
     fn subprotocol_choice_follows_client_order() {
-        let h = upgrade_head(&[("Sec-WebSocket-Protocol", "chat, wsu.v1.lz4, wsu.v1")], "");
+        let h = upgrade_head(
+            &[("Sec-WebSocket-Protocol", "chat, wsu.v1.lz4, wsu.v1")],
+            "",
+        );
         let up = check_upgrade(&h).unwrap();
         assert_eq!(up.subprotocol, Some(Subprotocol::V1Lz4));
         assert!(up.wants_lz4());
@@ -170,9 +180,18 @@ mod tests {
     fn refusals() {
         let status = |h: RequestHead| check_upgrade(&h).unwrap_err().status;
         assert_eq!(status(upgrade_head(&[("Upgrade", "h2c")], "")), 400);
-        assert_eq!(status(upgrade_head(&[("Connection", "keep-alive")], "")), 400);
-        assert_eq!(status(upgrade_head(&[("Sec-WebSocket-Version", "8")], "")), 426);
-        assert_eq!(status(upgrade_head(&[("Sec-WebSocket-Key", "short")], "")), 400);
+        assert_eq!(
+            status(upgrade_head(&[("Connection", "keep-alive")], "")),
+            400
+        );
+        assert_eq!(
+            status(upgrade_head(&[("Sec-WebSocket-Version", "8")], "")),
+            426
+        );
+        assert_eq!(
+            status(upgrade_head(&[("Sec-WebSocket-Key", "short")], "")),
+            400
+        );
         assert_eq!(status(upgrade_head(&[], "user=bad%20name")), 400);
     }
 

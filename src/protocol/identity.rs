@@ -10,7 +10,9 @@ pub fn is_valid_user_id(id: &str) -> bool {
 
 /// A group name is 1–128 chars of `[A-Za-z0-9_.:@/-]`.
 pub fn is_valid_group_name(name: &str) -> bool {
-    valid_name(name, |b| b.is_ascii_alphanumeric() || b"_.:@/-".contains(&b))
+    valid_name(name, |b| {
+        b.is_ascii_alphanumeric() || b"_.:@/-".contains(&b)
+    })
 }
 
 fn valid_name(s: &str, allowed: impl Fn(u8) -> bool) -> bool {

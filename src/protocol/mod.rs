@@ -361,9 +361,17 @@ mod tests {
             ("\"ping\"", ErrorCode::BadRequest, None),
             ("{}", ErrorCode::BadRequest, None),
             (r#"{"op":5,"ref":1}"#, ErrorCode::BadRequest, Some("1")),
-            (r#"{"op":"nope","ref":"x"}"#, ErrorCode::UnknownOp, Some("\"x\"")),
+            (
+                r#"{"op":"nope","ref":"x"}"#,
+                ErrorCode::UnknownOp,
+                Some("\"x\""),
+            ),
             (r#"{"op":"ping","ref":1.5}"#, ErrorCode::BadRequest, None),
-            (r#"{"op":"ping","ref":{"a":1}}"#, ErrorCode::BadRequest, None),
+            (
+                r#"{"op":"ping","ref":{"a":1}}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
             (r#"{"op":"ping","op":"echo"}"#, ErrorCode::BadRequest, None),
         ];
         for (text, code, reference) in cases {

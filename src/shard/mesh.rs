@@ -9,7 +9,10 @@ pub enum MeshMsg {
     /// Asks for the receiver's health figures; answer to `from`.
     HealthQuery { from: usize, request_id: u64 },
     /// The answer to a `HealthQuery`.
-    HealthReply { request_id: u64, health: ShardHealth },
+    HealthReply {
+        request_id: u64,
+        health: ShardHealth,
+    },
 }
 
 /// The figures one shard contributes to `/health`.

@@ -264,7 +264,9 @@ pub async fn run(start: ShardStart) {
     let (senders, mut receivers) = match start.mesh.clone().join().await {
         Ok(pair) => pair,
         Err(e) => {
-            let _ = start.ready.send(Err(format!("cannot join the shard mesh: {e}")));
+            let _ = start
+                .ready
+                .send(Err(format!("cannot join the shard mesh: {e}")));
             return;
         }
     };

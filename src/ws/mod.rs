@@ -200,7 +200,10 @@ mod tests {
                 got.push(m);
             }
         }
-        assert_eq!(got, vec![Message::text("hello"), Message::binary(vec![1, 2, 3])]);
+        assert_eq!(
+            got,
+            vec![Message::text("hello"), Message::binary(vec![1, 2, 3])]
+        );
     }
 
     #[test]
