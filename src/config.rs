@@ -433,3 +433,28 @@ mod tests {
         assert!(c.echo);
     }
 }
+
+#[cfg(test)]
+mod example_file_tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../ws-uring.example.toml");
+
+    #[test]
+    fn example_file_parses_and_documents_every_key() {
+        let settings: FileSettings = toml::from_str(EXAMPLE).expect("example parses");
+        drop(settings);
+        for (key, _) in Config::defaults().describe() {
+            if key == "echo" {
+                continue; // a flag, not a file setting
+            }
+            let documented = EXAMPLE
+                .lines()
+                .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} =")));
+            assert!(
+                documented,
+                "ws-uring.example.toml does not document `{key}`"
+            );
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! Modules in the order a request flows through them:
 //!
 //! - [`config`]: one `Config`, from defaults < TOML < env < flags.
+//! - [`limits`]: the start-up check of open-file and locked-memory limits.
 //! - [`server`]: binds one SO_REUSEPORT listener per shard, starts the pinned
 //!   glommio executors, joins the channel mesh, turns signals into shutdown.
 //! - [`shard`]: a shard's state (its connections, counters, sweeper) and the
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod limits;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -26,8 +26,6 @@ pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 pub const SHARD_IO_MEMORY_BYTES: usize = 64 * 1024;
 /// How long start-up may take before we give up on a shard.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// glommio's own minimum locked memory per executor.
-const MEMLOCK_MIN_BYTES_PER_SHARD: u64 = 512 * 1024;
 
 /// Why the server could not start or stopped abnormally. One line each,
 /// saying what to do.
@@ -63,6 +61,7 @@ impl Server {
     pub fn run(self) -> Result<(), ServerError> {
         let config = self.config;
         let shards = config.shards;
+        crate::limits::apply_and_warn(config.max_connections, shards);
         let (listeners, local_addr) = bind_listeners(config.bind_addr(), shards)?;
 
         let shutdown_flag = Arc::new(AtomicBool::new(false));
@@ -169,26 +168,10 @@ fn run_shard_thread(index: usize, core: Option<core_affinity::CoreId>, start: Sh
                 "shard {index}: io_uring setup failed ({e}); glommio needs at least {} KiB of \
                  locked memory per shard and the limit is {}: raise it with `ulimit -l` \
                  (or run scripts/tune.sh)",
-                MEMLOCK_MIN_BYTES_PER_SHARD / 1024,
-                memlock_limit_text()
+                crate::limits::MEMLOCK_PER_SHARD_BYTES / 1024,
+                crate::limits::memlock_text()
             )));
         }
-    }
-}
-
-fn memlock_limit_text() -> String {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    if rc != 0 {
-        "unknown".into()
-    } else if limit.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{} KiB", limit.rlim_cur / 1024)
     }
 }
 

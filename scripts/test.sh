@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them all: formatting, lints, unit and
+# integration tests, and the Autobahn|Testsuite conformance run.
+# Exits non-zero on the first failing step; the last line summarises.
+#
+# Usage: scripts/test.sh [--no-autobahn]
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+RUN_AUTOBAHN=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-autobahn) RUN_AUTOBAHN=0 ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        *) echo "test.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+passed=0
+failed=0
+step() {
+    local name="$1"; shift
+    echo "==> $name"
+    local started=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "==> $name: ok ($((SECONDS - started)) s)"
+    else
+        failed=$((failed + 1))
+        echo "==> $name: FAILED ($((SECONDS - started)) s)"
+        echo "steps: $passed passed, $failed failed"
+        exit 1
+    fi
+}
+
+ensure_toolchain() {
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; return 1; }
+    if command -v rustup >/dev/null; then
+        cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+        cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+    fi
+    # The integration tests lower `ulimit -l` through sh, and Autobahn needs python3.
+    command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+}
+
+step "toolchain" ensure_toolchain
+step "cargo fmt" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets --release -- -D warnings
+# Release build: the same binary then serves Autobahn without a second build.
+step "cargo test" cargo test --workspace --release
+if [ "$RUN_AUTOBAHN" = 1 ]; then
+    step "autobahn" scripts/autobahn.sh
+fi
+echo "steps: $passed passed, $failed failed"
