@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tungstenite::Message;
@@ -133,23 +133,22 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
             return;
         }
         Some(Err(HeadError::Http(e))) => {
-            respond_and_close(&mut stream, &Response::error(400, &e.to_string())).await;
+            respond_and_close(&shard, &mut stream, &Response::error(400, &e.to_string())).await;
             return;
         }
         Some(Ok(parsed)) => parsed,
     };
 
     match router::route(&head, &shard.config.path) {
-        Route::Respond(response) => respond_and_close(&mut stream, &response).await,
+        Route::Respond(response) => respond_and_close(&shard, &mut stream, &response).await,
         Route::Serve(Endpoint::Health) => {
             let health = shard.cluster_health().await;
             let body = health.to_json(shard.started_at.elapsed().as_secs());
             let response = Response::json(health.status().1, body);
-            respond_and_close(&mut stream, &response).await;
+            respond_and_close(&shard, &mut stream, &response).await;
         }
         Route::Serve(Endpoint::WebSocket) => {
-            let leftover = &buffered[head.head_len..];
-            upgrade_and_run(&shard, stream, peer, &head, leftover).await;
+            upgrade_and_run(&shard, stream, peer, head, buffered).await;
         }
     }
 }
@@ -202,22 +201,26 @@ async fn read_via_shard_buffer(
 }
 
 /// Sends a plain HTTP response, then closes gracefully.
-async fn respond_and_close(stream: &mut TcpStream, response: &Response) {
+async fn respond_and_close(shard: &ShardState, stream: &mut TcpStream, response: &Response) {
     if stream.write_all(&response.to_bytes()).await.is_ok() {
-        linger_and_close(stream).await;
+        linger_and_close(shard, stream).await;
     }
 }
 
 /// Half-closes, then reads (and discards) until the peer closes or
 /// `LINGER` passes, so our last bytes are not lost to a reset.
-async fn linger_and_close(stream: &mut TcpStream) {
+async fn linger_and_close(shard: &ShardState, stream: &mut TcpStream) {
     let _ = stream.flush().await;
     let _ = stream.shutdown(Shutdown::Write).await;
     let drain = async {
-        let mut sink = [0u8; 4096];
         let mut drained = 0;
         while drained < LINGER_MAX_BYTES {
-            match stream.read(&mut sink).await {
+            // Discarded bytes go through the shard buffer: no per-connection sink.
+            let read = future::poll_fn(|cx| {
+                let mut buf = shard.rx_buffer.borrow_mut();
+                Pin::new(&mut *stream).poll_read(cx, &mut buf)
+            });
+            match read.await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => drained += n,
             }
@@ -233,23 +236,23 @@ async fn upgrade_and_run(
     shard: &Rc<ShardState>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    head: &RequestHead,
-    leftover: &[u8],
+    head: RequestHead,
+    buffered: Vec<u8>,
 ) {
-    let upgrade = match upgrade::check_upgrade(head) {
+    let upgrade = match upgrade::check_upgrade(&head) {
         Ok(u) => u,
-        Err(response) => return respond_and_close(&mut stream, &response).await,
+        Err(response) => return respond_and_close(shard, &mut stream, &response).await,
     };
     if shard.is_shutting_down() {
         let response = Response::error(503, "server is shutting down");
-        return respond_and_close(&mut stream, &response).await;
+        return respond_and_close(shard, &mut stream, &response).await;
     }
     let admission = match shard.registry.admit() {
         Ok(a) => a,
         Err(e) => {
             log::debug!("{peer}: refused: {e}");
             let response = Response::error(503, &format!("server full: {e}"));
-            return respond_and_close(&mut stream, &response).await;
+            return respond_and_close(shard, &mut stream, &response).await;
         }
     };
     let requested_user = upgrade.user.clone();
@@ -264,7 +267,7 @@ async fn upgrade_and_run(
         Err(e) => {
             log::error!("{peer}: cannot register connection: {e}");
             let response = Response::error(503, "connection table exhausted");
-            return respond_and_close(&mut stream, &response).await;
+            return respond_and_close(shard, &mut stream, &response).await;
         }
     };
     let user = upgrade
@@ -281,7 +284,11 @@ async fn upgrade_and_run(
     } else {
         Mode::Protocol
     };
-    let mut session = WsSession::new(shard.config.max_message_bytes, leftover);
+    let mut session = WsSession::new(shard.config.max_message_bytes, &buffered[head.head_len..]);
+    // The request is not needed past this point: free it before the
+    // connection settles into its (possibly long) idle life.
+    drop(buffered);
+    drop(head);
     if mode == Mode::Protocol {
         let welcome = protocol::encode_welcome(&protocol::Welcome {
             user: &user,
@@ -307,7 +314,7 @@ async fn upgrade_and_run(
     let outcome = run_session(shard, &mut stream, &mut session, &handle, mode).await;
     let stale = outcome == Outcome::Stale;
     if outcome != Outcome::PeerGone {
-        linger_and_close(&mut stream).await;
+        linger_and_close(shard, &mut stream).await;
     }
     shard.remove_conn(conn_id, stale);
     log::debug!("{peer}: connection {conn_id} closed ({outcome:?})");

@@ -146,11 +146,15 @@ impl ShardState {
     pub async fn shutdown_started(&self) {
         future::poll_fn(|cx| {
             if self.shutting_down.get() {
-                Poll::Ready(())
-            } else {
-                self.shutdown_wakers.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
+                return Poll::Ready(());
             }
+            // The accept loop polls this once per accepted connection:
+            // keep one waker per waiting task, not one per poll.
+            let mut wakers = self.shutdown_wakers.borrow_mut();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
         })
         .await
     }
@@ -338,7 +342,9 @@ async fn accept_until_shutdown(shard: &Rc<ShardState>, listener: &TcpListener) {
         match next {
             Next::Shutdown => return,
             Next::Accepted(Ok(stream)) => {
-                glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                let task = crate::conn::serve(shard.clone(), stream);
+                log::trace!("connection task: {} bytes", std::mem::size_of_val(&task));
+                glommio::spawn_local(task).detach();
             }
             Next::Accepted(Err(e)) => {
                 // Out of descriptors or memory: back off instead of spinning,

@@ -14,7 +14,7 @@ use tungstenite::Message;
 
 /// tungstenite's read chunk and initial input capacity. Small, because it is
 /// held for every connection, idle or not; it grows for large frames only.
-pub const SESSION_READ_CHUNK_BYTES: usize = 4 * 1024;
+pub const SESSION_READ_CHUNK_BYTES: usize = 1024;
 
 /// Buffers above this capacity are released once drained, so a connection
 /// that once sent a large message does not keep its memory while idle.
