@@ -158,6 +158,12 @@ settings! {
     idle_timeout_ms: u64 = 60_000;
     /// grace period for clients to finish the close handshake at shutdown, in ms (default 2000)
     shutdown_timeout_ms: u64 = 2_000;
+    /// bound on each connection's outgoing queue, in bytes (default 1 MiB)
+    outbox_max_bytes: usize = 1 << 20;
+    /// how long a connection may stay over outbox_max_bytes before close 1008, in ms (default 5000)
+    slow_consumer_grace_ms: u64 = 5_000;
+    /// binary payloads of at least this many bytes are lz4-compressed for wsu.v1.lz4 clients (default 1024)
+    compress_min_bytes: usize = 1024;
 }
 
 impl Config {
@@ -203,7 +209,15 @@ impl Config {
                 "expected 16 bytes to 256 MiB",
             ));
         }
+        if self.outbox_max_bytes < 1024 {
+            return Err(invalid(
+                "outbox_max_bytes",
+                self.outbox_max_bytes.to_string(),
+                "expected at least 1024 bytes",
+            ));
+        }
         for (key, value) in [
+            ("slow_consumer_grace_ms", self.slow_consumer_grace_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("ping_interval_ms", self.ping_interval_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),

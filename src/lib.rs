@@ -23,6 +23,7 @@ pub mod http;
 pub mod limits;
 pub mod protocol;
 pub mod registry;
+pub mod routing;
 pub mod server;
 pub mod shard;
 pub mod ws;

@@ -77,6 +77,9 @@ impl Server {
         let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let started_at = Instant::now();
+        let boot_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(shards);
 
@@ -89,6 +92,7 @@ impl Server {
                 mesh: mesh.clone(),
                 shutdown_flag: shutdown_flag.clone(),
                 started_at,
+                boot_unix_ms,
                 ready: ready_tx.clone(),
             };
             let thread = std::thread::Builder::new()

@@ -1,10 +1,19 @@
-//! What a connection answers to each data message, sans-IO: a message in,
-//! the reply out. Connection-local commands (`ping`, `echo`) are answered
-//! here; errors become `error` events and never close the connection.
+//! What a connection does with each data message, sans-IO: a message in,
+//! an `Action` out. Connection-local commands (`ping`, `echo`) and every
+//! error are answered here as ready-to-write frames; commands that involve
+//! other connections become actions the shard carries out. A bad command
+//! never closes the connection.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
 use tungstenite::Message;
 
-use crate::protocol::{self, Command, CommandError};
+use crate::protocol::events::MsgHeader;
+use crate::protocol::{self, compress, Command, CommandError, ErrorCode, StrategyKind};
+use crate::routing::{Envelope, Target};
+use crate::ws::{encode_frame, OPCODE_BINARY, OPCODE_TEXT};
 
 /// How the WebSocket path behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,119 +24,416 @@ pub enum Mode {
     Echo,
 }
 
-/// The reply to one data message (`None`: nothing to send).
-pub fn reply_to(message: Message, mode: Mode) -> Option<Message> {
+/// What the shard must do for one message.
+#[derive(Debug)]
+pub enum Action {
+    /// Queue this frame to the sender itself (reply lane).
+    Reply(Bytes),
+    Join {
+        reference: Option<String>,
+        group: String,
+        weight: u32,
+    },
+    Leave {
+        reference: Option<String>,
+        group: String,
+    },
+    SetStrategy {
+        reference: Option<String>,
+        group: String,
+        strategy: StrategyKind,
+    },
+    /// Deliver a message (`send`, `publish`, `anycast`).
+    Route {
+        reference: Option<String>,
+        target: Target,
+        envelope: Arc<Envelope>,
+    },
+}
+
+/// What command handling needs to know about the sender and the server.
+pub struct CommandContext<'a> {
+    pub user: &'a str,
+    pub max_message_bytes: usize,
+    pub compress_min_bytes: usize,
+    pub now_unix_ms: u64,
+    /// Makes the id of a new message.
+    pub next_message_id: &'a mut dyn FnMut() -> String,
+}
+
+/// Handles one data message (control frames are the session's business).
+pub fn handle_message(
+    message: Message,
+    mode: Mode,
+    ctx: &mut CommandContext<'_>,
+) -> Option<Action> {
     match (mode, message) {
-        (Mode::Echo, m @ (Message::Text(_) | Message::Binary(_))) => Some(m),
-        (Mode::Protocol, Message::Text(text)) => Some(Message::text(reply_to_text(&text))),
-        (Mode::Protocol, Message::Binary(frame)) => Some(reply_to_binary(&frame)),
-        // Control frames are handled by the session (pongs, close replies).
+        (Mode::Echo, Message::Text(t)) => Some(Action::Reply(frame(OPCODE_TEXT, t.as_bytes()))),
+        (Mode::Echo, Message::Binary(b)) => Some(Action::Reply(frame(OPCODE_BINARY, &b))),
+        (Mode::Protocol, Message::Text(text)) => {
+            Some(handle_text(&text, ctx).unwrap_or_else(|e| Action::Reply(error_frame(&e))))
+        }
+        (Mode::Protocol, Message::Binary(bytes)) => {
+            Some(handle_binary(&bytes, ctx).unwrap_or_else(|e| Action::Reply(error_frame(&e))))
+        }
         _ => None,
     }
 }
 
-fn reply_to_text(text: &str) -> String {
-    let request = match protocol::decode_command(text) {
-        Ok(r) => r,
-        Err(e) => return protocol::encode_error(&e),
-    };
-    match request.command {
-        Command::Ping { t } => protocol::encode_pong(request.reference, t),
-        Command::Echo { data: Some(data) } => protocol::encode_echo(request.reference, data),
-        Command::Echo { data: None } => protocol::encode_error(&missing_data(request.reference)),
-    }
+fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    Bytes::from(encode_frame(opcode, &[payload]))
 }
 
-/// A binary frame: JSON header, `\n`, payload. An `echo` comes back as a
-/// binary frame with the event header and the same payload.
-fn reply_to_binary(frame: &[u8]) -> Message {
-    let (header, payload) = match protocol::split_binary(frame) {
-        Ok(parts) => parts,
-        Err(e) => return Message::text(protocol::encode_error(&e)),
-    };
-    let request = match protocol::decode_command(header) {
-        Ok(r) => r,
-        Err(e) => return Message::text(protocol::encode_error(&e)),
-    };
+fn text_frame(event: &str) -> Bytes {
+    frame(OPCODE_TEXT, event.as_bytes())
+}
+
+/// An `error` event as a text frame.
+pub fn error_frame(e: &CommandError) -> Bytes {
+    text_frame(&protocol::encode_error(e))
+}
+
+fn handle_text(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action, CommandError> {
+    let request = protocol::decode_command(text)?;
+    let reference = request.reference;
     match request.command {
-        Command::Ping { t } => Message::text(protocol::encode_pong(request.reference, t)),
-        Command::Echo { .. } => {
-            let header = protocol::encode_echo_header(request.reference);
-            let mut out = Vec::with_capacity(header.len() + 1 + payload.len());
-            out.extend_from_slice(header.as_bytes());
-            out.push(b'\n');
-            out.extend_from_slice(payload);
-            Message::binary(out)
+        Command::Ping { t } => Ok(Action::Reply(text_frame(&protocol::encode_pong(
+            reference, t,
+        )))),
+        Command::Echo { data } => {
+            let data = data.ok_or_else(|| missing(reference, "data"))?;
+            Ok(Action::Reply(text_frame(&protocol::encode_echo(
+                reference, data,
+            ))))
+        }
+        command => {
+            let data = data_of(&command).ok_or_else(|| missing(reference, "data"));
+            route_or_membership(command, reference, ctx, |header| {
+                Ok(Envelope::text(header, data.clone()?))
+            })
         }
     }
 }
 
-fn missing_data(reference: Option<&serde_json::value::RawValue>) -> CommandError {
+/// A binary frame: JSON header, `\n`, payload. The payload is the data.
+fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, CommandError> {
+    let (header, payload) = protocol::split_binary(bytes)?;
+    let request = protocol::decode_command(header)?;
+    let reference = request.reference;
+    match request.command {
+        Command::Ping { t } => Ok(Action::Reply(text_frame(&protocol::encode_pong(
+            reference, t,
+        )))),
+        Command::Echo { .. } => {
+            let header = protocol::encode_echo_header(reference);
+            Ok(Action::Reply(Bytes::from(encode_frame(
+                OPCODE_BINARY,
+                &[header.as_bytes(), b"\n", payload],
+            ))))
+        }
+        command => {
+            let (max, min) = (ctx.max_message_bytes, ctx.compress_min_bytes);
+            let lz4 = request.lz4;
+            route_or_membership(command, reference, ctx, |header| {
+                if lz4 {
+                    let plain = compress::decompress(payload, max).map_err(|e| {
+                        let code = match e {
+                            compress::Lz4Error::TooLarge { .. } => ErrorCode::TooLarge,
+                            compress::Lz4Error::Corrupt(_) => ErrorCode::BadRequest,
+                        };
+                        error(reference, code, e.to_string())
+                    })?;
+                    Ok(Envelope::binary(header, &plain, Some(payload), min))
+                } else {
+                    Ok(Envelope::binary(header, payload, None, min))
+                }
+            })
+        }
+    }
+}
+
+fn data_of<'a>(command: &Command<'a>) -> Option<&'a RawValue> {
+    match command {
+        Command::Send { data, .. }
+        | Command::Publish { data, .. }
+        | Command::Anycast { data, .. } => *data,
+        _ => None,
+    }
+}
+
+/// The commands that reach other connections or the directory.
+fn route_or_membership(
+    command: Command<'_>,
+    reference: Option<&RawValue>,
+    ctx: &mut CommandContext<'_>,
+    make_envelope: impl FnOnce(&MsgHeader<'_>) -> Result<Envelope, CommandError>,
+) -> Result<Action, CommandError> {
+    let owned_ref = reference.map(|r| r.get().to_string());
+    let (target, options) = match command {
+        Command::Join { group, weight } => {
+            return Ok(Action::Join {
+                reference: owned_ref,
+                group: group.into_owned(),
+                weight,
+            })
+        }
+        Command::Leave { group } => {
+            return Ok(Action::Leave {
+                reference: owned_ref,
+                group: group.into_owned(),
+            })
+        }
+        Command::Strategy { group, strategy } => {
+            return Ok(Action::SetStrategy {
+                reference: owned_ref,
+                group: group.into_owned(),
+                strategy,
+            })
+        }
+        Command::Send { to, options, .. } => (Target::User(to.into_owned()), options),
+        Command::Publish {
+            group,
+            options,
+            echo,
+            ..
+        } => (
+            Target::Group {
+                group: group.into_owned(),
+                echo,
+            },
+            options,
+        ),
+        Command::Anycast { group, options, .. } => (Target::Anycast(group.into_owned()), options),
+        Command::Ping { .. } | Command::Echo { .. } => unreachable!("answered by the caller"),
+    };
+    if options.delay_ms.is_some() || options.at_unix_ms.is_some() || options.ttl_ms.is_some() {
+        return Err(error(
+            reference,
+            ErrorCode::BadRequest,
+            "`delay_ms`, `at` and `ttl_ms` (scheduled and expiring delivery) are not supported by this server version yet",
+        ));
+    }
+    let id = (ctx.next_message_id)();
+    let (to, group) = match &target {
+        Target::User(u) => (Some(u.as_str()), None),
+        Target::Group { group, .. } | Target::Anycast(group) => (None, Some(group.as_str())),
+    };
+    let header = MsgHeader {
+        id: &id,
+        from: ctx.user,
+        to,
+        group,
+        priority: options.priority,
+        ts_unix_ms: ctx.now_unix_ms,
+        ack: options.ack,
+    };
+    let envelope = make_envelope(&header)?;
+    Ok(Action::Route {
+        reference: owned_ref,
+        target,
+        envelope: Arc::new(envelope),
+    })
+}
+
+fn error(reference: Option<&RawValue>, code: ErrorCode, reason: impl Into<String>) -> CommandError {
     CommandError {
         reference: reference.map(|r| r.get().to_string()),
-        code: protocol::ErrorCode::BadRequest,
-        reason: "missing field `data`".into(),
+        code,
+        reason: reason.into(),
     }
+}
+
+fn missing(reference: Option<&RawValue>, field: &str) -> CommandError {
+    error(
+        reference,
+        ErrorCode::BadRequest,
+        format!("missing field `{field}`"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
-    fn text_reply(input: &str) -> Value {
-        match reply_to(Message::text(input), Mode::Protocol) {
-            Some(Message::Text(t)) => serde_json::from_str(&t).unwrap(),
-            other => panic!("expected text, got {other:?}"),
+    fn run(message: Message) -> Option<Action> {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("id{n}")
+        };
+        let mut ctx = CommandContext {
+            user: "alice",
+            max_message_bytes: 1 << 20,
+            compress_min_bytes: 64,
+            now_unix_ms: 1000,
+            next_message_id: &mut next,
+        };
+        handle_message(message, Mode::Protocol, &mut ctx)
+    }
+
+    fn decode_frame(frame: &[u8]) -> Message {
+        let mut ws = tungstenite::WebSocket::from_raw_socket(
+            std::io::Cursor::new(frame.to_vec()),
+            tungstenite::protocol::Role::Client,
+            None,
+        );
+        ws.read().unwrap()
+    }
+
+    fn reply_json(input: &str) -> Value {
+        match run(Message::text(input)) {
+            Some(Action::Reply(f)) => match decode_frame(&f) {
+                Message::Text(t) => serde_json::from_str(&t).unwrap(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("expected a reply, got {other:?}"),
         }
     }
 
     #[test]
     fn echo_mode_returns_messages_verbatim() {
-        let m = Message::binary(vec![0u8, 1, 2]);
-        assert_eq!(reply_to(m.clone(), Mode::Echo), Some(m));
-        let m = Message::text("not json at all");
-        assert_eq!(reply_to(m.clone(), Mode::Echo), Some(m));
-        assert_eq!(reply_to(Message::Pong(vec![].into()), Mode::Echo), None);
-    }
-
-    #[test]
-    fn protocol_replies() {
-        assert_eq!(
-            text_reply(r#"{"op":"ping","t":5,"ref":1}"#),
-            serde_json::json!({"op":"pong","t":5,"ref":1})
-        );
-        assert_eq!(
-            text_reply(r#"{"op":"echo","data":[1,"a"]}"#),
-            serde_json::json!({"op":"echo","data":[1,"a"]})
-        );
-        let e = text_reply(r#"{"op":"echo","ref":"r"}"#);
-        assert_eq!(e["code"], "bad_request");
-        assert_eq!(e["ref"], "r");
-        assert_eq!(text_reply("{nope")["code"], "bad_json");
-        assert_eq!(text_reply(r#"{"op":"fly"}"#)["code"], "unknown_op");
-    }
-
-    #[test]
-    fn binary_echo_keeps_payload() {
-        let mut frame = br#"{"op":"echo","ref":3}"#.to_vec();
-        frame.push(b'\n');
-        frame.extend_from_slice(&[0, 159, 146, 150, b'\n']);
-        match reply_to(Message::binary(frame), Mode::Protocol) {
-            Some(Message::Binary(out)) => {
-                let (h, p) = protocol::split_binary(&out).unwrap();
-                let h: Value = serde_json::from_str(h).unwrap();
-                assert_eq!(h, serde_json::json!({"op":"echo","ref":3}));
-                assert_eq!(p, &[0, 159, 146, 150, b'\n']);
+        let mut next = String::new;
+        let mut ctx = CommandContext {
+            user: "u",
+            max_message_bytes: 100,
+            compress_min_bytes: 10,
+            now_unix_ms: 0,
+            next_message_id: &mut next,
+        };
+        for m in [Message::binary(vec![0u8, 1, 2]), Message::text("not json")] {
+            match handle_message(m.clone(), Mode::Echo, &mut ctx) {
+                Some(Action::Reply(f)) => assert_eq!(decode_frame(&f), m),
+                other => panic!("{other:?}"),
             }
-            other => panic!("expected binary, got {other:?}"),
+        }
+        assert!(handle_message(Message::Pong(vec![].into()), Mode::Echo, &mut ctx).is_none());
+    }
+
+    #[test]
+    fn local_replies_and_errors() {
+        assert_eq!(
+            reply_json(r#"{"op":"ping","t":5,"ref":1}"#),
+            json!({"op":"pong","t":5,"ref":1})
+        );
+        assert_eq!(
+            reply_json(r#"{"op":"echo","data":[1,"a"]}"#),
+            json!({"op":"echo","data":[1,"a"]})
+        );
+        let e = reply_json(r#"{"op":"echo","ref":"r"}"#);
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("bad_request"), Some("r"))
+        );
+        assert_eq!(reply_json("{nope")["code"], "bad_json");
+        assert_eq!(reply_json(r#"{"op":"fly"}"#)["code"], "unknown_op");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (input, field) in [
+            (r#"{"op":"send","data":1}"#, "`to`"),
+            (r#"{"op":"send","to":"b"}"#, "`data`"),
+            (r#"{"op":"send","to":"b c","data":1}"#, "`to`"),
+            (
+                r#"{"op":"publish","group":"g","data":1,"priority":"urgent"}"#,
+                "`priority`",
+            ),
+            (
+                r#"{"op":"publish","group":"g","data":1,"ack":"yes"}"#,
+                "`ack`",
+            ),
+            (r#"{"op":"join","group":"g","weight":0}"#, "`weight`"),
+            (r#"{"op":"join","group":"g","weight":1001}"#, "`weight`"),
+            (r#"{"op":"join","group":""}"#, "`group`"),
+            (r#"{"op":"join"}"#, "`group`"),
+            (
+                r#"{"op":"strategy","group":"g","strategy":"random"}"#,
+                "`strategy`",
+            ),
+            (
+                r#"{"op":"anycast","group":"g","data":1,"delay_ms":5}"#,
+                "`delay_ms`",
+            ),
+        ] {
+            let e = reply_json(input);
+            assert_eq!(e["code"], "bad_request", "{input}");
+            assert!(
+                e["reason"].as_str().unwrap().contains(field),
+                "{input}: {e}"
+            );
         }
     }
 
     #[test]
-    fn bad_binary_frames_get_text_errors() {
-        match reply_to(Message::binary(b"no header".to_vec()), Mode::Protocol) {
-            Some(Message::Text(t)) => assert!(t.contains("bad_request")),
+    fn routed_commands_become_actions() {
+        match run(Message::text(
+            r#"{"op":"send","to":"bob","data":{"x":1},"priority":"critical","ack":true,"ref":3}"#,
+        )) {
+            Some(Action::Route {
+                reference,
+                target,
+                envelope,
+            }) => {
+                assert_eq!(reference.as_deref(), Some("3"));
+                assert_eq!(target, Target::User("bob".into()));
+                assert_eq!(envelope.id, "id1");
+                assert!(envelope.ack);
+                match decode_frame(&envelope.frame_for(false)) {
+                    Message::Text(t) => {
+                        let v: Value = serde_json::from_str(&t).unwrap();
+                        assert_eq!(
+                            v,
+                            json!({"op":"msg","id":"id1","from":"alice","to":"bob","group":null,
+                                   "priority":"critical","ts":1000,"ack":true,"data":{"x":1}})
+                        );
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            run(Message::text(r#"{"op":"join","group":"g","weight":3}"#)),
+            Some(Action::Join { weight: 3, .. })
+        ));
+        assert!(matches!(
+            run(Message::text(
+                r#"{"op":"publish","group":"g","data":1,"echo":true}"#
+            )),
+            Some(Action::Route {
+                target: Target::Group { echo: true, .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn binary_lz4_input_is_checked() {
+        let mut frame = br#"{"op":"publish","group":"g","lz4":true,"ref":1}"#.to_vec();
+        frame.push(b'\n');
+        frame.extend_from_slice(b"\x10\x00\x00\x00garbage");
+        match run(Message::binary(frame)) {
+            Some(Action::Reply(f)) => match decode_frame(&f) {
+                Message::Text(t) => assert!(t.contains("bad_request"), "{t}"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        let payload = vec![9u8; 3000];
+        let mut frame = br#"{"op":"publish","group":"g","lz4":true}"#.to_vec();
+        frame.push(b'\n');
+        frame.extend_from_slice(&compress::compress(&payload));
+        match run(Message::binary(frame)) {
+            Some(Action::Route { envelope, .. }) => {
+                match decode_frame(&envelope.frame_for(false)) {
+                    Message::Binary(b) => {
+                        let (_, p) = protocol::split_binary(&b).unwrap();
+                        assert_eq!(p, &payload[..]);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
             other => panic!("{other:?}"),
         }
     }

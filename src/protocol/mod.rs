@@ -4,7 +4,13 @@
 //! Decoding borrows from the frame (`&RawValue`), so `data` is forwarded as
 //! the client's own JSON bytes and never re-serialised.
 
+pub mod compress;
+pub mod events;
 pub mod identity;
+
+use std::borrow::Cow;
+
+pub use events::*;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -60,24 +66,135 @@ impl CommandError {
     }
 }
 
-/// One decoded command. Borrowed fields point into the frame.
-#[derive(Debug, Clone, Copy)]
+/// Message priority: the lane a message waits in at each recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+    Critical,
+}
+
+impl Priority {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            "critical" => Some(Priority::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// How `anycast` picks one member of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StrategyKind {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    Weighted,
+}
+
+impl StrategyKind {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round_robin",
+            StrategyKind::LeastConnections => "least_connections",
+            StrategyKind::Weighted => "weighted",
+        }
+    }
+}
+
+/// Options shared by `send`, `publish` and `anycast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    pub priority: Priority,
+    pub ack: bool,
+    /// Deliver this many ms from now (`delay_ms`).
+    pub delay_ms: Option<u64>,
+    /// Deliver at this unix time in ms (`at`).
+    pub at_unix_ms: Option<u64>,
+    /// Give up (to the DLQ) if not delivered within this many ms.
+    pub ttl_ms: Option<u64>,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            priority: Priority::Normal,
+            ack: false,
+            delay_ms: None,
+            at_unix_ms: None,
+            ttl_ms: None,
+        }
+    }
+}
+
+/// Smallest and largest `weight` for `join`.
+pub const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+
+/// One decoded command. Borrowed fields point into the frame; `data` is the
+/// client's raw JSON (absent in binary frames, whose payload is the data).
+#[derive(Debug, Clone)]
 pub enum Command<'a> {
     /// `ping`: answered at once with `pong` carrying `t`.
     Ping { t: Option<&'a RawValue> },
     /// `echo`: answered with `echo` carrying `data`.
     Echo { data: Option<&'a RawValue> },
+    /// `join`: this connection joins `group` with `weight`.
+    Join { group: Cow<'a, str>, weight: u32 },
+    /// `leave`: this connection leaves `group`.
+    Leave { group: Cow<'a, str> },
+    /// `send`: to every live connection of user `to`.
+    Send {
+        to: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+        options: DeliveryOptions,
+    },
+    /// `publish`: to every member connection of `group`.
+    Publish {
+        group: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+        options: DeliveryOptions,
+        echo: bool,
+    },
+    /// `anycast`: to one member connection of `group`.
+    Anycast {
+        group: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+        options: DeliveryOptions,
+    },
+    /// `strategy`: how `anycast` picks in `group`.
+    Strategy {
+        group: Cow<'a, str>,
+        strategy: StrategyKind,
+    },
 }
 
 /// A command together with its correlation `ref`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub reference: Option<&'a RawValue>,
     pub command: Command<'a>,
+    /// `"lz4":true` in a binary frame header: the payload is compressed.
+    pub lz4: bool,
 }
 
 /// The fields any command may carry; unknown fields are ignored so clients
-/// written for newer servers keep working.
+/// written for newer servers keep working. Everything is captured raw and
+/// checked field by field, so an error can name the field.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
@@ -88,6 +205,28 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     t: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    group: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    weight: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    strategy: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    priority: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ack: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    delay_ms: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    at: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ttl_ms: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    echo: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    lz4: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as `Some("null")`: `"data": null` is data.
@@ -96,6 +235,85 @@ where
     D: serde::Deserializer<'de>,
 {
     <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Checks fields one by one, naming the field in every error.
+struct Fields<'a> {
+    reference: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn error(&self, reason: impl Into<String>) -> CommandError {
+        CommandError::new(self.reference, ErrorCode::BadRequest, reason)
+    }
+
+    fn required<T>(&self, name: &str, value: Option<T>) -> Result<T, CommandError> {
+        value.ok_or_else(|| self.error(format!("missing field `{name}`")))
+    }
+
+    fn string(&self, name: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, CommandError> {
+        serde_json::from_str::<Cow<'a, str>>(raw.get())
+            .map_err(|_| self.error(format!("`{name}` must be a string")))
+    }
+
+    fn group(&self, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, CommandError> {
+        let group = self.string("group", self.required("group", raw)?)?;
+        if !identity::is_valid_group_name(&group) {
+            return Err(self.error("`group` must be 1-128 characters of A-Z a-z 0-9 _ . : @ / -"));
+        }
+        Ok(group)
+    }
+
+    fn user(&self, name: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, CommandError> {
+        let user = self.string(name, self.required(name, raw)?)?;
+        if !identity::is_valid_user_id(&user) {
+            return Err(self.error(format!(
+                "`{name}` must be a user id: 1-128 characters of A-Z a-z 0-9 _ . : @ -"
+            )));
+        }
+        Ok(user)
+    }
+
+    fn boolean(&self, name: &str, raw: Option<&'a RawValue>) -> Result<bool, CommandError> {
+        match raw.map(RawValue::get) {
+            None => Ok(false),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(_) => Err(self.error(format!("`{name}` must be true or false"))),
+        }
+    }
+
+    fn unsigned(&self, name: &str, raw: Option<&'a RawValue>) -> Result<Option<u64>, CommandError> {
+        raw.map(|r| {
+            r.get()
+                .parse::<u64>()
+                .map_err(|_| self.error(format!("`{name}` must be a whole number of 0 or more")))
+        })
+        .transpose()
+    }
+
+    fn options(&self, env: &Envelope<'a>) -> Result<DeliveryOptions, CommandError> {
+        let priority = match env.priority {
+            None => Priority::Normal,
+            Some(raw) => {
+                let name = self.string("priority", raw)?;
+                Priority::parse(&name).ok_or_else(|| {
+                    self.error("`priority` must be one of low, normal, high, critical")
+                })?
+            }
+        };
+        let options = DeliveryOptions {
+            priority,
+            ack: self.boolean("ack", env.ack)?,
+            delay_ms: self.unsigned("delay_ms", env.delay_ms)?,
+            at_unix_ms: self.unsigned("at", env.at)?,
+            ttl_ms: self.unsigned("ttl_ms", env.ttl_ms)?,
+        };
+        if options.delay_ms.is_some() && options.at_unix_ms.is_some() {
+            return Err(self.error("give `delay_ms` or `at`, not both"));
+        }
+        Ok(options)
+    }
 }
 
 /// Decodes a text frame (or the header of a binary frame) into a command.
@@ -112,7 +330,7 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             Err(e) => CommandError::new(None, ErrorCode::BadJson, format!("invalid JSON: {e}")),
         });
     }
-    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+    let env: Envelope = serde_json::from_str(text).map_err(|e| {
         let code = if e.is_data() {
             ErrorCode::BadRequest
         } else {
@@ -121,7 +339,7 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
         CommandError::new(None, code, format!("invalid command: {e}"))
     })?;
 
-    let reference = match envelope.reference {
+    let reference = match env.reference {
         None => None,
         Some(raw) if is_valid_ref(raw) => Some(raw),
         Some(_) => {
@@ -132,18 +350,60 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             ))
         }
     };
-    let op_raw = envelope
-        .op
-        .ok_or_else(|| CommandError::new(reference, ErrorCode::BadRequest, "missing field `op`"))?;
-    let op: std::borrow::Cow<str> = serde_json::from_str(op_raw.get()).map_err(|_| {
-        CommandError::new(reference, ErrorCode::BadRequest, "`op` must be a string")
-    })?;
+    let fields = Fields { reference };
+    let op_raw = fields.required("op", env.op)?;
+    let op = fields.string("op", op_raw)?;
 
     let command = match op.as_ref() {
-        "ping" => Command::Ping { t: envelope.t },
-        "echo" => Command::Echo {
-            data: envelope.data,
+        "ping" => Command::Ping { t: env.t },
+        "echo" => Command::Echo { data: env.data },
+        "join" => {
+            let weight = match fields.unsigned("weight", env.weight)? {
+                None => 1,
+                Some(w) if WEIGHT_RANGE.contains(&(w.min(u32::MAX as u64) as u32)) => w as u32,
+                Some(_) => return Err(fields.error("`weight` must be 1 to 1000")),
+            };
+            Command::Join {
+                group: fields.group(env.group)?,
+                weight,
+            }
+        }
+        "leave" => Command::Leave {
+            group: fields.group(env.group)?,
         },
+        "send" => Command::Send {
+            to: fields.user("to", env.to)?,
+            data: env.data,
+            options: fields.options(&env)?,
+        },
+        "publish" => Command::Publish {
+            group: fields.group(env.group)?,
+            data: env.data,
+            options: fields.options(&env)?,
+            echo: fields.boolean("echo", env.echo)?,
+        },
+        "anycast" => Command::Anycast {
+            group: fields.group(env.group)?,
+            data: env.data,
+            options: fields.options(&env)?,
+        },
+        "strategy" => {
+            let name = fields.string("strategy", fields.required("strategy", env.strategy)?)?;
+            let strategy = match name.as_ref() {
+                "round_robin" => StrategyKind::RoundRobin,
+                "least_connections" => StrategyKind::LeastConnections,
+                "weighted" => StrategyKind::Weighted,
+                _ => {
+                    return Err(fields.error(
+                        "`strategy` must be one of round_robin, least_connections, weighted",
+                    ))
+                }
+            };
+            Command::Strategy {
+                group: fields.group(env.group)?,
+                strategy,
+            }
+        }
         other => {
             return Err(CommandError::new(
                 reference,
@@ -152,7 +412,11 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             ))
         }
     };
-    Ok(Request { reference, command })
+    Ok(Request {
+        reference,
+        command,
+        lz4: fields.boolean("lz4", env.lz4)?,
+    })
 }
 
 /// `ref` is a JSON string or a JSON integer (no fraction, no exponent).
@@ -189,116 +453,6 @@ pub fn split_binary(frame: &[u8]) -> Result<(&str, &[u8]), CommandError> {
         CommandError::new(None, ErrorCode::BadJson, "binary frame header is not UTF-8")
     })?;
     Ok((header, &frame[newline + 1..]))
-}
-
-/// Appends JSON events to a buffer without building a tree.
-struct EventWriter {
-    out: Vec<u8>,
-}
-
-impl EventWriter {
-    fn new(op: &str, capacity: usize) -> Self {
-        let mut out = Vec::with_capacity(capacity);
-        out.extend_from_slice(b"{\"op\":\"");
-        out.extend_from_slice(op.as_bytes());
-        out.push(b'"');
-        EventWriter { out }
-    }
-
-    fn raw(mut self, key: &str, raw_json: &str) -> Self {
-        self.key(key);
-        self.out.extend_from_slice(raw_json.as_bytes());
-        self
-    }
-
-    fn string(mut self, key: &str, value: &str) -> Self {
-        self.key(key);
-        serde_json::to_writer(&mut self.out, value).expect("writing to a Vec cannot fail");
-        self
-    }
-
-    fn number(mut self, key: &str, value: u64) -> Self {
-        self.key(key);
-        self.out.extend_from_slice(value.to_string().as_bytes());
-        self
-    }
-
-    fn reference(self, reference: Option<&str>) -> Self {
-        match reference {
-            Some(r) => self.raw("ref", r),
-            None => self,
-        }
-    }
-
-    fn key(&mut self, key: &str) {
-        self.out.extend_from_slice(b",\"");
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    fn finish(mut self) -> String {
-        self.out.push(b'}');
-        // Every piece written is valid UTF-8: literals, raw JSON taken from
-        // a `str`, and serde_json's string output.
-        String::from_utf8(self.out).expect("events are built from UTF-8 pieces")
-    }
-}
-
-/// What a new connection is told first.
-#[derive(Debug, Clone)]
-pub struct Welcome<'a> {
-    pub user: &'a str,
-    pub conn: u64,
-    pub shard: usize,
-    pub heartbeat_ms: u64,
-}
-
-/// The server's name on the wire, `ws-uring/VERSION`.
-pub const SERVER_NAME: &str = concat!("ws-uring/", env!("CARGO_PKG_VERSION"));
-
-/// `{"op":"welcome",...}`
-pub fn encode_welcome(w: &Welcome<'_>) -> String {
-    EventWriter::new("welcome", 128)
-        .string("user", w.user)
-        .number("conn", w.conn)
-        .number("shard", w.shard as u64)
-        .string("server", SERVER_NAME)
-        .number("heartbeat_ms", w.heartbeat_ms)
-        .finish()
-}
-
-/// `{"op":"pong","t":T}`, with `ref` when the ping had one; `t` is omitted
-/// when the ping carried none.
-pub fn encode_pong(reference: Option<&RawValue>, t: Option<&RawValue>) -> String {
-    let w = EventWriter::new("pong", 48).reference(reference.map(RawValue::get));
-    match t {
-        Some(t) => w.raw("t", t.get()).finish(),
-        None => w.finish(),
-    }
-}
-
-/// `{"op":"echo","data":D}`, with `ref` when the command had one.
-pub fn encode_echo(reference: Option<&RawValue>, data: &RawValue) -> String {
-    EventWriter::new("echo", 24 + data.get().len())
-        .reference(reference.map(RawValue::get))
-        .raw("data", data.get())
-        .finish()
-}
-
-/// The header of a binary `echo` reply, `{"op":"echo"}`, without the `\n`.
-pub fn encode_echo_header(reference: Option<&RawValue>) -> String {
-    EventWriter::new("echo", 32)
-        .reference(reference.map(RawValue::get))
-        .finish()
-}
-
-/// `{"op":"error","ref":R|null,"code":CODE,"reason":"..."}`
-pub fn encode_error(err: &CommandError) -> String {
-    EventWriter::new("error", 64 + err.reason.len())
-        .raw("ref", err.reference.as_deref().unwrap_or("null"))
-        .string("code", err.code.as_str())
-        .string("reason", &err.reason)
-        .finish()
 }
 
 #[cfg(test)]

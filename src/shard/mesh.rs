@@ -1,8 +1,28 @@
 //! Messages shards send each other over the glommio channel mesh. They are
-//! plain `Send` values: no pointer into another shard's memory ever crosses.
+//! plain `Send` values: no pointer into another shard's memory ever crosses
+//! (message bodies are immutable, shared `Arc`s).
+
+use std::sync::Arc;
+
+use crate::protocol::{ErrorCode, StrategyKind};
+use crate::routing::{ConnRef, Envelope, Target};
+
+/// A request a shard waits on: answered to `shard` under `request_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub shard: usize,
+    pub request_id: u64,
+}
+
+/// Why a routed command failed, to be told to the connection that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub reason: String,
+}
 
 /// One message between shards.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum MeshMsg {
     /// Begin graceful shutdown (sent by shard 0 when a signal arrives).
     Shutdown,
@@ -13,6 +33,72 @@ pub enum MeshMsg {
         request_id: u64,
         health: ShardHealth,
     },
+    /// Several messages for the same shard in one channel slot.
+    Batch(Vec<MeshMsg>),
+
+    /// To a user's home: `at` is a live connection of `user`.
+    UserAttach {
+        user: String,
+        at: ConnRef,
+        reply: Option<ReplyTo>,
+    },
+    /// To a user's home: `at` closed.
+    UserDetach { user: String, at: ConnRef },
+    /// To a group's home: `at` joins with `weight`.
+    GroupJoin {
+        group: String,
+        at: ConnRef,
+        weight: u32,
+        reply: Option<ReplyTo>,
+    },
+    /// To a group's home: `at` leaves (also sent when it closes).
+    GroupLeave {
+        group: String,
+        at: ConnRef,
+        reply: Option<ReplyTo>,
+    },
+    /// To a group's home: set its anycast strategy.
+    SetStrategy {
+        group: String,
+        strategy: StrategyKind,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+    },
+    /// To the target's home: find the recipients and deliver.
+    Route {
+        target: Target,
+        envelope: Arc<Envelope>,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+    },
+    /// To a recipient shard: queue `envelope` to each of `conns` (skipping
+    /// `exclude`).
+    Deliver {
+        envelope: Arc<Envelope>,
+        conns: Arc<[u64]>,
+        exclude: Option<u64>,
+        anycast_group: Option<Arc<str>>,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+    },
+    /// From the home to the origin: the request went out in `parts`
+    /// `Deliver`s (0: nobody to deliver to).
+    Routed { request_id: u64, parts: u32 },
+    /// From a recipient shard to the origin: one part's outcome.
+    Delivered {
+        request_id: u64,
+        delivered: u64,
+        refused: u64,
+    },
+    /// A request finished: `Ok` (join, leave, strategy) or a failure.
+    Done {
+        request_id: u64,
+        result: Result<(), Failure>,
+    },
+    /// A failure for a command sent without `ref`: told to the connection.
+    Failed { origin: ConnRef, failure: Failure },
+    /// To a group's home: `n` anycasts to `conn` left its outbox.
+    AnycastDone { group: Arc<str>, conn: u64, n: u64 },
 }
 
 /// The figures one shard contributes to `/health`.

@@ -4,6 +4,8 @@
 //! never leaves the shard's thread.
 
 pub mod mesh;
+mod messaging;
+pub mod outgoing;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -24,7 +26,10 @@ use crate::config::Config;
 use crate::conn::liveness::{LivenessAction, LivenessRules};
 use crate::conn::ConnHandle;
 use crate::registry::Registry;
+use crate::routing::Directory;
 use mesh::{MeshMsg, ShardHealth};
+use messaging::MessagingState;
+use outgoing::Outgoing;
 
 /// The shard's read buffer size: every connection reads through it.
 pub const SHARD_RX_BUFFER_BYTES: usize = 64 * 1024;
@@ -42,6 +47,8 @@ pub struct ShardStart {
     /// Set by SIGINT/SIGTERM; shard 0 watches it and tells the others.
     pub shutdown_flag: Arc<AtomicBool>,
     pub started_at: Instant,
+    /// Unix time of start-up, in ms: part of every message id.
+    pub boot_unix_ms: u64,
     /// Told this shard's mesh id once it accepts connections.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -52,6 +59,9 @@ pub struct ShardCounters {
     pub connections_opened: Cell<u64>,
     pub connections_closed: Cell<u64>,
     pub stale_closed: Cell<u64>,
+    pub slow_consumers_closed: Cell<u64>,
+    /// Low-priority messages dropped for lack of outbox room.
+    pub dropped_low: Cell<u64>,
 }
 
 /// Everything one shard owns.
@@ -68,16 +78,23 @@ pub struct ShardState {
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     shutting_down: Cell<bool>,
     shutdown_wakers: RefCell<Vec<Waker>>,
-    mesh: Senders<MeshMsg>,
+    mesh: Rc<Senders<MeshMsg>>,
+    outgoing: Rc<Outgoing>,
+    /// The users and groups this shard is home to.
+    directory: RefCell<Directory>,
+    messaging: RefCell<MessagingState>,
+    /// Start-up time in base 36, the prefix of this run's message ids.
+    boot_id: String,
     health_waiters: RefCell<HashMap<u64, LocalSender<ShardHealth>>>,
     next_request_id: Cell<u64>,
 }
 
 impl ShardState {
     fn new(start: &ShardStart, mesh: Senders<MeshMsg>) -> Self {
+        let shard_count = mesh.nr_consumers();
         ShardState {
             id: mesh.peer_id(),
-            shard_count: mesh.nr_consumers(),
+            shard_count,
             config: start.config.clone(),
             registry: start.registry.clone(),
             started_at: start.started_at,
@@ -86,26 +103,43 @@ impl ShardState {
             conns: RefCell::new(HashMap::new()),
             shutting_down: Cell::new(false),
             shutdown_wakers: RefCell::new(Vec::new()),
-            mesh,
+            mesh: Rc::new(mesh),
+            outgoing: Outgoing::new(shard_count),
+            directory: RefCell::new(Directory::default()),
+            messaging: RefCell::new(MessagingState::default()),
+            boot_id: base36(start.boot_unix_ms),
             health_waiters: RefCell::new(HashMap::new()),
             next_request_id: Cell::new(0),
         }
     }
 
-    /// Adds an upgraded connection to this shard's table.
-    pub fn add_conn(&self, handle: Rc<ConnHandle>) {
+    /// Adds an upgraded connection to this shard's table. With `announce`
+    /// (protocol mode) its user's home is told, and `welcome` queued once
+    /// the home has it, so a client that saw `welcome` can be reached.
+    pub fn add_conn(&self, handle: Rc<ConnHandle>, announce: bool) {
         self.counters
             .connections_opened
             .set(self.counters.connections_opened.get() + 1);
         if self.shutting_down.get() {
-            handle.raise_shutdown();
+            handle.raise(crate::conn::handle::SIGNAL_SHUTDOWN);
         }
-        self.conns.borrow_mut().insert(handle.id, handle);
+        self.conns.borrow_mut().insert(handle.id, handle.clone());
+        if announce {
+            let welcome = crate::protocol::encode_welcome(&crate::protocol::Welcome {
+                user: &handle.user,
+                conn: handle.id,
+                shard: self.id,
+                heartbeat_ms: self.config.ping_interval_ms,
+            });
+            let frame = crate::ws::encode_frame(crate::ws::OPCODE_TEXT, &[welcome.as_bytes()]);
+            self.attach(&handle, bytes::Bytes::from(frame));
+        }
     }
 
-    /// Removes a closed connection.
-    pub fn remove_conn(&self, conn_id: u64, stale: bool) {
-        if self.conns.borrow_mut().remove(&conn_id).is_some() {
+    /// Removes a closed connection: tells the homes, settles its outbox.
+    pub fn remove_conn(&self, handle: &ConnHandle, stale: bool) {
+        if self.conns.borrow_mut().remove(&handle.id).is_some() {
+            self.detach(handle, !self.config.echo);
             self.counters
                 .connections_closed
                 .set(self.counters.connections_closed.get() + 1);
@@ -115,7 +149,7 @@ impl ShardState {
                     .set(self.counters.stale_closed.get() + 1);
             }
         }
-        self.registry.remove(conn_id);
+        self.registry.remove(handle.id);
     }
 
     /// Live connections on this shard.
@@ -135,7 +169,7 @@ impl ShardState {
         }
         log::debug!("shard {}: shutting down", self.id);
         for handle in self.conns.borrow().values() {
-            handle.raise_shutdown();
+            handle.raise(crate::conn::handle::SIGNAL_SHUTDOWN);
         }
         for waker in self.shutdown_wakers.borrow_mut().drain(..) {
             waker.wake();
@@ -186,9 +220,7 @@ impl ShardState {
                 from: self.id,
                 request_id,
             };
-            if self.mesh.send_to(peer, query).await.is_err() {
-                log::warn!("shard {}: health query to shard {peer} failed", self.id);
-            }
+            self.outgoing.send(peer, query);
         }
         let collect = async {
             while total.shards_answered < self.shard_count {
@@ -212,43 +244,46 @@ impl ShardState {
     /// Handles one message from another shard.
     fn on_mesh(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
+            MeshMsg::Batch(batch) => {
+                for msg in batch {
+                    self.on_mesh(msg);
+                }
+            }
             MeshMsg::Shutdown => self.begin_shutdown(),
             MeshMsg::HealthQuery { from, request_id } => {
                 let reply = MeshMsg::HealthReply {
                     request_id,
                     health: self.local_health(),
                 };
-                // Sent from its own task so a full channel to `from` never
-                // stalls this shard's receive loop.
-                let shard = self.clone();
-                glommio::spawn_local(async move {
-                    let _ = shard.mesh.send_to(from, reply).await;
-                })
-                .detach();
+                self.outgoing.send(from, reply);
             }
             MeshMsg::HealthReply { request_id, health } => {
                 if let Some(tx) = self.health_waiters.borrow().get(&request_id) {
                     let _ = tx.try_send(health);
                 }
             }
+            other => self.on_messaging(other),
         }
     }
 
     /// Tells every other shard to shut down.
-    async fn broadcast_shutdown(&self) {
+    fn broadcast_shutdown(&self) {
         for peer in (0..self.shard_count).filter(|p| *p != self.id) {
-            let _ = self.mesh.send_to(peer, MeshMsg::Shutdown).await;
+            self.outgoing.send(peer, MeshMsg::Shutdown);
         }
     }
 
-    /// Pings quiet connections and closes silent ones, on one timer for the
-    /// whole shard instead of one per connection.
+    /// Pings quiet connections, closes silent ones and slow consumers, on
+    /// one timer for the whole shard instead of one per connection.
     async fn sweep_liveness(self: Rc<Self>) {
         let rules = LivenessRules {
             ping_interval: Duration::from_millis(self.config.ping_interval_ms),
             idle_timeout: Duration::from_millis(self.config.idle_timeout_ms),
         };
-        let period = rules.sweep_period();
+        let slow_grace = Duration::from_millis(self.config.slow_consumer_grace_ms);
+        let period = rules
+            .sweep_period()
+            .min(slow_grace.max(Duration::from_millis(20)) / 4);
         while !self.shutting_down.get() {
             Timer::new(period).await;
             let now = Instant::now();
@@ -256,7 +291,11 @@ impl ShardState {
                 match rules.check(now, handle.last_rx(), handle.last_ping()) {
                     LivenessAction::Nothing => {}
                     LivenessAction::Ping => handle.raise_ping(now),
-                    LivenessAction::CloseIdle => handle.raise_idle(),
+                    LivenessAction::CloseIdle => handle.raise(crate::conn::handle::SIGNAL_IDLE),
+                }
+                let over_since = handle.outbox.borrow().over_since();
+                if over_since.is_some_and(|t| now.saturating_duration_since(t) >= slow_grace) {
+                    handle.raise(crate::conn::handle::SIGNAL_SLOW);
                 }
             }
         }
@@ -275,6 +314,7 @@ pub async fn run(start: ShardStart) {
         }
     };
     let shard = Rc::new(ShardState::new(&start, senders));
+    shard.outgoing.start_pumps(shard.id, shard.mesh.clone());
 
     for (_peer, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -295,7 +335,7 @@ pub async fn run(start: ShardStart) {
             }
             log::info!("shutdown requested: closing connections");
             shard.begin_shutdown();
-            shard.broadcast_shutdown().await;
+            shard.broadcast_shutdown();
         })
         .detach();
     }
@@ -359,5 +399,30 @@ async fn accept_until_shutdown(shard: &Rc<ShardState>, listener: &TcpListener) {
                 Timer::new(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base36_digits() {
+        assert_eq!(super::base36(0), "0");
+        assert_eq!(super::base36(35), "z");
+        assert_eq!(super::base36(36), "10");
+        assert_eq!(super::base36(1_700_000_000_000), "loyw3v28");
     }
 }

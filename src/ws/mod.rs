@@ -57,6 +57,35 @@ impl Write for MemStream {
     }
 }
 
+/// WebSocket opcode of a text frame.
+pub const OPCODE_TEXT: u8 = 0x1;
+/// WebSocket opcode of a binary frame.
+pub const OPCODE_BINARY: u8 = 0x2;
+
+/// Encodes one complete, unmasked server frame (FIN set) from its payload
+/// parts, in one allocation. Frames a shard sends to many connections are
+/// encoded once this way and shared.
+pub fn encode_frame(opcode: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(0x80 | opcode);
+    match len {
+        0..=125 => frame.push(len as u8),
+        126..=65535 => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
+    frame
+}
+
 /// Why a session ended or must end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -134,16 +163,27 @@ impl WsSession {
         self.ws.can_write()
     }
 
-    /// Moves all bytes queued for the socket into `out` (which is cleared).
-    pub fn take_output(&mut self, out: &mut Vec<u8>) {
-        out.clear();
+    /// Appends all bytes tungstenite queued for the socket (control frames,
+    /// close replies, messages given to `send`) to `out`.
+    pub fn append_output(&mut self, out: &mut Vec<u8>) {
         // Moves tungstenite's buffered frames into the MemStream.
         let _ = self.ws.flush();
-        std::mem::swap(out, &mut self.ws.get_mut().outbound);
         let stream = self.ws.get_mut();
+        if out.is_empty() {
+            std::mem::swap(out, &mut stream.outbound);
+        } else {
+            out.extend_from_slice(&stream.outbound);
+            stream.outbound.clear();
+        }
         if stream.outbound.capacity() > IDLE_BUFFER_KEEP_BYTES {
             stream.outbound = Vec::new();
         }
+    }
+
+    /// Moves all bytes queued for the socket into `out` (which is cleared).
+    pub fn take_output(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        self.append_output(out);
     }
 
     fn fail(&mut self, error: WsError) -> SessionEnd {
@@ -267,6 +307,18 @@ mod tests {
             decode_server_output(&out)[..],
             [Message::Close(_)]
         ));
+    }
+
+    #[test]
+    fn encoded_frames_decode_as_sent() {
+        for len in [0usize, 125, 126, 65535, 65536, 70000] {
+            let payload = vec![b'a'; len];
+            let mut bytes = encode_frame(OPCODE_TEXT, &[&payload[..len / 2], &payload[len / 2..]]);
+            bytes.extend(encode_frame(OPCODE_BINARY, &[b"xy"]));
+            let msgs = decode_server_output(&bytes);
+            assert_eq!(msgs[0], Message::text("a".repeat(len)), "len {len}");
+            assert_eq!(msgs[1], Message::binary(b"xy".to_vec()));
+        }
     }
 
     #[test]

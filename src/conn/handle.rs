@@ -1,0 +1,121 @@
+//! The shard's handle on a live WebSocket connection. Deliveries queue
+//! frames in its outbox; the sweeper and shutdown raise signals; the
+//! connection's own task drains the outbox and acts on the signals.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Instant;
+
+use super::outbox::{OutItem, Outbox, PushOutcome};
+
+/// Send a ping.
+pub const SIGNAL_PING: u8 = 1;
+/// Close with 1001: silent too long.
+pub const SIGNAL_IDLE: u8 = 2;
+/// Close with 1001: the server is shutting down.
+pub const SIGNAL_SHUTDOWN: u8 = 4;
+/// The outbox has new frames.
+pub const SIGNAL_OUTBOX: u8 = 8;
+/// Close with 1008: the outbox stayed over its bound.
+pub const SIGNAL_SLOW: u8 = 16;
+
+/// Most groups one connection may be in.
+pub const GROUPS_PER_CONNECTION_MAX: usize = 1024;
+
+/// One live WebSocket connection, as its shard sees it.
+pub struct ConnHandle {
+    pub id: u64,
+    pub user: Rc<str>,
+    /// Chose `wsu.v1.lz4`: large binary payloads arrive compressed.
+    pub wants_lz4: bool,
+    pub outbox: RefCell<Outbox>,
+    /// Groups this connection joined (left for it when it closes).
+    pub groups: RefCell<HashSet<String>>,
+    signals: Cell<u8>,
+    waker: Cell<Option<Waker>>,
+    last_rx: Cell<Instant>,
+    last_ping: Cell<Option<Instant>>,
+}
+
+impl ConnHandle {
+    pub fn new(
+        id: u64,
+        user: Rc<str>,
+        wants_lz4: bool,
+        outbox_max_bytes: usize,
+        now: Instant,
+    ) -> Self {
+        ConnHandle {
+            id,
+            user,
+            wants_lz4,
+            outbox: RefCell::new(Outbox::new(outbox_max_bytes)),
+            groups: RefCell::new(HashSet::new()),
+            signals: Cell::new(0),
+            waker: Cell::new(None),
+            last_rx: Cell::new(now),
+            last_ping: Cell::new(None),
+        }
+    }
+
+    /// Queues a frame and wakes the task. `Overflow` also raises
+    /// `SIGNAL_SLOW`: the connection is closed with 1008.
+    pub fn enqueue(
+        &self,
+        item: OutItem,
+        now: Instant,
+        evicted: impl FnMut(&OutItem),
+    ) -> PushOutcome {
+        let outcome = self.outbox.borrow_mut().push(item, now, evicted);
+        match outcome {
+            PushOutcome::Queued => self.raise(SIGNAL_OUTBOX),
+            PushOutcome::Overflow => self.raise(SIGNAL_SLOW),
+            PushOutcome::DroppedLow | PushOutcome::Refused => {}
+        }
+        outcome
+    }
+
+    /// When the peer last sent anything (pongs included).
+    pub fn last_rx(&self) -> Instant {
+        self.last_rx.get()
+    }
+
+    /// Records traffic from the peer.
+    pub fn heard_at(&self, now: Instant) {
+        self.last_rx.set(now);
+    }
+
+    /// When we last pinged.
+    pub fn last_ping(&self) -> Option<Instant> {
+        self.last_ping.get()
+    }
+
+    /// Asks the task to send a ping.
+    pub fn raise_ping(&self, now: Instant) {
+        self.last_ping.set(Some(now));
+        self.raise(SIGNAL_PING);
+    }
+
+    /// Sets signal bits and wakes the task.
+    pub fn raise(&self, signal: u8) {
+        self.signals.set(self.signals.get() | signal);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Takes the pending signal bits.
+    pub fn take_signals(&self) -> u8 {
+        self.signals.replace(0)
+    }
+
+    /// Registers the task's waker.
+    pub fn park(&self, waker: &Waker) {
+        match self.waker.take() {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+}

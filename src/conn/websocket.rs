@@ -1,0 +1,205 @@
+//! The WebSocket loop of one connection: answer every complete message,
+//! fill one write from the outbox (highest lane first) and the session's
+//! control frames, then wait for the socket, a signal or a deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::{future, AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use tungstenite::Message;
+
+use super::commands::Mode;
+use super::handle::{ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW};
+use crate::shard::ShardState;
+use crate::ws::WsSession;
+
+/// Most outbox bytes put into one write: a connection with a deep queue
+/// yields the shard after this much, so it cannot starve the others.
+pub const WRITE_BATCH_MAX_BYTES: usize = 64 * 1024;
+
+/// How a WebSocket session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Close handshake completed, or our close frame was sent.
+    Closed,
+    /// Closed by us for silence (counted as stale).
+    Stale,
+    /// The socket closed or failed under us.
+    PeerGone,
+}
+
+/// What woke the connection task.
+enum Wake {
+    Input,
+    Wrote(usize),
+    PeerGone,
+    Signals(u8),
+    Deadline,
+}
+
+/// Bytes waiting for the socket: outbox frames first, then control frames.
+struct Pending {
+    bytes: Vec<u8>,
+    written: usize,
+    /// How many of the leading bytes came from the outbox.
+    from_outbox: usize,
+}
+
+impl Pending {
+    fn is_done(&self) -> bool {
+        self.written == self.bytes.len()
+    }
+}
+
+pub(super) async fn run_session(
+    shard: &Rc<ShardState>,
+    stream: &mut TcpStream,
+    session: &mut WsSession,
+    handle: &ConnHandle,
+    mode: Mode,
+) -> Outcome {
+    let close_grace = Duration::from_millis(shard.config.shutdown_timeout_ms);
+    let mut pending = Pending {
+        bytes: Vec::new(),
+        written: 0,
+        from_outbox: 0,
+    };
+    let mut stale = false;
+    let mut ended = false;
+    let mut close_deadline: Option<Instant> = None;
+    let end = |stale: bool| {
+        if stale {
+            Outcome::Stale
+        } else {
+            Outcome::Closed
+        }
+    };
+    loop {
+        while !ended {
+            match session.next_message() {
+                Ok(Some(message)) => shard.handle_message(handle, message, mode),
+                Ok(None) => break,
+                Err(_) => ended = true,
+            }
+        }
+        if pending.is_done() {
+            refill(shard, session, handle, &mut pending);
+        }
+        if pending.is_done() && ended {
+            return end(stale);
+        }
+
+        match wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await {
+            Wake::Input => {}
+            Wake::Wrote(n) => {
+                let from_outbox = n.min(pending.from_outbox.saturating_sub(pending.written));
+                pending.written += n;
+                if from_outbox > 0 {
+                    handle.outbox.borrow_mut().wrote(from_outbox);
+                }
+            }
+            Wake::PeerGone => {
+                // A stale peer that hangs up after our close is still stale.
+                return if stale {
+                    Outcome::Stale
+                } else {
+                    Outcome::PeerGone
+                };
+            }
+            Wake::Deadline => return end(stale),
+            Wake::Signals(signals) => {
+                if signals & SIGNAL_SLOW != 0 && session.is_open() {
+                    shard.count_slow_consumer();
+                    session.close(1008, "slow consumer: outgoing queue over its bound");
+                } else if signals & SIGNAL_IDLE != 0 && session.is_open() {
+                    stale = true;
+                    session.close(1001, "idle timeout");
+                } else if signals & SIGNAL_SHUTDOWN != 0 {
+                    session.close(1001, "server shutting down");
+                } else if signals & SIGNAL_PING != 0 && session.is_open() {
+                    let _ = session.send(Message::Ping(Default::default()));
+                }
+                if !session.is_open() && close_deadline.is_none() {
+                    close_deadline = Some(Instant::now() + close_grace);
+                }
+            }
+        }
+        // Many ready connections on one shard take turns.
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Starts a new write: outbox frames (while the session is open), then the
+/// session's own output (pongs, pings, close frames).
+fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pending: &mut Pending) {
+    pending.bytes.clear();
+    pending.written = 0;
+    pending.from_outbox = 0;
+    if session.is_open() {
+        let mut anycasts = Vec::new();
+        pending.from_outbox = handle.outbox.borrow_mut().take_into(
+            &mut pending.bytes,
+            WRITE_BATCH_MAX_BYTES,
+            |item| {
+                if let Some(group) = &item.anycast_group {
+                    anycasts.push(group.clone());
+                }
+            },
+        );
+        for group in anycasts {
+            shard.anycast_done(&group, handle.id, 1);
+        }
+    }
+    session.append_output(&mut pending.bytes);
+    if pending.bytes.capacity() > 4 * WRITE_BATCH_MAX_BYTES && pending.bytes.is_empty() {
+        pending.bytes = Vec::new();
+    }
+}
+
+/// Waits for input (fed into the session), write progress, a signal, or the
+/// close deadline.
+async fn wait_for_wake(
+    shard: &ShardState,
+    stream: &mut TcpStream,
+    session: &mut WsSession,
+    handle: &ConnHandle,
+    pending: &Pending,
+    deadline: Option<Instant>,
+) -> Wake {
+    let mut timer = deadline.map(|d| Timer::new(d.saturating_duration_since(Instant::now())));
+    future::poll_fn(|cx| {
+        let signals = handle.take_signals();
+        if signals != 0 {
+            return Poll::Ready(Wake::Signals(signals));
+        }
+        handle.park(cx.waker());
+        if let Some(timer) = timer.as_mut() {
+            if Pin::new(timer).poll(cx).is_ready() {
+                return Poll::Ready(Wake::Deadline);
+            }
+        }
+        if !pending.is_done() {
+            match Pin::new(&mut *stream).poll_write(cx, &pending.bytes[pending.written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wake::PeerGone),
+                Poll::Ready(Ok(n)) => return Poll::Ready(Wake::Wrote(n)),
+                Poll::Pending => {}
+            }
+        }
+        let mut buf = shard.rx_buffer.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::PeerGone),
+            Poll::Ready(Ok(n)) => {
+                session.feed(&buf[..n]);
+                handle.heard_at(Instant::now());
+                Poll::Ready(Wake::Input)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}

@@ -1,0 +1,343 @@
+//! One shard's partition of the directory, sans-IO: for every user and
+//! group whose home is this shard, where its connections are, and for
+//! groups the members' weights and the anycast strategy state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::protocol::StrategyKind;
+
+/// A connection somewhere in the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub shard: usize,
+    pub conn: u64,
+}
+
+/// A group member and its anycast bookkeeping.
+#[derive(Debug, Clone)]
+struct Member {
+    at: ConnRef,
+    weight: u32,
+    /// Smooth weighted round robin state (nginx's algorithm).
+    current: i64,
+    /// Anycasts sent to this member and not yet written to its socket.
+    outstanding: u64,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: Vec<Member>,
+    /// conn id → index in `members`.
+    index: HashMap<u64, usize>,
+    strategy: StrategyKind,
+    cursor: usize,
+    /// Member conn ids per shard, shared with publishes until membership
+    /// changes (rebuilt lazily).
+    by_shard: Option<Vec<Arc<[u64]>>>,
+}
+
+/// Why a directory change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("this shard already holds {0} groups")]
+    TooManyGroups(usize),
+    #[error("group has {0} members, the most allowed")]
+    GroupFull(usize),
+}
+
+/// Most groups one shard's partition holds.
+pub const GROUPS_MAX_PER_SHARD: usize = 1_000_000;
+/// Most members one group holds.
+pub const GROUP_MEMBERS_MAX: usize = 1_000_000;
+
+/// One shard's partition of users and groups.
+#[derive(Debug, Default)]
+pub struct Directory {
+    users: HashMap<String, Vec<ConnRef>>,
+    groups: HashMap<String, Group>,
+}
+
+impl Directory {
+    /// Records that `user` has a live connection at `at`.
+    pub fn attach_user(&mut self, user: &str, at: ConnRef) {
+        let conns = self.users.entry(user.to_string()).or_default();
+        if !conns.contains(&at) {
+            conns.push(at);
+        }
+    }
+
+    /// Forgets a closed connection of `user`.
+    pub fn detach_user(&mut self, user: &str, at: ConnRef) {
+        if let Some(conns) = self.users.get_mut(user) {
+            conns.retain(|c| *c != at);
+            if conns.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    /// The live connections of `user` grouped by shard (`shards` entries).
+    pub fn user_conns_by_shard(&self, user: &str, shards: usize) -> Vec<Vec<u64>> {
+        let mut by_shard = vec![Vec::new(); shards];
+        for c in self.users.get(user).map(Vec::as_slice).unwrap_or(&[]) {
+            by_shard[c.shard].push(c.conn);
+        }
+        by_shard
+    }
+
+    /// Live connections of `user`.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Adds (or re-weights) a member.
+    pub fn join(&mut self, group: &str, at: ConnRef, weight: u32) -> Result<(), DirectoryError> {
+        if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX_PER_SHARD {
+            return Err(DirectoryError::TooManyGroups(self.groups.len()));
+        }
+        let g = self.groups.entry(group.to_string()).or_default();
+        match g.index.get(&at.conn) {
+            Some(&i) => g.members[i].weight = weight,
+            None => {
+                if g.members.len() >= GROUP_MEMBERS_MAX {
+                    return Err(DirectoryError::GroupFull(g.members.len()));
+                }
+                g.index.insert(at.conn, g.members.len());
+                g.members.push(Member {
+                    at,
+                    weight,
+                    current: 0,
+                    outstanding: 0,
+                });
+                g.by_shard = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a member; returns whether it was one.
+    pub fn leave(&mut self, group: &str, conn: u64) -> bool {
+        let Some(g) = self.groups.get_mut(group) else {
+            return false;
+        };
+        let Some(i) = g.index.remove(&conn) else {
+            return false;
+        };
+        g.members.swap_remove(i);
+        if let Some(moved) = g.members.get(i) {
+            g.index.insert(moved.at.conn, i);
+        }
+        g.by_shard = None;
+        if g.members.is_empty() && g.strategy == StrategyKind::default() {
+            self.groups.remove(group);
+        }
+        true
+    }
+
+    /// Sets how `anycast` picks in `group` (kept even while it is empty).
+    pub fn set_strategy(
+        &mut self,
+        group: &str,
+        strategy: StrategyKind,
+    ) -> Result<(), DirectoryError> {
+        if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX_PER_SHARD {
+            return Err(DirectoryError::TooManyGroups(self.groups.len()));
+        }
+        let g = self.groups.entry(group.to_string()).or_default();
+        g.strategy = strategy;
+        for m in &mut g.members {
+            m.current = 0;
+        }
+        if g.members.is_empty() && strategy == StrategyKind::default() {
+            self.groups.remove(group);
+        }
+        Ok(())
+    }
+
+    /// Member count of `group`.
+    pub fn member_count(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |g| g.members.len())
+    }
+
+    /// Member conn ids per shard; the slices are shared, not copied, until
+    /// membership changes.
+    pub fn members_by_shard(&mut self, group: &str, shards: usize) -> Vec<Arc<[u64]>> {
+        let Some(g) = self.groups.get_mut(group) else {
+            return vec![Arc::from(Vec::new()); shards];
+        };
+        g.by_shard
+            .get_or_insert_with(|| {
+                let mut lists = vec![Vec::new(); shards];
+                for m in &g.members {
+                    lists[m.at.shard].push(m.at.conn);
+                }
+                lists.into_iter().map(Arc::from).collect()
+            })
+            .clone()
+    }
+
+    /// Picks one member for an anycast by the group's strategy and counts
+    /// the message as outstanding on it.
+    pub fn pick(&mut self, group: &str) -> Option<ConnRef> {
+        let g = self.groups.get_mut(group)?;
+        let n = g.members.len();
+        if n == 0 {
+            return None;
+        }
+        let i = match g.strategy {
+            StrategyKind::RoundRobin => g.cursor % n,
+            StrategyKind::LeastConnections => {
+                // Least outstanding; ties go round robin so equal members share.
+                let start = g.cursor % n;
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .min_by_key(|&j| g.members[j].outstanding)
+                    .expect("group is not empty")
+            }
+            StrategyKind::Weighted => {
+                // Smooth weighted round robin: every member gains its weight,
+                // the richest is picked and pays the total. Over any window
+                // each member is picked in proportion to its weight, spread
+                // out rather than in bursts.
+                let total: i64 = g.members.iter().map(|m| m.weight as i64).sum();
+                let mut best = 0;
+                for j in 0..n {
+                    g.members[j].current += g.members[j].weight as i64;
+                    if g.members[j].current > g.members[best].current {
+                        best = j;
+                    }
+                }
+                g.members[best].current -= total;
+                best
+            }
+        };
+        g.cursor = g.cursor.wrapping_add(1);
+        let m = &mut g.members[i];
+        m.outstanding += 1;
+        Some(m.at)
+    }
+
+    /// `n` anycasts to `conn` left its outbox (or it closed): no longer
+    /// outstanding.
+    pub fn anycast_done(&mut self, group: &str, conn: u64, n: u64) {
+        if let Some(g) = self.groups.get_mut(group) {
+            if let Some(&i) = g.index.get(&conn) {
+                let m = &mut g.members[i];
+                m.outstanding = m.outstanding.saturating_sub(n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(shard: usize, conn: u64) -> ConnRef {
+        ConnRef { shard, conn }
+    }
+
+    fn group_of(n: u64, weights: impl Fn(u64) -> u32) -> Directory {
+        let mut d = Directory::default();
+        for c in 0..n {
+            d.join("g", at((c % 3) as usize, c), weights(c)).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn users_attach_and_detach() {
+        let mut d = Directory::default();
+        d.attach_user("u", at(0, 1));
+        d.attach_user("u", at(2, 7));
+        d.attach_user("u", at(2, 7));
+        assert_eq!(d.user_connection_count("u"), 2);
+        assert_eq!(
+            d.user_conns_by_shard("u", 3),
+            vec![vec![1], vec![], vec![7]]
+        );
+        d.detach_user("u", at(0, 1));
+        d.detach_user("u", at(2, 7));
+        assert_eq!(d.user_connection_count("u"), 0);
+        assert!(d.users.is_empty(), "empty entries are dropped");
+    }
+
+    #[test]
+    fn join_leave_and_members_by_shard() {
+        let mut d = group_of(6, |_| 1);
+        let lists = d.members_by_shard("g", 3);
+        assert_eq!(&*lists[0], &[0, 3]);
+        assert_eq!(&*lists[1], &[1, 4]);
+        assert!(d.leave("g", 3));
+        assert!(!d.leave("g", 3));
+        assert_eq!(&*d.members_by_shard("g", 3)[0], &[0]);
+        for c in [0, 1, 2, 4, 5] {
+            assert!(d.leave("g", c));
+        }
+        assert!(d.groups.is_empty(), "empty default groups are dropped");
+        assert_eq!(d.pick("g"), None);
+    }
+
+    #[test]
+    fn round_robin_is_even() {
+        let mut d = group_of(7, |_| 1);
+        let mut counts = HashMap::new();
+        for _ in 0..700 {
+            *counts.entry(d.pick("g").unwrap().conn).or_insert(0) += 1;
+        }
+        assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn weighted_is_proportional_and_smooth() {
+        let mut d = group_of(2, |c| if c == 0 { 1 } else { 3 });
+        d.set_strategy("g", StrategyKind::Weighted).unwrap();
+        let picks: Vec<u64> = (0..4000).map(|_| d.pick("g").unwrap().conn).collect();
+        let heavy = picks.iter().filter(|&&c| c == 1).count();
+        assert_eq!(heavy, 3000);
+        // Smooth: the light member is picked once in every window of 4.
+        for window in picks.chunks(4) {
+            assert_eq!(window.iter().filter(|&&c| c == 0).count(), 1, "{window:?}");
+        }
+    }
+
+    #[test]
+    fn least_connections_avoids_a_stalled_member() {
+        let mut d = group_of(3, |_| 1);
+        d.set_strategy("g", StrategyKind::LeastConnections).unwrap();
+        // Members 0 and 2 complete their work; member 1 never does.
+        let mut counts = HashMap::new();
+        for _ in 0..300 {
+            let c = d.pick("g").unwrap().conn;
+            *counts.entry(c).or_insert(0) += 1;
+            if c != 1 {
+                d.anycast_done("g", c, 1);
+            }
+        }
+        assert_eq!(
+            counts.get(&1),
+            Some(&1),
+            "stalled member picked once: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn strategy_survives_an_empty_group() {
+        let mut d = Directory::default();
+        d.set_strategy("g", StrategyKind::Weighted).unwrap();
+        d.join("g", at(0, 1), 5).unwrap();
+        d.leave("g", 1);
+        d.join("g", at(0, 2), 1).unwrap();
+        assert_eq!(d.groups["g"].strategy, StrategyKind::Weighted);
+    }
+
+    #[test]
+    fn rejoin_updates_weight() {
+        let mut d = Directory::default();
+        d.join("g", at(0, 1), 1).unwrap();
+        d.join("g", at(0, 1), 9).unwrap();
+        assert_eq!(d.member_count("g"), 1);
+        assert_eq!(d.groups["g"].members[0].weight, 9);
+    }
+}

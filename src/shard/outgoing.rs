@@ -1,0 +1,82 @@
+//! Outgoing mesh traffic, one queue per peer shard, drained by one pump
+//! task per peer that sends everything queued as one batch.
+//!
+//! Queueing never waits, so no shard ever blocks inside a handler while
+//! its peer blocks the other way (two shards each waiting for room in the
+//! other's channel would deadlock). Client-originated traffic checks
+//! `is_congested` first and is refused with `overloaded` past the bound;
+//! control traffic (detach, leave, replies) is always queued, and is itself
+//! bounded by the number of connections and requests.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use futures_lite::future;
+use glommio::channels::channel_mesh::Senders;
+
+use super::mesh::MeshMsg;
+
+/// Queued messages to one peer past which client requests are refused.
+pub const MESH_QUEUE_MAX_MSGS: usize = 65_536;
+
+/// The per-peer outgoing queues of one shard.
+pub struct Outgoing {
+    queues: Vec<RefCell<Vec<MeshMsg>>>,
+    wakers: Vec<Cell<Option<Waker>>>,
+}
+
+impl Outgoing {
+    pub fn new(shards: usize) -> Rc<Self> {
+        Rc::new(Outgoing {
+            queues: (0..shards).map(|_| RefCell::new(Vec::new())).collect(),
+            wakers: (0..shards).map(|_| Cell::new(None)).collect(),
+        })
+    }
+
+    /// Queues `msg` for `peer` and wakes its pump.
+    pub fn send(&self, peer: usize, msg: MeshMsg) {
+        self.queues[peer].borrow_mut().push(msg);
+        if let Some(w) = self.wakers[peer].take() {
+            w.wake();
+        }
+    }
+
+    /// Whether client traffic to `peer` should be refused for now.
+    pub fn is_congested(&self, peer: usize) -> bool {
+        self.queues[peer].borrow().len() >= MESH_QUEUE_MAX_MSGS
+    }
+
+    /// Starts one pump task per peer; they end when the mesh closes.
+    pub fn start_pumps(self: &Rc<Self>, self_id: usize, senders: Rc<Senders<MeshMsg>>) {
+        for peer in (0..self.queues.len()).filter(|p| *p != self_id) {
+            let outgoing = self.clone();
+            let senders = senders.clone();
+            glommio::spawn_local(async move { outgoing.pump(peer, &senders).await }).detach();
+        }
+    }
+
+    async fn pump(&self, peer: usize, senders: &Senders<MeshMsg>) {
+        loop {
+            let mut batch = future::poll_fn(|cx| {
+                let mut queue = self.queues[peer].borrow_mut();
+                if queue.is_empty() {
+                    self.wakers[peer].set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(std::mem::take(&mut *queue))
+                }
+            })
+            .await;
+            let msg = if batch.len() == 1 {
+                batch.pop().expect("one message")
+            } else {
+                MeshMsg::Batch(batch)
+            };
+            if senders.send_to(peer, msg).await.is_err() {
+                log::debug!("mesh to shard {peer} closed; pump stops");
+                return;
+            }
+        }
+    }
+}
