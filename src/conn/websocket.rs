@@ -127,6 +127,12 @@ pub(super) async fn run_session(
                 if !session.is_open() && close_deadline.is_none() {
                     close_deadline = Some(Instant::now() + close_grace);
                 }
+                // Pings and close frames go out behind what is being written
+                // now, not after it: a stuck write must not hold back the
+                // close frame of a slow consumer.
+                if !pending.is_done() {
+                    session.append_output(&mut pending.bytes);
+                }
             }
         }
         // Many ready connections on one shard take turns.
