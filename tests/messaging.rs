@@ -317,13 +317,13 @@ fn least_connections_avoids_a_stalled_member() {
 
 #[test]
 fn priorities_are_delivered_in_order_after_a_pause() {
-    let server = TestServer::start(&["--shards", "2", "--outbox-max-bytes", "8388608"]);
+    let server = TestServer::start(&["--shards", "2", "--outbox-max-bytes", "16777216"]);
     let mut reader = tiny_buffer_client(&server, "reader");
     let (mut sender, _) = user(&server, "sender");
-    // Fill the reader's socket (loopback buffers over a megabyte) so later
-    // messages wait in its outbox.
+    // Fill the reader's socket so later messages wait in its outbox: 8 MB,
+    // twice what the kernel buffers per socket at most (tcp_wmem max 4 MiB).
     let filler = "f".repeat(60 * 1024);
-    for _ in 0..48 {
+    for _ in 0..140 {
         ok(
             &mut sender,
             json!({"op":"send","to":"reader","data":filler,"priority":"low"}),
