@@ -131,6 +131,14 @@ macro_rules! settings {
             pub fn describe(&self) -> Vec<(&'static str, String)> {
                 let mut out = vec![("echo", self.echo.to_string())];
                 $( out.push((stringify!($name), ValueDisplay::show(&self.$name))); )*
+                // Never log secrets.
+                for (key, value) in out.iter_mut() {
+                    if key.ends_with("token") || key.ends_with("secret") {
+                        if !value.is_empty() {
+                            *value = "(set)".into();
+                        }
+                    }
+                }
                 out
             }
         }
@@ -164,6 +172,16 @@ settings! {
     slow_consumer_grace_ms: u64 = 5_000;
     /// binary payloads of at least this many bytes are lz4-compressed for wsu.v1.lz4 clients (default 1024)
     compress_min_bytes: usize = 1024;
+    /// wait for an ack before redelivering, in ms; doubles per attempt (default 5000)
+    ack_timeout_ms: u64 = 5_000;
+    /// redeliveries of an unacked message before the DLQ (default 3)
+    max_retries: u32 = 3;
+    /// messages kept per offline user; the oldest goes to the DLQ (default 10000)
+    mailbox_max_msgs: usize = 10_000;
+    /// dead letters kept per shard; the oldest is evicted (default 100000)
+    dlq_max_msgs: usize = 100_000;
+    /// bearer token for /api/* and /admin/*; without one they answer loopback only
+    admin_token: String = String::new();
 }
 
 impl Config {
@@ -216,7 +234,23 @@ impl Config {
                 "expected at least 1024 bytes",
             ));
         }
+        if self.mailbox_max_msgs == 0 || self.dlq_max_msgs == 0 {
+            let key = if self.mailbox_max_msgs == 0 {
+                "mailbox_max_msgs"
+            } else {
+                "dlq_max_msgs"
+            };
+            return Err(invalid(key, "0".into(), "expected at least 1"));
+        }
+        if self.max_retries > 30 {
+            return Err(invalid(
+                "max_retries",
+                self.max_retries.to_string(),
+                "expected 0 to 30",
+            ));
+        }
         for (key, value) in [
+            ("ack_timeout_ms", self.ack_timeout_ms),
             ("slow_consumer_grace_ms", self.slow_consumer_grace_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("ping_interval_ms", self.ping_interval_ms),
@@ -343,6 +377,13 @@ trait ValueDisplay {
 impl<T: fmt::Display> ValueDisplay for T {
     fn show(&self) -> String {
         self.to_string()
+    }
+}
+
+impl Config {
+    /// The admin token, when one is configured.
+    pub fn admin_token(&self) -> Option<&str> {
+        (!self.admin_token.is_empty()).then_some(self.admin_token.as_str())
     }
 }
 

@@ -13,12 +13,15 @@
 //! - [`http`]: request parsing (httparse), responses, router, upgrade checks.
 //! - [`ws`]: tungstenite driven sans-IO over in-memory buffers.
 //! - [`protocol`]: commands decoded from frames, events encoded into them.
+//! - [`delivery`]: reliable delivery rules (acks, retries, mailboxes,
+//!   schedules, the dead-letter queue), sans-IO.
 //! - [`registry`]: the cross-shard table of live connections (sharded-slab).
 //!
 //! Data flows one way: socket → conn → ws → protocol → conn → socket.
 
 pub mod config;
 pub mod conn;
+pub mod delivery;
 pub mod http;
 pub mod limits;
 pub mod protocol;

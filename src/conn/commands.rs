@@ -10,8 +10,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
-use crate::protocol::events::MsgHeader;
 use crate::protocol::{self, compress, Command, CommandError, ErrorCode, StrategyKind};
+use crate::routing::envelope::{MessageBody, MessageParts};
 use crate::routing::{Envelope, Target};
 use crate::ws::{encode_frame, OPCODE_BINARY, OPCODE_TEXT};
 
@@ -43,11 +43,18 @@ pub enum Action {
         group: String,
         strategy: StrategyKind,
     },
-    /// Deliver a message (`send`, `publish`, `anycast`).
+    /// Deliver a message (`send`, `publish`, `anycast`), now or at
+    /// `deliver_at_unix_ms`.
     Route {
         reference: Option<String>,
         target: Target,
         envelope: Arc<Envelope>,
+        deliver_at_unix_ms: Option<u64>,
+    },
+    /// Confirm delivery of message `id` to this connection.
+    Ack {
+        reference: Option<String>,
+        id: String,
     },
 }
 
@@ -57,6 +64,8 @@ pub struct CommandContext<'a> {
     pub max_message_bytes: usize,
     pub compress_min_bytes: usize,
     pub now_unix_ms: u64,
+    /// Furthest ahead `delay_ms` / `at` may schedule.
+    pub schedule_max_ms: u64,
     /// Makes the id of a new message.
     pub next_message_id: &'a mut dyn FnMut() -> String,
 }
@@ -93,6 +102,12 @@ pub fn error_frame(e: &CommandError) -> Bytes {
     text_frame(&protocol::encode_error(e))
 }
 
+/// Decodes a text command into its action (used for WebSocket text
+/// frames and for `/api/*` request bodies).
+pub fn decode_action(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action, CommandError> {
+    handle_text(text, ctx)
+}
+
 fn handle_text(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action, CommandError> {
     let request = protocol::decode_command(text)?;
     let reference = request.reference;
@@ -108,8 +123,8 @@ fn handle_text(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action, Comma
         }
         command => {
             let data = data_of(&command).ok_or_else(|| missing(reference, "data"));
-            route_or_membership(command, reference, ctx, |header| {
-                Ok(Envelope::text(header, data.clone()?))
+            route_or_membership(command, reference, ctx, || {
+                Ok(MessageBody::Json(data.clone()?.get().to_string()))
             })
         }
     }
@@ -132,9 +147,9 @@ fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, C
             ))))
         }
         command => {
-            let (max, min) = (ctx.max_message_bytes, ctx.compress_min_bytes);
+            let max = ctx.max_message_bytes;
             let lz4 = request.lz4;
-            route_or_membership(command, reference, ctx, |header| {
+            route_or_membership(command, reference, ctx, || {
                 if lz4 {
                     let plain = compress::decompress(payload, max).map_err(|e| {
                         let code = match e {
@@ -143,9 +158,15 @@ fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, C
                         };
                         error(reference, code, e.to_string())
                     })?;
-                    Ok(Envelope::binary(header, &plain, Some(payload), min))
+                    Ok(MessageBody::Binary {
+                        payload: Bytes::from(plain),
+                        compressed: Some(Bytes::copy_from_slice(payload)),
+                    })
                 } else {
-                    Ok(Envelope::binary(header, payload, None, min))
+                    Ok(MessageBody::Binary {
+                        payload: Bytes::copy_from_slice(payload),
+                        compressed: None,
+                    })
                 }
             })
         }
@@ -166,7 +187,7 @@ fn route_or_membership(
     command: Command<'_>,
     reference: Option<&RawValue>,
     ctx: &mut CommandContext<'_>,
-    make_envelope: impl FnOnce(&MsgHeader<'_>) -> Result<Envelope, CommandError>,
+    make_body: impl FnOnce() -> Result<MessageBody, CommandError>,
 ) -> Result<Action, CommandError> {
     let owned_ref = reference.map(|r| r.get().to_string());
     let (target, options) = match command {
@@ -181,6 +202,12 @@ fn route_or_membership(
             return Ok(Action::Leave {
                 reference: owned_ref,
                 group: group.into_owned(),
+            })
+        }
+        Command::Ack { id } => {
+            return Ok(Action::Ack {
+                reference: owned_ref,
+                id: id.into_owned(),
             })
         }
         Command::Strategy { group, strategy } => {
@@ -206,32 +233,47 @@ fn route_or_membership(
         Command::Anycast { group, options, .. } => (Target::Anycast(group.into_owned()), options),
         Command::Ping { .. } | Command::Echo { .. } => unreachable!("answered by the caller"),
     };
-    if options.delay_ms.is_some() || options.at_unix_ms.is_some() || options.ttl_ms.is_some() {
-        return Err(error(
-            reference,
-            ErrorCode::BadRequest,
-            "`delay_ms`, `at` and `ttl_ms` (scheduled and expiring delivery) are not supported by this server version yet",
-        ));
-    }
-    let id = (ctx.next_message_id)();
-    let (to, group) = match &target {
-        Target::User(u) => (Some(u.as_str()), None),
-        Target::Group { group, .. } | Target::Anycast(group) => (None, Some(group.as_str())),
+    let now = ctx.now_unix_ms;
+    let deliver_at_unix_ms = match (options.delay_ms, options.at_unix_ms) {
+        (Some(delay), _) if delay > 0 => Some(now.saturating_add(delay)),
+        (_, Some(at)) if at > now => Some(at),
+        _ => None,
     };
-    let header = MsgHeader {
-        id: &id,
-        from: ctx.user,
+    if let Some(at) = deliver_at_unix_ms {
+        if at - now > ctx.schedule_max_ms {
+            return Err(error(
+                reference,
+                ErrorCode::BadRequest,
+                format!(
+                    "`delay_ms`/`at` may be at most {} ms ahead",
+                    ctx.schedule_max_ms
+                ),
+            ));
+        }
+    }
+    // The TTL runs from when the message was accepted.
+    let expires_unix_ms = options.ttl_ms.map(|ttl| now.saturating_add(ttl));
+    let (to, group) = match &target {
+        Target::User(u) => (Some(u.clone()), None),
+        Target::Group { group, .. } | Target::Anycast(group) => (None, Some(group.clone())),
+    };
+    let body = make_body()?;
+    let parts = MessageParts {
+        id: (ctx.next_message_id)(),
+        from: ctx.user.to_string(),
         to,
         group,
         priority: options.priority,
-        ts_unix_ms: ctx.now_unix_ms,
+        ts_unix_ms: now,
         ack: options.ack,
+        expires_unix_ms,
+        body,
     };
-    let envelope = make_envelope(&header)?;
     Ok(Action::Route {
         reference: owned_ref,
         target,
-        envelope: Arc::new(envelope),
+        envelope: Arc::new(Envelope::new(parts, 1, ctx.compress_min_bytes)),
+        deliver_at_unix_ms,
     })
 }
 
@@ -267,6 +309,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             compress_min_bytes: 64,
             now_unix_ms: 1000,
+            schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
         };
         handle_message(message, Mode::Protocol, &mut ctx)
@@ -299,6 +342,7 @@ mod tests {
             max_message_bytes: 100,
             compress_min_bytes: 10,
             now_unix_ms: 0,
+            schedule_max_ms: 1000,
             next_message_id: &mut next,
         };
         for m in [Message::binary(vec![0u8, 1, 2]), Message::text("not json")] {
@@ -352,9 +396,18 @@ mod tests {
                 "`strategy`",
             ),
             (
-                r#"{"op":"anycast","group":"g","data":1,"delay_ms":5}"#,
+                r#"{"op":"anycast","group":"g","data":1,"delay_ms":-5}"#,
                 "`delay_ms`",
             ),
+            (
+                r#"{"op":"send","to":"b","data":1,"delay_ms":5,"at":9}"#,
+                "`delay_ms` or `at`",
+            ),
+            (
+                r#"{"op":"send","to":"b","data":1,"delay_ms":999999999999}"#,
+                "`delay_ms`/`at`",
+            ),
+            (r#"{"op":"ack"}"#, "`id`"),
         ] {
             let e = reply_json(input);
             assert_eq!(e["code"], "bad_request", "{input}");
@@ -374,11 +427,13 @@ mod tests {
                 reference,
                 target,
                 envelope,
+                deliver_at_unix_ms,
             }) => {
                 assert_eq!(reference.as_deref(), Some("3"));
                 assert_eq!(target, Target::User("bob".into()));
-                assert_eq!(envelope.id, "id1");
-                assert!(envelope.ack);
+                assert_eq!(envelope.id(), "id1");
+                assert!(envelope.ack());
+                assert_eq!(deliver_at_unix_ms, None);
                 match decode_frame(&envelope.frame_for(false)) {
                     Message::Text(t) => {
                         let v: Value = serde_json::from_str(&t).unwrap();

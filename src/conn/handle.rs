@@ -3,7 +3,7 @@
 //! connection's own task drains the outbox and acts on the signals.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
@@ -23,6 +23,9 @@ pub const SIGNAL_SLOW: u8 = 16;
 
 /// Most groups one connection may be in.
 pub const GROUPS_PER_CONNECTION_MAX: usize = 1024;
+/// Most unacked message ids one connection remembers (oldest forgotten
+/// first; a forgotten one is still redelivered and can be acked then).
+pub const ACK_ROUTES_PER_CONNECTION_MAX: usize = 65_536;
 
 /// One live WebSocket connection, as its shard sees it.
 pub struct ConnHandle {
@@ -33,6 +36,9 @@ pub struct ConnHandle {
     pub outbox: RefCell<Outbox>,
     /// Groups this connection joined (left for it when it closes).
     pub groups: RefCell<HashSet<String>>,
+    /// For `ack:true` messages delivered here: message id → the shard that
+    /// tracks its ack. The ids in arrival order bound it.
+    ack_routes: RefCell<(HashMap<String, usize>, VecDeque<String>)>,
     signals: Cell<u8>,
     waker: Cell<Option<Waker>>,
     last_rx: Cell<Instant>,
@@ -53,6 +59,7 @@ impl ConnHandle {
             wants_lz4,
             outbox: RefCell::new(Outbox::new(outbox_max_bytes)),
             groups: RefCell::new(HashSet::new()),
+            ack_routes: RefCell::new((HashMap::new(), VecDeque::new())),
             signals: Cell::new(0),
             waker: Cell::new(None),
             last_rx: Cell::new(now),
@@ -75,6 +82,35 @@ impl ConnHandle {
             PushOutcome::DroppedLow | PushOutcome::Refused => {}
         }
         outcome
+    }
+
+    /// Remembers where the ack for message `id` must go.
+    pub fn expect_ack(&self, id: &str, home: usize) {
+        let mut routes = self.ack_routes.borrow_mut();
+        let (map, order) = &mut *routes;
+        if map.insert(id.to_string(), home).is_none() {
+            order.push_back(id.to_string());
+        }
+        while map.len() > ACK_ROUTES_PER_CONNECTION_MAX {
+            match order.pop_front() {
+                Some(oldest) => {
+                    map.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Where the ack for `id` goes (and forget it), if it was delivered here.
+    pub fn take_ack_route(&self, id: &str) -> Option<usize> {
+        let mut routes = self.ack_routes.borrow_mut();
+        let (map, order) = &mut *routes;
+        let home = map.remove(id)?;
+        // Keep `order` from growing with settled ids.
+        if order.len() > 2 * map.len() + 64 {
+            order.retain(|i| map.contains_key(i));
+        }
+        Some(home)
     }
 
     /// When the peer last sent anything (pongs included).

@@ -4,6 +4,7 @@
 //! `http`, `ws`, `commands`, `outbox` and `liveness`.
 
 pub mod commands;
+pub mod endpoints;
 pub mod handle;
 pub mod liveness;
 pub mod outbox;
@@ -33,6 +34,8 @@ use commands::Mode;
 /// Longest we keep reading after our last response or close frame, so the
 /// peer sees our bytes before the socket goes away (no RST on unread data).
 const LINGER: Duration = Duration::from_millis(1000);
+/// Room for a request body's JSON around a message of `max_message_bytes`.
+const REQUEST_BODY_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Most bytes drained while lingering.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
@@ -63,6 +66,10 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
             log::debug!("{peer}: read failed during handshake: {e}");
             return;
         }
+        Some(Err(HeadError::Refused(response))) => {
+            respond_and_close(&shard, &mut stream, &response).await;
+            return;
+        }
         Some(Err(HeadError::Http(e))) => {
             respond_and_close(&shard, &mut stream, &Response::error(400, &e.to_string())).await;
             return;
@@ -72,14 +79,14 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
 
     match router::route(&head, &shard.config.path) {
         Route::Respond(response) => respond_and_close(&shard, &mut stream, &response).await,
-        Route::Serve(Endpoint::Health) => {
-            let health = shard.cluster_health().await;
-            let body = health.to_json(shard.started_at.elapsed().as_secs());
-            let response = Response::json(health.status().1, body);
-            respond_and_close(&shard, &mut stream, &response).await;
-        }
         Route::Serve(Endpoint::WebSocket) => {
             upgrade_and_run(&shard, stream, peer, head, buffered).await;
+        }
+        Route::Serve(endpoint) => {
+            let body_len = http::body_length(&head, usize::MAX).unwrap_or(0);
+            let body = &buffered[head.head_len..head.head_len + body_len];
+            let response = endpoints::serve(&shard, endpoint, &head, body, peer).await;
+            respond_and_close(&shard, &mut stream, &response).await;
         }
     }
 }
@@ -88,6 +95,7 @@ enum HeadError {
     Closed,
     Io(io::Error),
     Http(http::HttpError),
+    Refused(Response),
 }
 
 /// Reads until a complete request head; returns it with every byte read so
@@ -97,7 +105,7 @@ async fn read_request_head(
     stream: &mut TcpStream,
 ) -> Result<(RequestHead, Vec<u8>), HeadError> {
     let mut buffered = Vec::new();
-    loop {
+    let head = loop {
         let n = read_via_shard_buffer(shard, stream, &mut buffered)
             .await
             .map_err(HeadError::Io)?;
@@ -105,11 +113,23 @@ async fn read_request_head(
             return Err(HeadError::Closed);
         }
         match http::parse_request_head(&buffered) {
-            Ok(Some(head)) => return Ok((head, buffered)),
+            Ok(Some(head)) => break head,
             Ok(None) => continue,
             Err(e) => return Err(HeadError::Http(e)),
         }
+    };
+    // A body (POST /api/...) is read whole, bounded, before routing.
+    let body_max = shard.config.max_message_bytes + REQUEST_BODY_OVERHEAD_BYTES;
+    let body_len = http::body_length(&head, body_max).map_err(HeadError::Refused)?;
+    while buffered.len() < head.head_len + body_len {
+        let n = read_via_shard_buffer(shard, stream, &mut buffered)
+            .await
+            .map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
     }
+    Ok((head, buffered))
 }
 
 /// One read through the shard's buffer, appended to `into`.

@@ -46,6 +46,28 @@ impl RequestHead {
     }
 }
 
+/// How many body bytes a request announces: `Ok(0)` without a body.
+/// Chunked bodies are refused (they have no length to bound up front).
+pub fn body_length(head: &RequestHead, max_bytes: usize) -> Result<usize, Response> {
+    if head.header("Transfer-Encoding").is_some() {
+        return Err(Response::error(
+            411,
+            "Transfer-Encoding is not supported: send a Content-Length",
+        ));
+    }
+    match head.header("Content-Length") {
+        None => Ok(0),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n <= max_bytes => Ok(n),
+            Ok(n) => Err(Response::error(
+                413,
+                &format!("body of {n} bytes is over the {max_bytes} byte limit"),
+            )),
+            Err(_) => Err(Response::error(400, "invalid Content-Length")),
+        },
+    }
+}
+
 /// A request that cannot be parsed: answered with 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -174,6 +196,9 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        504 => "Gateway Timeout",
         426 => "Upgrade Required",
         500 => "Internal Server Error",
         503 => "Service Unavailable",

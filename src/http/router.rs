@@ -1,5 +1,4 @@
-//! Which endpoint a request is for. Later endpoints (`/metrics`, `/api/*`,
-//! `/admin/*`, `/dashboard`) are new `Endpoint` variants and table rows.
+//! Which endpoint a request is for: a table of path, methods, endpoint.
 
 use super::{RequestHead, Response};
 
@@ -10,6 +9,27 @@ pub enum Endpoint {
     WebSocket,
     /// `GET /health`: liveness and the connection count over all shards.
     Health,
+    /// `GET /admin/dlq`: the dead-letter queue, paged.
+    DeadLetters,
+    /// `POST /admin/dlq/replay`: deliver dead letters again.
+    ReplayDeadLetters,
+    /// `POST /api/send`: a backend sends to a user.
+    ApiSend,
+    /// `POST /api/publish`: a backend publishes to a group.
+    ApiPublish,
+}
+
+impl Endpoint {
+    /// Whether `/api/*` / `/admin/*` access rules apply.
+    pub fn is_privileged(self) -> bool {
+        matches!(
+            self,
+            Endpoint::DeadLetters
+                | Endpoint::ReplayDeadLetters
+                | Endpoint::ApiSend
+                | Endpoint::ApiPublish
+        )
+    }
 }
 
 /// The outcome of routing: an endpoint, or a response decided already.
@@ -21,9 +41,13 @@ pub enum Route {
 
 /// Routes one request. `ws_path` is the configured upgrade path.
 pub fn route(head: &RequestHead, ws_path: &str) -> Route {
-    let table: [(&str, &[&str], Endpoint); 2] = [
+    let table: [(&str, &[&str], Endpoint); 6] = [
         (ws_path, &["GET"], Endpoint::WebSocket),
         ("/health", &["GET"], Endpoint::Health),
+        ("/admin/dlq", &["GET"], Endpoint::DeadLetters),
+        ("/admin/dlq/replay", &["POST"], Endpoint::ReplayDeadLetters),
+        ("/api/send", &["POST"], Endpoint::ApiSend),
+        ("/api/publish", &["POST"], Endpoint::ApiPublish),
     ];
     for (path, methods, endpoint) in table {
         if head.path == path {
@@ -80,6 +104,14 @@ mod tests {
         }
         match route(&head("GET", "/nope"), "/ws") {
             Route::Respond(r) => assert_eq!(r.status, 404),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            route(&head("POST", "/api/send"), "/ws"),
+            Route::Serve(Endpoint::ApiSend)
+        );
+        match route(&head("GET", "/api/send"), "/ws") {
+            Route::Respond(r) => assert_eq!(r.status, 405),
             other => panic!("{other:?}"),
         }
         match route(&head("GET", "/ws"), "/live") {

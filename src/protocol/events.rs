@@ -127,6 +127,20 @@ pub fn encode_ok(reference: Option<&str>, id: Option<&str>, delivered: Option<u6
     w.finish()
 }
 
+/// `ok` for `send`/`publish`/`anycast`: the message id, how many
+/// connections it was queued to, and, when it waits, where (`"held"`:
+/// `"mailbox"` or `"scheduled"`).
+pub fn encode_route_ok(reference: &str, id: &str, delivered: u64, held: Option<&str>) -> String {
+    let w = EventWriter::new("ok", 96)
+        .raw("ref", reference)
+        .string("id", id)
+        .number("delivered", delivered);
+    match held {
+        Some(h) => w.string("held", h).finish(),
+        None => w.finish(),
+    }
+}
+
 /// The fields of a `msg` event, everything but its `data`.
 #[derive(Debug, Clone)]
 pub struct MsgHeader<'a> {
@@ -137,6 +151,8 @@ pub struct MsgHeader<'a> {
     pub priority: Priority,
     pub ts_unix_ms: u64,
     pub ack: bool,
+    /// Delivery attempt: 1 for the first, shown from 2 on (redeliveries).
+    pub attempt: u32,
 }
 
 impl MsgHeader<'_> {
@@ -155,8 +171,9 @@ impl MsgHeader<'_> {
         let w = w
             .string("priority", self.priority.as_str())
             .number("ts", self.ts_unix_ms);
-        if self.ack {
-            w.raw("ack", "true")
+        let w = if self.ack { w.raw("ack", "true") } else { w };
+        if self.attempt >= 2 {
+            w.number("attempt", self.attempt as u64)
         } else {
             w
         }
@@ -164,9 +181,12 @@ impl MsgHeader<'_> {
 
     /// The text event: `{"op":"msg",...,"data":D}`.
     pub fn encode_text(&self, data: &RawValue) -> String {
-        self.writer(data.get().len())
-            .raw("data", data.get())
-            .finish()
+        self.encode_text_raw(data.get())
+    }
+
+    /// The text event with `data` given as JSON text (already validated).
+    pub fn encode_text_raw(&self, data_json: &str) -> String {
+        self.writer(data_json.len()).raw("data", data_json).finish()
     }
 
     /// The header of the binary event (no `\n`), with `"lz4":true` when the

@@ -176,6 +176,8 @@ pub enum Command<'a> {
         data: Option<&'a RawValue>,
         options: DeliveryOptions,
     },
+    /// `ack`: confirms delivery of message `id`.
+    Ack { id: Cow<'a, str> },
     /// `strategy`: how `anycast` picks in `group`.
     Strategy {
         group: Cow<'a, str>,
@@ -227,6 +229,8 @@ struct Envelope<'a> {
     echo: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     lz4: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as `Some("null")`: `"data": null` is data.
@@ -386,6 +390,9 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             group: fields.group(env.group)?,
             data: env.data,
             options: fields.options(&env)?,
+        },
+        "ack" => Command::Ack {
+            id: fields.string("id", fields.required("id", env.id)?)?,
         },
         "strategy" => {
             let name = fields.string("strategy", fields.required("strategy", env.strategy)?)?;

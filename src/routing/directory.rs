@@ -18,6 +18,7 @@ pub struct ConnRef {
 #[derive(Debug, Clone)]
 struct Member {
     at: ConnRef,
+    user: String,
     weight: u32,
     /// Smooth weighted round robin state (nginx's algorithm).
     current: i64,
@@ -92,7 +93,13 @@ impl Directory {
     }
 
     /// Adds (or re-weights) a member.
-    pub fn join(&mut self, group: &str, at: ConnRef, weight: u32) -> Result<(), DirectoryError> {
+    pub fn join(
+        &mut self,
+        group: &str,
+        at: ConnRef,
+        user: &str,
+        weight: u32,
+    ) -> Result<(), DirectoryError> {
         if !self.groups.contains_key(group) && self.groups.len() >= GROUPS_MAX_PER_SHARD {
             return Err(DirectoryError::TooManyGroups(self.groups.len()));
         }
@@ -106,6 +113,7 @@ impl Directory {
                 g.index.insert(at.conn, g.members.len());
                 g.members.push(Member {
                     at,
+                    user: user.to_string(),
                     weight,
                     current: 0,
                     outstanding: 0,
@@ -153,6 +161,20 @@ impl Directory {
             self.groups.remove(group);
         }
         Ok(())
+    }
+
+    /// Whether connection `conn` is a member of `group`.
+    pub fn is_member(&self, group: &str, conn: u64) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.index.contains_key(&conn))
+    }
+
+    /// Every member connection with its user (for tracking acks).
+    pub fn members_with_users(&self, group: &str) -> Vec<(ConnRef, String)> {
+        self.groups.get(group).map_or_else(Vec::new, |g| {
+            g.members.iter().map(|m| (m.at, m.user.clone())).collect()
+        })
     }
 
     /// Member count of `group`.
@@ -241,7 +263,8 @@ mod tests {
     fn group_of(n: u64, weights: impl Fn(u64) -> u32) -> Directory {
         let mut d = Directory::default();
         for c in 0..n {
-            d.join("g", at((c % 3) as usize, c), weights(c)).unwrap();
+            d.join("g", at((c % 3) as usize, c), "u", weights(c))
+                .unwrap();
         }
         d
     }
@@ -326,17 +349,17 @@ mod tests {
     fn strategy_survives_an_empty_group() {
         let mut d = Directory::default();
         d.set_strategy("g", StrategyKind::Weighted).unwrap();
-        d.join("g", at(0, 1), 5).unwrap();
+        d.join("g", at(0, 1), "u", 5).unwrap();
         d.leave("g", 1);
-        d.join("g", at(0, 2), 1).unwrap();
+        d.join("g", at(0, 2), "u", 1).unwrap();
         assert_eq!(d.groups["g"].strategy, StrategyKind::Weighted);
     }
 
     #[test]
     fn rejoin_updates_weight() {
         let mut d = Directory::default();
-        d.join("g", at(0, 1), 1).unwrap();
-        d.join("g", at(0, 1), 9).unwrap();
+        d.join("g", at(0, 1), "u", 1).unwrap();
+        d.join("g", at(0, 1), "u", 9).unwrap();
         assert_eq!(d.member_count("g"), 1);
         assert_eq!(d.groups["g"].members[0].weight, 9);
     }

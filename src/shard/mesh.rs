@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::delivery::dlq::DeadLetter;
 use crate::protocol::{ErrorCode, StrategyKind};
 use crate::routing::{ConnRef, Envelope, Target};
 
@@ -12,6 +13,24 @@ use crate::routing::{ConnRef, Envelope, Target};
 pub struct ReplyTo {
     pub shard: usize,
     pub request_id: u64,
+}
+
+/// Where a routed message waits when it is not delivered at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Delivered now (or to nobody).
+    No,
+    /// In the offline user's mailbox.
+    Mailbox,
+    /// Scheduled for later.
+    Scheduled,
+}
+
+/// A dead letter as another shard may see it (all owned, `Send`).
+#[derive(Debug, Clone)]
+pub struct DeadLetterView {
+    pub letter: DeadLetter,
+    pub shard: usize,
 }
 
 /// Why a routed command failed, to be told to the connection that sent it.
@@ -48,6 +67,7 @@ pub enum MeshMsg {
     GroupJoin {
         group: String,
         at: ConnRef,
+        user: String,
         weight: u32,
         reply: Option<ReplyTo>,
     },
@@ -64,12 +84,14 @@ pub enum MeshMsg {
         origin: ConnRef,
         reply: Option<ReplyTo>,
     },
-    /// To the target's home: find the recipients and deliver.
+    /// To the target's home: find the recipients and deliver (or hold the
+    /// message until `deliver_at_unix_ms`).
     Route {
         target: Target,
         envelope: Arc<Envelope>,
         origin: ConnRef,
         reply: Option<ReplyTo>,
+        deliver_at_unix_ms: Option<u64>,
     },
     /// To a recipient shard: queue `envelope` to each of `conns` (skipping
     /// `exclude`).
@@ -78,12 +100,37 @@ pub enum MeshMsg {
         conns: Arc<[u64]>,
         exclude: Option<u64>,
         anycast_group: Option<Arc<str>>,
+        /// For `ack:true` messages: the shard tracking the ack.
+        ack_home: Option<usize>,
         origin: ConnRef,
         reply: Option<ReplyTo>,
     },
     /// From the home to the origin: the request went out in `parts`
-    /// `Deliver`s (0: nobody to deliver to).
-    Routed { request_id: u64, parts: u32 },
+    /// `Deliver`s (0: nobody to deliver to right now), or was held.
+    Routed {
+        request_id: u64,
+        parts: u32,
+        held: Held,
+    },
+    /// To the home tracking it: connection `at` acked message `id`.
+    Ack { id: String, at: ConnRef },
+    /// Asks for the receiver's dead letters; answer to `from`.
+    DlqQuery { from: usize, request_id: u64 },
+    /// The answer to a `DlqQuery`.
+    DlqReply {
+        request_id: u64,
+        letters: Vec<DeadLetterView>,
+        evicted: u64,
+    },
+    /// Replays dead letters (all, or those with the given ids); answer the
+    /// count to `from`.
+    DlqReplay {
+        from: usize,
+        request_id: u64,
+        ids: Option<Arc<[String]>>,
+    },
+    /// The answer to a `DlqReplay`.
+    DlqReplayed { request_id: u64, replayed: u64 },
     /// From a recipient shard to the origin: one part's outcome.
     Delivered {
         request_id: u64,

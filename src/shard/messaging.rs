@@ -1,7 +1,8 @@
 //! Messaging on a shard: carrying out the actions of its connections'
 //! commands, serving the directory partition it is home to, delivering into
 //! its connections' outboxes, and answering the commands that waited on
-//! other shards.
+//! other shards. Reliable delivery (acks, mailboxes, schedules, the DLQ)
+//! lives in `reliable.rs`.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -9,27 +10,47 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use glommio::channels::local_channel::LocalSender;
 use tungstenite::Message;
 
-use super::mesh::{Failure, MeshMsg, ReplyTo};
+use super::mesh::{Failure, Held, MeshMsg, ReplyTo};
 use super::ShardState;
 use crate::conn::commands::{self, Action, CommandContext, Mode};
 use crate::conn::handle::GROUPS_PER_CONNECTION_MAX;
 use crate::conn::outbox::{Lane, OutItem, PushOutcome};
 use crate::conn::ConnHandle;
+use crate::delivery::{AckTarget, PendingKey, Scheduled};
 use crate::protocol::{self, CommandError, ErrorCode};
 use crate::routing::{home_shard, ConnRef, Envelope, Target};
 use crate::ws::{encode_frame, OPCODE_TEXT};
 
 /// Most requests one shard waits on at once; past it, commands with `ref`
-/// that need other shards are refused with `overloaded`.
+/// that need other shards are answered without waiting for the outcome.
 pub const PENDING_REQUESTS_MAX: usize = 1_000_000;
+
+/// Furthest ahead `delay_ms` / `at` may schedule: a year.
+pub const SCHEDULE_HORIZON_MS: u64 = 366 * 24 * 3600 * 1000;
+
+/// The connection id used for messages injected over `/api/*`: no
+/// connection ever has it, so nothing is excluded or answered by mistake.
+pub const API_CONN: u64 = u64::MAX;
 
 /// A command answered only once other shards have done their part.
 #[derive(Debug)]
 pub(super) struct PendingRequest {
     conn: u64,
     kind: PendingKind,
+}
+
+/// The outcome of a routed request, for `/api/*` callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOutcome {
+    Ok {
+        id: String,
+        delivered: u64,
+        held: Held,
+    },
+    Failed(Failure),
 }
 
 #[derive(Debug)]
@@ -39,15 +60,21 @@ enum PendingKind {
     /// `join`, `leave`, `strategy`: `ok` when the home confirms.
     Membership { reference: String },
     /// `send`, `publish`, `anycast`: `ok` with `delivered` once every part
-    /// reported.
+    /// reported (to a connection, or to an `/api/*` caller).
     Route {
-        reference: String,
+        answer: RouteAnswer,
         id: String,
         parts: Option<u32>,
+        held: Held,
         reported: u32,
         delivered: u64,
-        refused: u64,
     },
+}
+
+#[derive(Debug)]
+enum RouteAnswer {
+    Conn { reference: String },
+    Api(LocalSender<RouteOutcome>),
 }
 
 /// Per-shard messaging state (owned by `ShardState`).
@@ -58,18 +85,19 @@ pub(super) struct MessagingState {
     pub(super) next_message_seq: u64,
 }
 
-fn text_frame(event: &str) -> Bytes {
+pub(super) fn text_frame(event: &str) -> Bytes {
     Bytes::from(encode_frame(OPCODE_TEXT, &[event.as_bytes()]))
 }
 
-fn failure(code: ErrorCode, reason: impl Into<String>) -> Failure {
+pub(super) fn failure(code: ErrorCode, reason: impl Into<String>) -> Failure {
     Failure {
         code,
         reason: reason.into(),
     }
 }
 
-fn unix_ms() -> u64 {
+/// Now, in unix milliseconds.
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -85,6 +113,7 @@ impl ShardState {
             max_message_bytes: self.config.max_message_bytes,
             compress_min_bytes: self.config.compress_min_bytes,
             now_unix_ms: unix_ms(),
+            schedule_max_ms: SCHEDULE_HORIZON_MS,
             next_message_id: &mut next_id,
         };
         if let Some(action) = commands::handle_message(message, mode, &mut ctx) {
@@ -92,9 +121,14 @@ impl ShardState {
         }
     }
 
+    /// A message id for `/api/*` messages (same scheme).
+    pub fn next_api_message_id(&self) -> String {
+        self.next_message_id()
+    }
+
     /// A message id unique across shards and restarts: boot time, shard,
     /// sequence.
-    fn next_message_id(&self) -> String {
+    pub(super) fn next_message_id(&self) -> String {
         let mut m = self.messaging.borrow_mut();
         m.next_message_seq += 1;
         format!("{}-{}-{}", self.boot_id, self.id, m.next_message_seq)
@@ -105,6 +139,9 @@ impl ShardState {
             shard: self.id,
             conn: handle.id,
         };
+        let membership = |reference: Option<String>| {
+            reference.map(|reference| PendingKind::Membership { reference })
+        };
         match action {
             Action::Reply(frame) => self.reply(handle, frame),
             Action::Join {
@@ -112,31 +149,30 @@ impl ShardState {
                 group,
                 weight,
             } => {
-                let home = home_shard(&group, self.shard_count);
                 {
                     let mut groups = handle.groups.borrow_mut();
                     if !groups.contains(&group) && groups.len() >= GROUPS_PER_CONNECTION_MAX {
                         drop(groups);
+                        let reason = format!(
+                            "a connection may join at most {GROUPS_PER_CONNECTION_MAX} groups"
+                        );
                         return self.reply_error(
                             handle,
                             reference,
-                            failure(
-                                ErrorCode::BadRequest,
-                                format!("a connection may join at most {GROUPS_PER_CONNECTION_MAX} groups"),
-                            ),
+                            failure(ErrorCode::BadRequest, reason),
                         );
                     }
                     groups.insert(group.clone());
                 }
-                let reply = self.wait_for(
-                    handle,
-                    reference.map(|reference| PendingKind::Membership { reference }),
-                );
+                let home = home_shard(&group, self.shard_count);
+                let reply = self.wait_for(handle.id, membership(reference));
+                let user = handle.user.to_string();
                 self.to_shard(
                     home,
                     MeshMsg::GroupJoin {
                         group,
                         at: origin,
+                        user,
                         weight,
                         reply,
                     },
@@ -145,10 +181,7 @@ impl ShardState {
             Action::Leave { reference, group } => {
                 handle.groups.borrow_mut().remove(&group);
                 let home = home_shard(&group, self.shard_count);
-                let reply = self.wait_for(
-                    handle,
-                    reference.map(|reference| PendingKind::Membership { reference }),
-                );
+                let reply = self.wait_for(handle.id, membership(reference));
                 self.to_shard(
                     home,
                     MeshMsg::GroupLeave {
@@ -164,10 +197,7 @@ impl ShardState {
                 strategy,
             } => {
                 let home = home_shard(&group, self.shard_count);
-                let reply = self.wait_for(
-                    handle,
-                    reference.map(|reference| PendingKind::Membership { reference }),
-                );
+                let reply = self.wait_for(handle.id, membership(reference));
                 self.to_shard(
                     home,
                     MeshMsg::SetStrategy {
@@ -178,49 +208,116 @@ impl ShardState {
                     },
                 );
             }
+            Action::Ack { reference, id } => {
+                let home = handle.take_ack_route(&id);
+                match home {
+                    Some(home) => {
+                        self.to_shard(home, MeshMsg::Ack { id, at: origin });
+                        if let Some(reference) = reference {
+                            self.reply(
+                                handle,
+                                text_frame(&protocol::encode_ok(Some(&reference), None, None)),
+                            );
+                        }
+                    }
+                    None => self.reply_error(
+                        handle,
+                        reference,
+                        failure(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "no delivery of message {id:?} awaits an ack on this connection"
+                            ),
+                        ),
+                    ),
+                }
+            }
             Action::Route {
                 reference,
                 target,
                 envelope,
+                deliver_at_unix_ms,
             } => {
-                let home = home_shard(target.name(), self.shard_count);
-                if home != self.id && self.outgoing.is_congested(home) {
-                    return self.reply_error(
-                        handle,
-                        reference,
-                        failure(
-                            ErrorCode::Overloaded,
-                            "the server is overloaded: try again shortly",
-                        ),
-                    );
+                let answer = reference.map(|reference| RouteAnswer::Conn { reference });
+                if let Err(f) =
+                    self.submit_route(handle.id, answer, target, envelope, deliver_at_unix_ms)
+                {
+                    self.reply_error(handle, None, f);
                 }
-                let id = envelope.id.clone();
-                let reply = self.wait_for(
-                    handle,
-                    reference.map(|reference| PendingKind::Route {
-                        reference,
-                        id,
-                        parts: None,
-                        reported: 0,
-                        delivered: 0,
-                        refused: 0,
-                    }),
-                );
-                self.to_shard(
-                    home,
-                    MeshMsg::Route {
-                        target,
-                        envelope,
-                        origin,
-                        reply,
-                    },
-                );
             }
         }
     }
 
+    /// Sends a message to its target's home; with an answer, the outcome
+    /// comes back to it. Fails at once only when the mesh is congested.
+    fn submit_route(
+        &self,
+        conn: u64,
+        answer: Option<RouteAnswer>,
+        target: Target,
+        envelope: Arc<Envelope>,
+        deliver_at_unix_ms: Option<u64>,
+    ) -> Result<(), Failure> {
+        let home = home_shard(target.name(), self.shard_count);
+        if home != self.id && self.outgoing.is_congested(home) {
+            let f = failure(
+                ErrorCode::Overloaded,
+                "the server is overloaded: try again shortly",
+            );
+            if let Some(RouteAnswer::Api(tx)) = &answer {
+                let _ = tx.try_send(RouteOutcome::Failed(f.clone()));
+            }
+            return Err(f);
+        }
+        let id = envelope.id().to_string();
+        let reply = self.wait_for(
+            conn,
+            answer.map(|answer| PendingKind::Route {
+                answer,
+                id,
+                parts: None,
+                held: Held::No,
+                reported: 0,
+                delivered: 0,
+            }),
+        );
+        let origin = ConnRef {
+            shard: self.id,
+            conn,
+        };
+        self.to_shard(
+            home,
+            MeshMsg::Route {
+                target,
+                envelope,
+                origin,
+                reply,
+                deliver_at_unix_ms,
+            },
+        );
+        Ok(())
+    }
+
+    /// Routes a message injected over `/api/*` (`from` is `"api"`); the
+    /// outcome arrives on `tx`.
+    pub fn submit_api_route(
+        &self,
+        target: Target,
+        envelope: Arc<Envelope>,
+        deliver_at_unix_ms: Option<u64>,
+        tx: LocalSender<RouteOutcome>,
+    ) {
+        let _ = self.submit_route(
+            API_CONN,
+            Some(RouteAnswer::Api(tx)),
+            target,
+            envelope,
+            deliver_at_unix_ms,
+        );
+    }
+
     /// Registers a request to answer later; `None` kind: nothing to wait for.
-    fn wait_for(&self, handle: &ConnHandle, kind: Option<PendingKind>) -> Option<ReplyTo> {
+    fn wait_for(&self, conn: u64, kind: Option<PendingKind>) -> Option<ReplyTo> {
         let kind = kind?;
         let mut m = self.messaging.borrow_mut();
         if m.pending.len() >= PENDING_REQUESTS_MAX {
@@ -232,13 +329,7 @@ impl ShardState {
         }
         m.next_request_id += 1;
         let request_id = m.next_request_id;
-        m.pending.insert(
-            request_id,
-            PendingRequest {
-                conn: handle.id,
-                kind,
-            },
-        );
+        m.pending.insert(request_id, PendingRequest { conn, kind });
         Some(ReplyTo {
             shard: self.id,
             request_id,
@@ -286,7 +377,7 @@ impl ShardState {
     /// Greets a new connection once its user's home has it.
     pub(super) fn attach(&self, handle: &ConnHandle, welcome: Bytes) {
         let home = home_shard(&handle.user, self.shard_count);
-        let reply = self.wait_for(handle, Some(PendingKind::Welcome(welcome)));
+        let reply = self.wait_for(handle.id, Some(PendingKind::Welcome(welcome)));
         self.to_shard(
             home,
             MeshMsg::UserAttach {
@@ -368,19 +459,20 @@ impl ShardState {
             .set(self.counters.slow_consumers_closed.get() + 1);
     }
 
-    /// Queues `envelope` to each of `conns` on this shard. Returns
-    /// (delivered, refused): refused are `ack:true` messages that found no
-    /// room.
+    /// Queues `envelope` to each of `conns` on this shard; returns how many
+    /// took it. `ack:true` messages that find no room are not lost: their
+    /// home redelivers them when the ack times out.
     fn deliver_local(
         &self,
         envelope: &Envelope,
         conns: &[u64],
         exclude: Option<u64>,
         anycast_group: Option<&Arc<str>>,
-    ) -> (u64, u64) {
+        ack_home: Option<usize>,
+    ) -> u64 {
         let now = Instant::now();
-        let (mut delivered, mut refused) = (0, 0);
-        let lane = Lane::from(envelope.priority);
+        let mut delivered = 0;
+        let lane = Lane::from(envelope.priority());
         for &conn in conns {
             if Some(conn) == exclude {
                 continue;
@@ -392,14 +484,15 @@ impl ShardState {
                     let item = OutItem {
                         frame: envelope.frame_for(handle.wants_lz4),
                         lane,
-                        ack: envelope.ack,
+                        ack: envelope.ack(),
                         anycast_group: anycast_group.cloned(),
                     };
                     match handle.enqueue(item, now, |evicted| self.evicted(&handle, evicted)) {
-                        PushOutcome::Queued => true,
-                        PushOutcome::Refused => {
-                            refused += 1;
-                            false
+                        PushOutcome::Queued => {
+                            if let Some(home) = ack_home {
+                                handle.expect_ack(envelope.id(), home);
+                            }
+                            true
                         }
                         PushOutcome::DroppedLow => {
                             self.counters
@@ -407,7 +500,7 @@ impl ShardState {
                                 .set(self.counters.dropped_low.get() + 1);
                             false
                         }
-                        PushOutcome::Overflow => false,
+                        PushOutcome::Refused | PushOutcome::Overflow => false,
                     }
                 }
             };
@@ -418,7 +511,41 @@ impl ShardState {
                 self.anycast_done(group, conn, 1);
             }
         }
-        (delivered, refused)
+        delivered
+    }
+
+    /// Sends `envelope` to each connection in `parts` (per shard), telling
+    /// recipients where acks go. Returns the number of `Deliver`s sent.
+    pub(super) fn fan_out(
+        &self,
+        envelope: &Arc<Envelope>,
+        parts: Vec<(usize, Arc<[u64]>)>,
+        exclude: Option<u64>,
+        anycast_group: Option<Arc<str>>,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+    ) -> u32 {
+        let ack_home = envelope.ack().then_some(self.id);
+        let mut sent = 0;
+        for (shard, conns) in parts {
+            if conns.is_empty() {
+                continue;
+            }
+            sent += 1;
+            self.to_shard(
+                shard,
+                MeshMsg::Deliver {
+                    envelope: envelope.clone(),
+                    conns,
+                    exclude,
+                    anycast_group: anycast_group.clone(),
+                    ack_home,
+                    origin,
+                    reply,
+                },
+            );
+        }
+        sent
     }
 
     /// Handles the messaging part of a mesh message (from a peer or from
@@ -436,18 +563,21 @@ impl ShardState {
                         },
                     );
                 }
+                // Right behind `welcome` (same path, FIFO): the mailbox.
+                self.deliver_mailbox(&user, at);
             }
             MeshMsg::UserDetach { user, at } => self.directory.borrow_mut().detach_user(&user, at),
             MeshMsg::GroupJoin {
                 group,
                 at,
+                user,
                 weight,
                 reply,
             } => {
                 let result = self
                     .directory
                     .borrow_mut()
-                    .join(&group, at, weight)
+                    .join(&group, at, &user, weight)
                     .map_err(|e| failure(ErrorCode::Overloaded, e.to_string()));
                 self.answer(reply, at, result);
             }
@@ -473,47 +603,62 @@ impl ShardState {
                 envelope,
                 origin,
                 reply,
-            } => self.route(target, envelope, origin, reply),
+                deliver_at_unix_ms,
+            } => match deliver_at_unix_ms {
+                Some(due) if due > unix_ms() => {
+                    self.reliable.borrow_mut().schedule(Scheduled {
+                        target,
+                        msg: Arc::new(envelope.parts.clone()),
+                        origin,
+                        due_unix_ms: due,
+                    });
+                    self.wake_timers();
+                    self.routed(reply, 0, Held::Scheduled);
+                }
+                _ => self.route(target, envelope, origin, reply),
+            },
             MeshMsg::Deliver {
                 envelope,
                 conns,
                 exclude,
                 anycast_group,
-                origin,
+                ack_home,
+                origin: _,
                 reply,
             } => {
-                let (delivered, refused) =
-                    self.deliver_local(&envelope, &conns, exclude, anycast_group.as_ref());
-                match reply {
-                    Some(reply) => self.to_shard(
+                let delivered = self.deliver_local(
+                    &envelope,
+                    &conns,
+                    exclude,
+                    anycast_group.as_ref(),
+                    ack_home,
+                );
+                if let Some(reply) = reply {
+                    self.to_shard(
                         reply.shard,
                         MeshMsg::Delivered {
                             request_id: reply.request_id,
                             delivered,
-                            refused,
+                            refused: 0,
                         },
-                    ),
-                    None if refused > 0 => self.to_shard(
-                        origin.shard,
-                        MeshMsg::Failed {
-                            origin,
-                            failure: refused_failure(refused),
-                        },
-                    ),
-                    None => {}
+                    );
                 }
             }
-            MeshMsg::Routed { request_id, parts } => self.update_route(request_id, |p, _, _, _| {
+            MeshMsg::Routed {
+                request_id,
+                parts,
+                held,
+            } => self.update_route(request_id, |p, h, _, _| {
                 *p = Some(parts);
+                *h = held;
             }),
             MeshMsg::Delivered {
                 request_id,
                 delivered,
-                refused,
-            } => self.update_route(request_id, |_, r, d, x| {
+                ..
+            } => self.update_route(request_id, |_, _, r, d| {
                 *r += 1;
                 *d += delivered;
-                *x += refused;
             }),
             MeshMsg::Done { request_id, result } => self.finish(request_id, result),
             MeshMsg::Failed { origin, failure } => {
@@ -527,6 +672,33 @@ impl ShardState {
             MeshMsg::AnycastDone { group, conn, n } => {
                 self.directory.borrow_mut().anycast_done(&group, conn, n)
             }
+            MeshMsg::Ack { id, at } => {
+                self.reliable.borrow_mut().settle(&id, at.conn);
+            }
+            MeshMsg::DlqQuery { from, request_id } => self.answer_dlq_query(from, request_id),
+            MeshMsg::DlqReply {
+                request_id,
+                letters,
+                evicted,
+            } => self.collect_dlq_reply(request_id, letters, evicted),
+            MeshMsg::DlqReplay {
+                from,
+                request_id,
+                ids,
+            } => {
+                let replayed = self.replay_dead_letters(ids.as_deref());
+                self.to_shard(
+                    from,
+                    MeshMsg::DlqReplayed {
+                        request_id,
+                        replayed,
+                    },
+                );
+            }
+            MeshMsg::DlqReplayed {
+                request_id,
+                replayed,
+            } => self.collect_dlq_replayed(request_id, replayed),
             MeshMsg::Shutdown
             | MeshMsg::HealthQuery { .. }
             | MeshMsg::HealthReply { .. }
@@ -536,7 +708,12 @@ impl ShardState {
 
     /// Answers a membership request: to the waiting request, or, without
     /// one, tells the connection only about a failure.
-    fn answer(&self, reply: Option<ReplyTo>, origin: ConnRef, result: Result<(), Failure>) {
+    pub(super) fn answer(
+        &self,
+        reply: Option<ReplyTo>,
+        origin: ConnRef,
+        result: Result<(), Failure>,
+    ) {
         match (reply, result) {
             (Some(reply), result) => self.to_shard(
                 reply.shard,
@@ -545,96 +722,156 @@ impl ShardState {
                     result,
                 },
             ),
-            (None, Err(failure)) => {
+            (None, Err(failure)) if origin.conn != API_CONN => {
                 self.to_shard(origin.shard, MeshMsg::Failed { origin, failure })
             }
-            (None, Ok(())) => {}
+            (None, _) => {}
         }
     }
 
-    /// At the target's home: find the recipients, send each shard its part.
-    fn route(
-        &self,
-        target: Target,
-        envelope: Arc<Envelope>,
-        origin: ConnRef,
-        reply: Option<ReplyTo>,
-    ) {
-        let mut parts = 0u32;
-        let mut deliver =
-            |shard: usize, conns: Arc<[u64]>, exclude: Option<u64>, anycast: Option<Arc<str>>| {
-                parts += 1;
-                self.to_shard(
-                    shard,
-                    MeshMsg::Deliver {
-                        envelope: envelope.clone(),
-                        conns,
-                        exclude,
-                        anycast_group: anycast,
-                        origin,
-                        reply,
-                    },
-                );
-            };
-        match &target {
-            Target::User(user) => {
-                let by_shard = self
-                    .directory
-                    .borrow()
-                    .user_conns_by_shard(user, self.shard_count);
-                for (shard, conns) in by_shard.into_iter().enumerate() {
-                    if !conns.is_empty() {
-                        deliver(shard, Arc::from(conns), None, None);
-                    }
-                }
-            }
-            Target::Group { group, echo } => {
-                let lists = self
-                    .directory
-                    .borrow_mut()
-                    .members_by_shard(group, self.shard_count);
-                let exclude = (!echo).then_some(origin.conn);
-                for (shard, conns) in lists.into_iter().enumerate() {
-                    let only_sender = conns.len() == 1 && Some(conns[0]) == exclude;
-                    if !conns.is_empty() && !only_sender {
-                        deliver(shard, conns, exclude, None);
-                    }
-                }
-            }
-            Target::Anycast(group) => {
-                let picked = self.directory.borrow_mut().pick(group);
-                match picked {
-                    Some(at) => deliver(
-                        at.shard,
-                        Arc::from(vec![at.conn]),
-                        None,
-                        Some(Arc::from(group.as_str())),
-                    ),
-                    None => {
-                        let f = failure(
-                            ErrorCode::NoMembers,
-                            format!("group {group:?} has no members"),
-                        );
-                        return self.answer(reply, origin, Err(f));
-                    }
-                }
-            }
-        }
+    fn routed(&self, reply: Option<ReplyTo>, parts: u32, held: Held) {
         if let Some(reply) = reply {
             self.to_shard(
                 reply.shard,
                 MeshMsg::Routed {
                     request_id: reply.request_id,
                     parts,
+                    held,
                 },
             );
         }
     }
 
+    /// At the target's home: find the recipients, send each shard its part,
+    /// track acks, or store for an offline user.
+    pub(super) fn route(
+        &self,
+        target: Target,
+        envelope: Arc<Envelope>,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+    ) {
+        let now = unix_ms();
+        if envelope.parts.expires_unix_ms.is_some_and(|t| t <= now) {
+            let msg = Arc::new(envelope.parts.clone());
+            let mut reliable = self.reliable.borrow_mut();
+            reliable.dead_letter(
+                msg,
+                target,
+                crate::delivery::dlq::DeadReason::Expired,
+                0,
+                now,
+            );
+            return self.routed(reply, 0, Held::No);
+        }
+        let ack = envelope.ack();
+        let id = envelope.id().to_string();
+        let (parts, held) = match &target {
+            Target::User(user) => {
+                let by_shard = self
+                    .directory
+                    .borrow()
+                    .user_conns_by_shard(user, self.shard_count);
+                if by_shard.iter().all(Vec::is_empty) {
+                    // Offline: the mailbox, delivered after the next welcome.
+                    let msg = Arc::new(envelope.parts.clone());
+                    self.reliable.borrow_mut().store_offline(user, msg, now);
+                    self.wake_timers();
+                    (0, Held::Mailbox)
+                } else {
+                    if ack {
+                        let key = PendingKey { id, conn: None };
+                        let msg = Arc::new(envelope.parts.clone());
+                        let target = AckTarget::User(user.clone());
+                        self.reliable
+                            .borrow_mut()
+                            .track(key, msg, target, envelope.attempt, now);
+                        self.wake_timers();
+                    }
+                    let parts = by_shard
+                        .into_iter()
+                        .enumerate()
+                        .map(|(shard, conns)| (shard, Arc::from(conns)))
+                        .collect();
+                    (
+                        self.fan_out(&envelope, parts, None, None, origin, reply),
+                        Held::No,
+                    )
+                }
+            }
+            Target::Group { group, echo } => {
+                let exclude = (!echo).then_some(origin.conn);
+                if ack {
+                    let members = self.directory.borrow().members_with_users(group);
+                    let msg = Arc::new(envelope.parts.clone());
+                    let mut reliable = self.reliable.borrow_mut();
+                    for (at, user) in members
+                        .into_iter()
+                        .filter(|(at, _)| Some(at.conn) != exclude)
+                    {
+                        let key = PendingKey {
+                            id: id.clone(),
+                            conn: Some(at.conn),
+                        };
+                        let target = AckTarget::Member {
+                            group: group.clone(),
+                            at,
+                            user,
+                        };
+                        reliable.track(key, msg.clone(), target, envelope.attempt, now);
+                    }
+                    drop(reliable);
+                    self.wake_timers();
+                }
+                let lists = self
+                    .directory
+                    .borrow_mut()
+                    .members_by_shard(group, self.shard_count);
+                let parts = lists
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, conns)| !(conns.len() == 1 && Some(conns[0]) == exclude))
+                    .collect();
+                (
+                    self.fan_out(&envelope, parts, exclude, None, origin, reply),
+                    Held::No,
+                )
+            }
+            Target::Anycast(group) => {
+                let picked = self.directory.borrow_mut().pick(group);
+                let Some(at) = picked else {
+                    let f = failure(
+                        ErrorCode::NoMembers,
+                        format!("group {group:?} has no members"),
+                    );
+                    return self.answer(reply, origin, Err(f));
+                };
+                if ack {
+                    let key = PendingKey { id, conn: None };
+                    let msg = Arc::new(envelope.parts.clone());
+                    let target = AckTarget::Anycast {
+                        group: group.clone(),
+                    };
+                    self.reliable
+                        .borrow_mut()
+                        .track(key, msg, target, envelope.attempt, now);
+                    self.wake_timers();
+                }
+                let parts = vec![(at.shard, Arc::from(vec![at.conn]))];
+                let group = Some(Arc::from(group.as_str()));
+                (
+                    self.fan_out(&envelope, parts, None, group, origin, reply),
+                    Held::No,
+                )
+            }
+        };
+        self.routed(reply, parts, held);
+    }
+
     fn update_route(
         &self,
         request_id: u64,
-        update: impl FnOnce(&mut Option<u32>, &mut u32, &mut u64, &mut u64),
+        update: impl FnOnce(&mut Option<u32>, &mut Held, &mut u32, &mut u64),
     ) {
         let complete = {
             let mut m = self.messaging.borrow_mut();
@@ -642,9 +879,9 @@ impl ShardState {
                 kind:
                     PendingKind::Route {
                         parts,
+                        held,
                         reported,
                         delivered,
-                        refused,
                         ..
                     },
                 ..
@@ -652,7 +889,7 @@ impl ShardState {
             else {
                 return;
             };
-            update(parts, reported, delivered, refused);
+            update(parts, held, reported, delivered);
             *parts == Some(*reported)
         };
         if complete {
@@ -660,7 +897,7 @@ impl ShardState {
         }
     }
 
-    /// Completes a pending request and answers its connection.
+    /// Completes a pending request and answers its connection (or caller).
     fn finish(&self, request_id: u64, result: Result<(), Failure>) {
         let Some(request) = self.messaging.borrow_mut().pending.remove(&request_id) else {
             return;
@@ -670,49 +907,63 @@ impl ShardState {
             (PendingKind::Membership { reference }, Ok(())) => {
                 text_frame(&protocol::encode_ok(Some(&reference), None, None))
             }
+            (PendingKind::Membership { reference }, Err(f)) => error_frame(reference, f),
             (
                 PendingKind::Route {
-                    reference,
+                    answer,
                     id,
                     delivered,
-                    refused,
+                    held,
                     ..
                 },
-                Ok(()),
+                result,
             ) => {
-                if refused > 0 {
-                    let f = refused_failure(refused);
-                    commands::error_frame(&CommandError {
-                        reference: Some(reference),
-                        code: f.code,
-                        reason: f.reason,
-                    })
-                } else {
-                    text_frame(&protocol::encode_ok(
-                        Some(&reference),
-                        Some(&id),
-                        Some(delivered),
-                    ))
+                let outcome = match result {
+                    Ok(()) => RouteOutcome::Ok {
+                        id,
+                        delivered,
+                        held,
+                    },
+                    Err(f) => RouteOutcome::Failed(f),
+                };
+                match answer {
+                    RouteAnswer::Api(tx) => {
+                        let _ = tx.try_send(outcome);
+                        return;
+                    }
+                    RouteAnswer::Conn { reference } => match outcome {
+                        RouteOutcome::Ok {
+                            id,
+                            delivered,
+                            held,
+                        } => text_frame(&protocol::encode_route_ok(
+                            &reference,
+                            &id,
+                            delivered,
+                            held_word(held),
+                        )),
+                        RouteOutcome::Failed(f) => error_frame(reference, f),
+                    },
                 }
             }
-            (
-                PendingKind::Membership { reference } | PendingKind::Route { reference, .. },
-                Err(f),
-            ) => commands::error_frame(&CommandError {
-                reference: Some(reference),
-                code: f.code,
-                reason: f.reason,
-            }),
         };
         self.reply_to_conn(request.conn, frame);
     }
 }
 
-fn refused_failure(refused: u64) -> Failure {
-    failure(
-        ErrorCode::Overloaded,
-        format!(
-            "{refused} recipient connection(s) have full queues; a message sent with ack:true is refused rather than dropped"
-        ),
-    )
+/// How `ok` says where a message waits (`None`: delivered now).
+pub fn held_word(held: Held) -> Option<&'static str> {
+    match held {
+        Held::No => None,
+        Held::Mailbox => Some("mailbox"),
+        Held::Scheduled => Some("scheduled"),
+    }
+}
+
+fn error_frame(reference: String, f: Failure) -> Bytes {
+    commands::error_frame(&CommandError {
+        reference: Some(reference),
+        code: f.code,
+        reason: f.reason,
+    })
 }

@@ -4,8 +4,9 @@
 //! never leaves the shard's thread.
 
 pub mod mesh;
-mod messaging;
+pub mod messaging;
 pub mod outgoing;
+mod reliable;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -85,6 +86,13 @@ pub struct ShardState {
     messaging: RefCell<MessagingState>,
     /// Start-up time in base 36, the prefix of this run's message ids.
     boot_id: String,
+    /// Acks, mailboxes, schedules, DLQ of the names this shard is home to.
+    reliable: RefCell<crate::delivery::ReliableState>,
+    /// When the timer task plans to look next (unix ms; MAX: not sleeping).
+    timer_wake_at: Cell<u64>,
+    timer_woken: Cell<bool>,
+    timer_waker: Cell<Option<Waker>>,
+    dlq_waiters: RefCell<HashMap<u64, reliable::DlqWaiter>>,
     health_waiters: RefCell<HashMap<u64, LocalSender<ShardHealth>>>,
     next_request_id: Cell<u64>,
 }
@@ -108,6 +116,18 @@ impl ShardState {
             directory: RefCell::new(Directory::default()),
             messaging: RefCell::new(MessagingState::default()),
             boot_id: base36(start.boot_unix_ms),
+            reliable: RefCell::new(crate::delivery::ReliableState::new(
+                crate::delivery::ReliableConfig {
+                    ack_timeout_ms: start.config.ack_timeout_ms,
+                    max_retries: start.config.max_retries,
+                    mailbox_max_msgs: start.config.mailbox_max_msgs,
+                    dlq_max_msgs: start.config.dlq_max_msgs,
+                },
+            )),
+            timer_wake_at: Cell::new(u64::MAX),
+            timer_woken: Cell::new(false),
+            timer_waker: Cell::new(None),
+            dlq_waiters: RefCell::new(HashMap::new()),
             health_waiters: RefCell::new(HashMap::new()),
             next_request_id: Cell::new(0),
         }
@@ -326,6 +346,7 @@ pub async fn run(start: ShardStart) {
         .detach();
     }
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
+    glommio::spawn_local(shard.clone().run_timers()).detach();
     if shard.id == 0 {
         let shard = shard.clone();
         let flag = start.shutdown_flag.clone();

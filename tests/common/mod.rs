@@ -15,6 +15,9 @@ use tungstenite::Message;
 pub const BIN: &str = env!("CARGO_BIN_EXE_ws-uring");
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Bound on a server's start-up (tests run many servers side by side on
+/// two cores).
+pub const START_WAIT: Duration = Duration::from_secs(30);
 
 /// A running server; killed on drop.
 pub struct TestServer {
@@ -45,7 +48,7 @@ impl TestServer {
                 }
             }
         });
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + START_WAIT;
         loop {
             let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => line,

@@ -1,0 +1,125 @@
+//! Offline mailboxes, sans-IO: per user, bounded in messages, delivered by
+//! priority then oldest first. The oldest message is evicted (to the DLQ,
+//! `mailbox_full`) when a new one arrives at a full mailbox.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::protocol::Priority;
+use crate::routing::envelope::MessageParts;
+
+/// One user's waiting messages, a queue per priority.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    /// Index 0 = critical … 3 = low.
+    lanes: [VecDeque<Arc<MessageParts>>; 4],
+}
+
+fn lane(p: Priority) -> usize {
+    match p {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 3,
+    }
+}
+
+impl Mailbox {
+    pub fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+
+    /// Stores a message; returns the message evicted to make room, if the
+    /// mailbox already held `max_msgs`.
+    pub fn push(&mut self, msg: Arc<MessageParts>, max_msgs: usize) -> Option<Arc<MessageParts>> {
+        let evicted = if self.len() >= max_msgs {
+            self.pop_oldest()
+        } else {
+            None
+        };
+        self.lanes[lane(msg.priority)].push_back(msg);
+        evicted
+    }
+
+    /// The oldest message of all lanes (by acceptance time; lanes are FIFO
+    /// so only their fronts compete).
+    fn pop_oldest(&mut self) -> Option<Arc<MessageParts>> {
+        let oldest_lane = (0..4)
+            .filter(|&l| !self.lanes[l].is_empty())
+            .min_by_key(|&l| self.lanes[l].front().map(|m| m.ts_unix_ms))?;
+        self.lanes[oldest_lane].pop_front()
+    }
+
+    /// Takes every message: critical first, oldest first within a priority.
+    pub fn drain(&mut self) -> Vec<Arc<MessageParts>> {
+        self.lanes.iter_mut().flat_map(|l| l.drain(..)).collect()
+    }
+
+    /// Removes a message by id; returns it.
+    pub fn remove(&mut self, id: &str) -> Option<Arc<MessageParts>> {
+        for l in &mut self.lanes {
+            if let Some(pos) = l.iter().position(|m| m.id == id) {
+                return l.remove(pos);
+            }
+        }
+        None
+    }
+
+    /// Every message, in delivery order (for snapshots).
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<MessageParts>> {
+        self.lanes.iter().flat_map(|l| l.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::envelope::MessageBody;
+
+    fn msg(id: &str, priority: Priority, ts: u64) -> Arc<MessageParts> {
+        Arc::new(MessageParts {
+            id: id.into(),
+            from: "a".into(),
+            to: Some("u".into()),
+            group: None,
+            priority,
+            ts_unix_ms: ts,
+            ack: false,
+            expires_unix_ms: None,
+            body: MessageBody::Json("1".into()),
+        })
+    }
+
+    fn ids(v: &[Arc<MessageParts>]) -> Vec<&str> {
+        v.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn drains_by_priority_then_age() {
+        let mut m = Mailbox::default();
+        m.push(msg("n1", Priority::Normal, 1), 10);
+        m.push(msg("l1", Priority::Low, 2), 10);
+        m.push(msg("c1", Priority::Critical, 3), 10);
+        m.push(msg("n2", Priority::Normal, 4), 10);
+        m.push(msg("h1", Priority::High, 5), 10);
+        assert_eq!(ids(&m.drain()), vec!["c1", "h1", "n1", "n2", "l1"]);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn full_mailbox_evicts_the_oldest() {
+        let mut m = Mailbox::default();
+        assert!(m.push(msg("a", Priority::Critical, 5), 2).is_none());
+        assert!(m.push(msg("b", Priority::Low, 1), 2).is_none());
+        let evicted = m.push(msg("c", Priority::Normal, 9), 2).unwrap();
+        assert_eq!(evicted.id, "b", "oldest by time, whatever its priority");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.remove("a").unwrap().id, "a");
+        assert!(m.remove("a").is_none());
+        assert_eq!(ids(&m.drain()), vec!["c"]);
+    }
+}

@@ -1,0 +1,517 @@
+//! Reliable delivery on a home shard, sans-IO: deliveries waiting for an
+//! ack (with exponential backoff), offline mailboxes, scheduled messages,
+//! TTLs and the dead-letter queue, all driven by one timer structure and a
+//! clock passed in. The shard's messaging glue asks it what to do and does
+//! the I/O.
+
+pub mod dlq;
+pub mod mailbox;
+pub mod timers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::routing::envelope::MessageParts;
+use crate::routing::{ConnRef, Target};
+use dlq::{DeadLetter, DeadLetterQueue, DeadReason};
+use mailbox::Mailbox;
+use timers::{TimerKind, Timers};
+
+/// The reliable-delivery settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ReliableConfig {
+    pub ack_timeout_ms: u64,
+    pub max_retries: u32,
+    pub mailbox_max_msgs: usize,
+    pub dlq_max_msgs: usize,
+}
+
+impl ReliableConfig {
+    /// How long attempt `attempt` (1-based) waits for its ack: the timeout,
+    /// doubled for every redelivery (capped at 2^10 times).
+    pub fn ack_wait_ms(&self, attempt: u32) -> u64 {
+        self.ack_timeout_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(10))
+    }
+
+    /// Deliveries tried in all: the first plus `max_retries`.
+    pub fn max_attempts(&self) -> u32 {
+        1 + self.max_retries
+    }
+}
+
+/// Identifies a delivery waiting for its ack: for `send` any connection of
+/// the user settles it (`conn: None`); for `publish` each member connection
+/// acks for itself; for `anycast` the message id alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PendingKey {
+    pub id: String,
+    pub conn: Option<u64>,
+}
+
+/// Who a pending delivery is for, to redeliver it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckTarget {
+    /// Every live connection of the user; back to the mailbox if none.
+    User(String),
+    /// One member connection of a group (`publish`), of `user`.
+    Member {
+        group: String,
+        at: ConnRef,
+        user: String,
+    },
+    /// Whichever member the strategy picks on each attempt (`anycast`).
+    Anycast { group: String },
+}
+
+/// A delivery waiting for its ack.
+#[derive(Debug, Clone)]
+pub struct PendingAck {
+    pub msg: Arc<MessageParts>,
+    pub target: AckTarget,
+    pub attempt: u32,
+    timer: (u64, u64),
+}
+
+/// A message held until it is due.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub target: Target,
+    pub msg: Arc<MessageParts>,
+    pub origin: ConnRef,
+    pub due_unix_ms: u64,
+}
+
+/// What a timer tick asks the glue to do.
+#[derive(Debug)]
+pub enum Fired {
+    /// A scheduled message is due: handle it as if just sent.
+    Due(Scheduled),
+    /// No ack in time: redeliver (attempt + 1) or dead-letter, per `next`.
+    AckTimeout {
+        key: PendingKey,
+        pending: PendingAck,
+        next: AfterTimeout,
+    },
+    /// A mailbox message's TTL ran out; it is in the DLQ now.
+    Expired(String),
+}
+
+/// What happens after an ack timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterTimeout {
+    Redeliver {
+        attempt: u32,
+    },
+    /// Gone to the DLQ with this reason.
+    DeadLettered(DeadReason),
+}
+
+/// Most timers handled per tick; the rest wait for the next tick.
+pub const TIMERS_PER_TICK_MAX: usize = 10_000;
+
+/// A home shard's reliable-delivery state.
+#[derive(Debug)]
+pub struct ReliableState {
+    pub config: ReliableConfig,
+    mailboxes: HashMap<String, Mailbox>,
+    pending: HashMap<PendingKey, PendingAck>,
+    scheduled: HashMap<u64, Scheduled>,
+    next_scheduled: u64,
+    timers: Timers,
+    dlq: DeadLetterQueue,
+}
+
+impl AckTarget {
+    /// Where a replay of a dead-lettered delivery goes: a member's lost
+    /// delivery is replayed to its user, not to the whole group again.
+    pub fn replay_target(&self) -> Target {
+        match self {
+            AckTarget::User(user) | AckTarget::Member { user, .. } => Target::User(user.clone()),
+            AckTarget::Anycast { group } => Target::Anycast(group.clone()),
+        }
+    }
+}
+
+impl ReliableState {
+    pub fn new(config: ReliableConfig) -> Self {
+        ReliableState {
+            config,
+            mailboxes: HashMap::new(),
+            pending: HashMap::new(),
+            scheduled: HashMap::new(),
+            next_scheduled: 0,
+            timers: Timers::default(),
+            dlq: DeadLetterQueue::default(),
+        }
+    }
+
+    /// Stores a message for an offline user. A message evicted from a full
+    /// mailbox goes to the DLQ (`mailbox_full`) and is returned.
+    pub fn store_offline(
+        &mut self,
+        user: &str,
+        msg: Arc<MessageParts>,
+        now: u64,
+    ) -> Option<DeadLetter> {
+        if let Some(expires) = msg.expires_unix_ms {
+            self.timers.insert(
+                expires,
+                TimerKind::MailboxExpiry {
+                    user: user.to_string(),
+                    id: msg.id.clone(),
+                },
+            );
+        }
+        let evicted = self
+            .mailboxes
+            .entry(user.to_string())
+            .or_default()
+            .push(msg, self.config.mailbox_max_msgs)?;
+        let target = Target::User(user.to_string());
+        Some(self.dead_letter(evicted, target, DeadReason::MailboxFull, 0, now))
+    }
+
+    /// Takes a user's mailbox for delivery (priority, then oldest first);
+    /// messages whose TTL ran out go to the DLQ instead.
+    pub fn take_mailbox(&mut self, user: &str, now: u64) -> Vec<Arc<MessageParts>> {
+        let Some(mut mailbox) = self.mailboxes.remove(user) else {
+            return Vec::new();
+        };
+        let mut deliverable = Vec::new();
+        for msg in mailbox.drain() {
+            if msg.expires_unix_ms.is_some_and(|t| t <= now) {
+                self.dead_letter(
+                    msg,
+                    Target::User(user.to_string()),
+                    DeadReason::Expired,
+                    0,
+                    now,
+                );
+            } else {
+                deliverable.push(msg);
+            }
+        }
+        deliverable
+    }
+
+    /// Messages waiting in `user`'s mailbox.
+    pub fn mailbox_len(&self, user: &str) -> usize {
+        self.mailboxes.get(user).map_or(0, Mailbox::len)
+    }
+
+    /// Messages waiting in all mailboxes of this shard.
+    pub fn mailbox_total(&self) -> usize {
+        self.mailboxes.values().map(Mailbox::len).sum()
+    }
+
+    /// Tracks a delivery (attempt `attempt`) until it is acked or times out.
+    pub fn track(
+        &mut self,
+        key: PendingKey,
+        msg: Arc<MessageParts>,
+        target: AckTarget,
+        attempt: u32,
+        now: u64,
+    ) {
+        let due = now.saturating_add(self.config.ack_wait_ms(attempt));
+        let timer = self.timers.insert(due, TimerKind::AckTimeout(key.clone()));
+        if let Some(old) = self.pending.insert(
+            key,
+            PendingAck {
+                msg,
+                target,
+                attempt,
+                timer,
+            },
+        ) {
+            self.timers.cancel(old.timer);
+        }
+    }
+
+    /// An ack for message `id` from connection `conn`: settles the member's
+    /// own delivery, the user's, or the anycast's. Returns whether one was
+    /// waiting.
+    pub fn settle(&mut self, id: &str, conn: u64) -> bool {
+        for key in [
+            PendingKey {
+                id: id.to_string(),
+                conn: Some(conn),
+            },
+            PendingKey {
+                id: id.to_string(),
+                conn: None,
+            },
+        ] {
+            if let Some(p) = self.pending.remove(&key) {
+                self.timers.cancel(p.timer);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Deliveries waiting for an ack.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Holds a message until `due_unix_ms`.
+    pub fn schedule(&mut self, scheduled: Scheduled) {
+        self.next_scheduled += 1;
+        let seq = self.next_scheduled;
+        self.timers
+            .insert(scheduled.due_unix_ms, TimerKind::Scheduled(seq));
+        self.scheduled.insert(seq, scheduled);
+    }
+
+    /// Messages waiting for their time.
+    pub fn scheduled_len(&self) -> usize {
+        self.scheduled.len()
+    }
+
+    /// The earliest time a timer is due.
+    pub fn next_due(&self) -> Option<u64> {
+        self.timers.next_due()
+    }
+
+    /// Everything due at `now`.
+    pub fn pop_due(&mut self, now: u64) -> Vec<Fired> {
+        let mut fired = Vec::new();
+        for timer in self.timers.pop_due(now, TIMERS_PER_TICK_MAX) {
+            match timer {
+                TimerKind::Scheduled(seq) => {
+                    if let Some(s) = self.scheduled.remove(&seq) {
+                        fired.push(Fired::Due(s));
+                    }
+                }
+                TimerKind::AckTimeout(key) => {
+                    let Some(pending) = self.pending.remove(&key) else {
+                        continue;
+                    };
+                    let target = pending.target.replay_target();
+                    let next = if pending.msg.expires_unix_ms.is_some_and(|t| t <= now) {
+                        self.dead_letter(
+                            pending.msg.clone(),
+                            target,
+                            DeadReason::Expired,
+                            pending.attempt,
+                            now,
+                        );
+                        AfterTimeout::DeadLettered(DeadReason::Expired)
+                    } else if pending.attempt >= self.config.max_attempts() {
+                        self.dead_letter(
+                            pending.msg.clone(),
+                            target,
+                            DeadReason::AckTimeout,
+                            pending.attempt,
+                            now,
+                        );
+                        AfterTimeout::DeadLettered(DeadReason::AckTimeout)
+                    } else {
+                        AfterTimeout::Redeliver {
+                            attempt: pending.attempt + 1,
+                        }
+                    };
+                    fired.push(Fired::AckTimeout { key, pending, next });
+                }
+                TimerKind::MailboxExpiry { user, id } => {
+                    let removed = self.mailboxes.get_mut(&user).and_then(|m| m.remove(&id));
+                    if let Some(msg) = removed {
+                        if self.mailboxes.get(&user).is_some_and(Mailbox::is_empty) {
+                            self.mailboxes.remove(&user);
+                        }
+                        self.dead_letter(msg, Target::User(user), DeadReason::Expired, 0, now);
+                        fired.push(Fired::Expired(id));
+                    }
+                }
+            }
+        }
+        fired
+    }
+
+    /// Puts a message in the DLQ (evicting the oldest when full).
+    pub fn dead_letter(
+        &mut self,
+        msg: Arc<MessageParts>,
+        target: Target,
+        reason: DeadReason,
+        attempts: u32,
+        now: u64,
+    ) -> DeadLetter {
+        let letter = DeadLetter {
+            msg,
+            target,
+            reason,
+            at_unix_ms: now,
+            attempts,
+        };
+        self.dlq.push(letter.clone(), self.config.dlq_max_msgs);
+        letter
+    }
+
+    pub fn dlq(&self) -> &DeadLetterQueue {
+        &self.dlq
+    }
+
+    /// Removes dead letters for replay (all, or those with the given ids).
+    pub fn take_dead_letters(&mut self, ids: Option<&[String]>) -> Vec<DeadLetter> {
+        self.dlq.take(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Priority;
+    use crate::routing::envelope::MessageBody;
+
+    fn config() -> ReliableConfig {
+        ReliableConfig {
+            ack_timeout_ms: 100,
+            max_retries: 2,
+            mailbox_max_msgs: 3,
+            dlq_max_msgs: 10,
+        }
+    }
+
+    fn msg(id: &str, expires: Option<u64>) -> Arc<MessageParts> {
+        Arc::new(MessageParts {
+            id: id.into(),
+            from: "a".into(),
+            to: Some("u".into()),
+            group: None,
+            priority: Priority::Normal,
+            ts_unix_ms: 0,
+            ack: true,
+            expires_unix_ms: expires,
+            body: MessageBody::Json("1".into()),
+        })
+    }
+
+    fn key(id: &str) -> PendingKey {
+        PendingKey {
+            id: id.into(),
+            conn: None,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles() {
+        let c = config();
+        assert_eq!(
+            (1..=4).map(|a| c.ack_wait_ms(a)).collect::<Vec<_>>(),
+            vec![100, 200, 400, 800]
+        );
+        assert_eq!(c.max_attempts(), 3);
+    }
+
+    #[test]
+    fn retries_then_dead_letters_with_exact_attempts() {
+        let mut s = ReliableState::new(config());
+        s.track(key("m"), msg("m", None), AckTarget::User("u".into()), 1, 0);
+        assert!(s.pop_due(99).is_empty());
+        let mut now = 100;
+        for expected_attempt in [2, 3] {
+            let fired = s.pop_due(now);
+            let [Fired::AckTimeout { pending, next, .. }] = &fired[..] else {
+                panic!("{fired:?}")
+            };
+            assert_eq!(
+                *next,
+                AfterTimeout::Redeliver {
+                    attempt: expected_attempt
+                }
+            );
+            s.track(
+                key("m"),
+                pending.msg.clone(),
+                pending.target.clone(),
+                expected_attempt,
+                now,
+            );
+            now += s.config.ack_wait_ms(expected_attempt);
+            assert!(s.pop_due(now - 1).is_empty(), "backoff respected");
+        }
+        let fired = s.pop_due(now);
+        assert!(matches!(
+            &fired[..],
+            [Fired::AckTimeout {
+                next: AfterTimeout::DeadLettered(DeadReason::AckTimeout),
+                ..
+            }]
+        ));
+        let dead: Vec<_> = s.dlq().iter().collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 3);
+        assert_eq!(s.pending_len(), 0);
+    }
+
+    #[test]
+    fn ack_settles_and_cancels() {
+        let mut s = ReliableState::new(config());
+        s.track(key("m"), msg("m", None), AckTarget::User("u".into()), 1, 0);
+        let member = PendingKey {
+            id: "p".into(),
+            conn: Some(7),
+        };
+        s.track(
+            member,
+            msg("p", None),
+            AckTarget::Member {
+                group: "g".into(),
+                at: ConnRef { shard: 0, conn: 7 },
+                user: "mem".into(),
+            },
+            1,
+            0,
+        );
+        assert!(
+            s.settle("m", 42),
+            "any connection of the user settles a send"
+        );
+        assert!(!s.settle("p", 8), "a member acks only for itself");
+        assert!(s.settle("p", 7));
+        assert!(!s.settle("m", 42));
+        assert!(s.pop_due(10_000).is_empty());
+    }
+
+    #[test]
+    fn mailbox_overflow_and_ttl_go_to_the_dlq() {
+        let mut s = ReliableState::new(config());
+        for i in 0..4 {
+            s.store_offline("u", msg(&format!("m{i}"), None), i);
+        }
+        assert_eq!(s.mailbox_len("u"), 3);
+        assert_eq!(
+            s.dlq().iter().next().unwrap().reason,
+            DeadReason::MailboxFull
+        );
+        s.store_offline("v", msg("short", Some(50)), 0);
+        let fired = s.pop_due(50);
+        assert!(matches!(&fired[..], [Fired::Expired(id)] if id == "short"));
+        assert_eq!(s.mailbox_len("v"), 0);
+        assert_eq!(s.dlq().len(), 2);
+        // Taking a mailbox dead-letters what expired meanwhile.
+        s.store_offline("w", msg("late", Some(10)), 0);
+        s.store_offline("w", msg("fine", None), 0);
+        let got = s.take_mailbox("w", 20);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "fine");
+    }
+
+    #[test]
+    fn scheduled_messages_fire_when_due() {
+        let mut s = ReliableState::new(config());
+        s.schedule(Scheduled {
+            target: Target::User("u".into()),
+            msg: msg("later", None),
+            origin: ConnRef { shard: 0, conn: 1 },
+            due_unix_ms: 500,
+        });
+        assert_eq!(s.next_due(), Some(500));
+        assert!(s.pop_due(499).is_empty());
+        assert!(matches!(&s.pop_due(500)[..], [Fired::Due(d)] if d.msg.id == "later"));
+        assert_eq!(s.scheduled_len(), 0);
+    }
+}

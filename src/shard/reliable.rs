@@ -1,0 +1,375 @@
+//! Reliable delivery on a shard: the timer task (scheduled messages, ack
+//! timeouts with redelivery, mailbox TTLs), mailbox delivery after
+//! `welcome`, and the dead-letter queue's query and replay across shards.
+//! The rules are in `crate::delivery`; this file does what they decide.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_lite::future;
+use glommio::channels::local_channel::LocalSender;
+use glommio::timer::Timer;
+
+use super::mesh::{DeadLetterView, MeshMsg};
+use super::messaging::{unix_ms, API_CONN};
+use super::ShardState;
+use crate::delivery::dlq::DeadReason;
+use crate::delivery::{AckTarget, AfterTimeout, Fired, PendingAck, PendingKey};
+use crate::routing::{home_shard, ConnRef, Envelope, Target};
+
+/// Longest the timer task sleeps without looking (a bound, not a tick:
+/// it wakes at the earliest due time, or sooner when one is added).
+const TIMER_IDLE_SLEEP_MS: u64 = 1000;
+/// How long a DLQ query or replay waits for the other shards.
+pub const DLQ_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Answers collected from the shards for a DLQ request.
+#[derive(Debug)]
+pub(super) enum DlqAnswer {
+    Letters(Vec<DeadLetterView>, u64),
+    Replayed(u64),
+}
+
+impl ShardState {
+    /// Wakes the timer task if a timer now falls due before it planned to
+    /// look again.
+    pub(super) fn wake_timers(&self) {
+        let next = self.reliable.borrow().next_due();
+        if next.is_some_and(|due| due < self.timer_wake_at.get()) {
+            self.timer_woken.set(true);
+            if let Some(w) = self.timer_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// The shard's one timer loop: sleeps until the earliest due timer.
+    pub(super) async fn run_timers(self: std::rc::Rc<Self>) {
+        while !self.is_shutting_down() {
+            let now = unix_ms();
+            let fired = self.reliable.borrow_mut().pop_due(now);
+            let busy = !fired.is_empty();
+            for f in fired {
+                self.on_fired(f, now);
+            }
+            let next = self.reliable.borrow().next_due();
+            let sleep_ms = next
+                .map_or(TIMER_IDLE_SLEEP_MS, |due| due.saturating_sub(unix_ms()))
+                .min(TIMER_IDLE_SLEEP_MS);
+            if sleep_ms == 0 || busy && next.is_some_and(|due| due <= unix_ms()) {
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            self.timer_wake_at.set(unix_ms() + sleep_ms);
+            self.timer_woken.set(false);
+            let woken = future::poll_fn(|cx| {
+                if self.timer_woken.replace(false) {
+                    Poll::Ready(())
+                } else {
+                    self.timer_waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            });
+            future::or(woken, async {
+                Timer::new(Duration::from_millis(sleep_ms)).await;
+            })
+            .await;
+            self.timer_wake_at.set(u64::MAX);
+        }
+    }
+
+    fn origin_here(&self) -> ConnRef {
+        ConnRef {
+            shard: self.id,
+            conn: API_CONN,
+        }
+    }
+
+    fn on_fired(&self, fired: Fired, now: u64) {
+        match fired {
+            Fired::Due(s) => {
+                let envelope = Arc::new(Envelope::new(
+                    (*s.msg).clone(),
+                    1,
+                    self.config.compress_min_bytes,
+                ));
+                self.route(s.target, envelope, s.origin, None);
+            }
+            Fired::AckTimeout { key, pending, next } => match next {
+                AfterTimeout::Redeliver { attempt } => self.redeliver(key, pending, attempt, now),
+                AfterTimeout::DeadLettered(reason) => {
+                    log::debug!(
+                        "shard {}: message {} dead-lettered ({}) after {} attempts",
+                        self.id,
+                        key.id,
+                        reason.as_str(),
+                        pending.attempt
+                    );
+                }
+            },
+            Fired::Expired(id) => {
+                log::debug!("shard {}: message {id} expired in a mailbox", self.id)
+            }
+        }
+    }
+
+    /// Delivers again after an ack timeout, as attempt `attempt`.
+    fn redeliver(&self, key: PendingKey, pending: PendingAck, attempt: u32, now: u64) {
+        let envelope = Arc::new(Envelope::new(
+            (*pending.msg).clone(),
+            attempt,
+            self.config.compress_min_bytes,
+        ));
+        let origin = self.origin_here();
+        match pending.target {
+            AckTarget::User(user) => {
+                let by_shard = self
+                    .directory
+                    .borrow()
+                    .user_conns_by_shard(&user, self.shard_count);
+                if by_shard.iter().all(Vec::is_empty) {
+                    // The user went offline: back to the mailbox.
+                    self.reliable
+                        .borrow_mut()
+                        .store_offline(&user, pending.msg, now);
+                    return;
+                }
+                self.reliable.borrow_mut().track(
+                    key,
+                    pending.msg,
+                    AckTarget::User(user),
+                    attempt,
+                    now,
+                );
+                let parts = by_shard
+                    .into_iter()
+                    .enumerate()
+                    .map(|(shard, conns)| (shard, Arc::from(conns)))
+                    .collect();
+                self.fan_out(&envelope, parts, None, None, origin, None);
+            }
+            AckTarget::Member { group, at, user } => {
+                if !self.directory.borrow().is_member(&group, at.conn) {
+                    // The member left: nobody else may ack for it.
+                    let target = Target::User(user);
+                    let mut reliable = self.reliable.borrow_mut();
+                    reliable.dead_letter(
+                        pending.msg,
+                        target,
+                        DeadReason::AckTimeout,
+                        pending.attempt,
+                        now,
+                    );
+                    return;
+                }
+                let target = AckTarget::Member { group, at, user };
+                self.reliable
+                    .borrow_mut()
+                    .track(key, pending.msg, target, attempt, now);
+                self.fan_out(
+                    &envelope,
+                    vec![(at.shard, Arc::from(vec![at.conn]))],
+                    None,
+                    None,
+                    origin,
+                    None,
+                );
+            }
+            AckTarget::Anycast { group } => {
+                // The strategy may pick another member this time.
+                let picked = self.directory.borrow_mut().pick(&group);
+                let target = AckTarget::Anycast {
+                    group: group.clone(),
+                };
+                self.reliable
+                    .borrow_mut()
+                    .track(key, pending.msg, target, attempt, now);
+                if let Some(at) = picked {
+                    let parts = vec![(at.shard, Arc::from(vec![at.conn]))];
+                    self.fan_out(
+                        &envelope,
+                        parts,
+                        None,
+                        Some(Arc::from(group.as_str())),
+                        origin,
+                        None,
+                    );
+                }
+            }
+        }
+        self.wake_timers();
+    }
+
+    /// Delivers a user's mailbox to its new connection `at`.
+    pub(super) fn deliver_mailbox(&self, user: &str, at: ConnRef) {
+        let now = unix_ms();
+        let msgs = self.reliable.borrow_mut().take_mailbox(user, now);
+        if msgs.is_empty() {
+            return;
+        }
+        let origin = self.origin_here();
+        for msg in msgs {
+            let envelope = Arc::new(Envelope::new(
+                (*msg).clone(),
+                1,
+                self.config.compress_min_bytes,
+            ));
+            if msg.ack {
+                let key = PendingKey {
+                    id: msg.id.clone(),
+                    conn: None,
+                };
+                let target = AckTarget::User(user.to_string());
+                self.reliable.borrow_mut().track(key, msg, target, 1, now);
+            }
+            self.fan_out(
+                &envelope,
+                vec![(at.shard, Arc::from(vec![at.conn]))],
+                None,
+                None,
+                origin,
+                None,
+            );
+        }
+        self.wake_timers();
+    }
+
+    pub(super) fn answer_dlq_query(&self, from: usize, request_id: u64) {
+        let (letters, evicted) = {
+            let reliable = self.reliable.borrow();
+            let letters = reliable
+                .dlq()
+                .iter()
+                .map(|letter| DeadLetterView {
+                    letter: letter.clone(),
+                    shard: self.id,
+                })
+                .collect();
+            (letters, reliable.dlq().evicted())
+        };
+        self.to_shard(
+            from,
+            MeshMsg::DlqReply {
+                request_id,
+                letters,
+                evicted,
+            },
+        );
+    }
+
+    pub(super) fn collect_dlq_reply(
+        &self,
+        request_id: u64,
+        letters: Vec<DeadLetterView>,
+        evicted: u64,
+    ) {
+        if let Some(tx) = self.dlq_waiters.borrow().get(&request_id) {
+            let _ = tx.try_send(DlqAnswer::Letters(letters, evicted));
+        }
+    }
+
+    pub(super) fn collect_dlq_replayed(&self, request_id: u64, replayed: u64) {
+        if let Some(tx) = self.dlq_waiters.borrow().get(&request_id) {
+            let _ = tx.try_send(DlqAnswer::Replayed(replayed));
+        }
+    }
+
+    /// Routes dead letters again, as new first attempts.
+    pub(super) fn replay_dead_letters(&self, ids: Option<&[String]>) -> u64 {
+        let letters = self.reliable.borrow_mut().take_dead_letters(ids);
+        let count = letters.len() as u64;
+        let origin = self.origin_here();
+        for letter in letters {
+            let envelope = Arc::new(Envelope::new(
+                (*letter.msg).clone(),
+                1,
+                self.config.compress_min_bytes,
+            ));
+            let home = home_shard(letter.target.name(), self.shard_count);
+            self.to_shard(
+                home,
+                MeshMsg::Route {
+                    target: letter.target,
+                    envelope,
+                    origin,
+                    reply: None,
+                    deliver_at_unix_ms: None,
+                },
+            );
+        }
+        count
+    }
+
+    /// Asks every shard (this one included) and collects the answers.
+    async fn ask_all_shards(&self, make: impl Fn(u64) -> MeshMsg) -> Vec<DlqAnswer> {
+        let request_id = {
+            let mut m = self.messaging.borrow_mut();
+            m.next_request_id += 1;
+            m.next_request_id
+        };
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(self.shard_count);
+        self.dlq_waiters.borrow_mut().insert(request_id, tx);
+        for shard in 0..self.shard_count {
+            self.to_shard(shard, make(request_id));
+        }
+        let mut answers = Vec::new();
+        let collect = async {
+            while answers.len() < self.shard_count {
+                match rx.recv().await {
+                    Some(a) => answers.push(a),
+                    None => break,
+                }
+            }
+        };
+        future::or(collect, async {
+            Timer::new(DLQ_QUERY_TIMEOUT).await;
+        })
+        .await;
+        self.dlq_waiters.borrow_mut().remove(&request_id);
+        answers
+    }
+
+    /// Every shard's dead letters, oldest first, and how many were evicted.
+    pub async fn dead_letters(&self) -> (Vec<DeadLetterView>, u64) {
+        let from = self.id;
+        let answers = self
+            .ask_all_shards(|request_id| MeshMsg::DlqQuery { from, request_id })
+            .await;
+        let mut all = Vec::new();
+        let mut evicted = 0;
+        for answer in answers {
+            if let DlqAnswer::Letters(letters, e) = answer {
+                all.extend(letters);
+                evicted += e;
+            }
+        }
+        all.sort_by(|a, b| {
+            (a.letter.at_unix_ms, &a.letter.msg.id).cmp(&(b.letter.at_unix_ms, &b.letter.msg.id))
+        });
+        (all, evicted)
+    }
+
+    /// Replays dead letters on every shard; returns how many.
+    pub async fn replay_all_dead_letters(&self, ids: Option<Vec<String>>) -> u64 {
+        let from = self.id;
+        let ids: Option<Arc<[String]>> = ids.map(Arc::from);
+        let answers = self
+            .ask_all_shards(|request_id| MeshMsg::DlqReplay {
+                from,
+                request_id,
+                ids: ids.clone(),
+            })
+            .await;
+        answers
+            .into_iter()
+            .map(|a| match a {
+                DlqAnswer::Replayed(n) => n,
+                DlqAnswer::Letters(..) => 0,
+            })
+            .sum()
+    }
+}
+
+/// Sender half for DLQ answers (stored per request).
+pub(super) type DlqWaiter = LocalSender<DlqAnswer>;
