@@ -1,0 +1,427 @@
+//! Reliable delivery against the real binary: acks, retries, the DLQ,
+//! mailboxes, TTLs, scheduling, and the HTTP API.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+fn user(server: &TestServer, name: &str) -> Client {
+    connect_welcomed(&server.url(&format!("?user={name}"))).0
+}
+
+fn ok(ws: &mut Client, mut cmd: Value) -> Value {
+    cmd["ref"] = json!("r");
+    ws.send(Message::text(cmd.to_string())).unwrap();
+    loop {
+        let e = next_json(ws);
+        if e["ref"] == "r" {
+            assert_eq!(e["op"], "ok", "{e}");
+            return e;
+        }
+    }
+}
+
+/// The next `msg` event, skipping others; `None` if none within `within`.
+fn next_msg(ws: &mut Client, within: Duration) -> Option<Value> {
+    ws.get_mut().set_read_timeout(Some(within)).unwrap();
+    let deadline = Instant::now() + within;
+    let found = loop {
+        if Instant::now() >= deadline {
+            break None;
+        }
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["op"] == "msg" {
+                    break Some(v);
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+    found
+}
+
+fn ack(ws: &mut Client, id: &Value) {
+    ws.send(Message::text(json!({"op":"ack","id":id}).to_string()))
+        .unwrap();
+}
+
+fn dlq(server: &TestServer) -> Value {
+    let (status, text) = http_get(server.port, "/admin/dlq");
+    assert_eq!(status, 200, "{text}");
+    body_json(&text)
+}
+
+fn post(port: u16, path: &str, body: &str, extra_headers: &str) -> (u16, Value) {
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = http_raw(port, raw.as_bytes());
+    (status, body_json(&text))
+}
+
+#[test]
+fn unacked_messages_are_retried_with_backoff_then_dead_lettered() {
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--ack-timeout-ms",
+        "200",
+        "--max-retries",
+        "2",
+    ]);
+    let mut bob = user(&server, "bob");
+    let mut alice = user(&server, "alice");
+    let sent_at = Instant::now();
+    let answer = ok(
+        &mut alice,
+        json!({"op":"send","to":"bob","data":"x","ack":true}),
+    );
+    let id = answer["id"].clone();
+    let mut arrivals = Vec::new();
+    for expected in 1..=3u64 {
+        let m = next_msg(&mut bob, Duration::from_secs(3)).expect("a delivery");
+        assert_eq!(m["id"], id);
+        assert_eq!(m["ack"], true);
+        assert_eq!(m["attempt"].as_u64().unwrap_or(1), expected);
+        arrivals.push(sent_at.elapsed());
+    }
+    // Attempt 2 after ~200 ms, attempt 3 ~400 ms later (backoff doubles).
+    let gap1 = arrivals[1] - arrivals[0];
+    let gap2 = arrivals[2] - arrivals[1];
+    assert!(
+        gap1 >= Duration::from_millis(180) && gap1 < Duration::from_millis(500),
+        "{gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(380) && gap2 < Duration::from_millis(800),
+        "{gap2:?}"
+    );
+    // After the third attempt's 800 ms, the DLQ, and no fourth delivery.
+    assert!(next_msg(&mut bob, Duration::from_millis(1100)).is_none());
+    let d = dlq(&server);
+    assert_eq!(d["total"], 1, "{d}");
+    let entry = &d["entries"][0];
+    assert_eq!(entry["id"], id);
+    assert_eq!(entry["reason"], "ack_timeout");
+    assert_eq!(entry["attempts"], 3);
+    assert_eq!(entry["data"], "x");
+    assert_eq!(entry["target"], json!({"user":"bob"}));
+
+    // Replay delivers it again, as a new first attempt; acked, it stays.
+    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
+    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)));
+    let m = next_msg(&mut bob, Duration::from_secs(3)).expect("replayed");
+    assert_eq!(m["id"], id);
+    assert_eq!(m.get("attempt"), None);
+    ack(&mut bob, &m["id"]);
+    assert!(next_msg(&mut bob, Duration::from_millis(500)).is_none());
+    assert_eq!(dlq(&server)["total"], 0);
+}
+
+#[test]
+fn an_ack_from_any_connection_of_the_user_settles_it() {
+    let server = TestServer::start(&[
+        "--shards",
+        "3",
+        "--ack-timeout-ms",
+        "150",
+        "--max-retries",
+        "3",
+    ]);
+    let mut phone = user(&server, "carol");
+    let mut laptop = user(&server, "carol");
+    let mut alice = user(&server, "alice");
+    ok(
+        &mut alice,
+        json!({"op":"send","to":"carol","data":1,"ack":true}),
+    );
+    let on_phone = next_msg(&mut phone, Duration::from_secs(3)).unwrap();
+    let on_laptop = next_msg(&mut laptop, Duration::from_secs(3)).unwrap();
+    assert_eq!(on_phone["id"], on_laptop["id"]);
+    ack(&mut laptop, &on_laptop["id"]);
+    assert!(
+        next_msg(&mut phone, Duration::from_millis(600)).is_none(),
+        "no redelivery"
+    );
+    assert!(next_msg(&mut laptop, Duration::from_millis(100)).is_none());
+    // Acking an id that is not awaited is a bad_request, not a crash.
+    let mut other = Vec::new();
+    laptop
+        .send(Message::text(r#"{"op":"ack","id":"nope","ref":5}"#))
+        .unwrap();
+    let e = loop {
+        let e = next_json(&mut laptop);
+        if e["ref"] == 5 {
+            break e;
+        }
+        other.push(e);
+    };
+    assert_eq!(e["code"], "bad_request");
+}
+
+#[test]
+fn offline_mailbox_is_delivered_after_welcome_by_priority_then_age() {
+    let server = TestServer::start(&["--shards", "2"]);
+    let mut alice = user(&server, "alice");
+    for (data, priority) in [
+        ("l1", "low"),
+        ("n1", "normal"),
+        ("c1", "critical"),
+        ("h1", "high"),
+        ("n2", "normal"),
+        ("c2", "critical"),
+    ] {
+        let answer = ok(
+            &mut alice,
+            json!({"op":"send","to":"dave","data":data,"priority":priority}),
+        );
+        assert_eq!(
+            (answer["delivered"].as_u64(), answer["held"].as_str()),
+            (Some(0), Some("mailbox"))
+        );
+    }
+    let (mut dave, welcome) = connect_welcomed(&server.url("?user=dave"));
+    assert_eq!(welcome["user"], "dave");
+    let order: Vec<String> = (0..6)
+        .map(|_| {
+            next_msg(&mut dave, Duration::from_secs(3)).unwrap()["data"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(order, ["c1", "c2", "h1", "n1", "n2", "l1"]);
+    // Delivered once: a second connection gets nothing.
+    let mut again = user(&server, "dave");
+    assert!(next_msg(&mut again, Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn full_mailboxes_and_expired_messages_go_to_the_dlq() {
+    let server = TestServer::start(&["--shards", "2", "--mailbox-max-msgs", "2"]);
+    let mut alice = user(&server, "alice");
+    for i in 0..3 {
+        ok(&mut alice, json!({"op":"send","to":"erin","data":i}));
+    }
+    ok(
+        &mut alice,
+        json!({"op":"send","to":"frank","data":"short-lived","ttl_ms":150}),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let d = dlq(&server);
+    let reasons: Vec<(&str, &Value)> = d["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["reason"].as_str().unwrap(), &e["data"]))
+        .collect();
+    assert!(reasons.contains(&("mailbox_full", &json!(0))), "{d}");
+    assert!(reasons.contains(&("expired", &json!("short-lived"))), "{d}");
+    let mut erin = user(&server, "erin");
+    let got: Vec<Value> = (0..2)
+        .map(|_| next_msg(&mut erin, Duration::from_secs(3)).unwrap()["data"].clone())
+        .collect();
+    assert_eq!(got, vec![json!(1), json!(2)]);
+    let mut frank = user(&server, "frank");
+    assert!(next_msg(&mut frank, Duration::from_millis(300)).is_none());
+    // Paging.
+    let (_, text) = http_get(server.port, "/admin/dlq?offset=1&limit=1");
+    let page = body_json(&text);
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["entries"].as_array().unwrap().len()
+        ),
+        (Some(2), 1)
+    );
+    assert_eq!(http_get(server.port, "/admin/dlq?limit=x").0, 400);
+}
+
+#[test]
+fn scheduled_messages_fire_on_time() {
+    let server = TestServer::start(&["--shards", "2"]);
+    let mut alice = user(&server, "alice");
+    let mut gina = user(&server, "gina");
+    let sent = Instant::now();
+    let answer = ok(
+        &mut alice,
+        json!({"op":"send","to":"gina","data":"later","delay_ms":300}),
+    );
+    assert_eq!(answer["held"], "scheduled");
+    let m = next_msg(&mut gina, Duration::from_secs(3)).unwrap();
+    let waited = sent.elapsed();
+    assert_eq!(m["data"], "later");
+    assert!(
+        waited >= Duration::from_millis(295) && waited <= Duration::from_millis(350),
+        "fired after {waited:?}"
+    );
+    // `at`, and scheduled publishes.
+    ok(&mut gina, json!({"op":"join","group":"cron"}));
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 200;
+    let sent = Instant::now();
+    ok(
+        &mut alice,
+        json!({"op":"publish","group":"cron","data":"tick","at":at}),
+    );
+    let m = next_msg(&mut gina, Duration::from_secs(3)).unwrap();
+    assert_eq!(m["data"], "tick");
+    assert!(
+        sent.elapsed() <= Duration::from_millis(260),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn api_send_and_publish_reach_websocket_users() {
+    let server = TestServer::start(&["--shards", "2"]);
+    let mut hank = user(&server, "hank");
+    ok(&mut hank, json!({"op":"join","group":"news"}));
+    let (status, body) = post(
+        server.port,
+        "/api/send",
+        r#"{"to":"hank","data":{"k":1}}"#,
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["delivered"], 1);
+    let m = next_msg(&mut hank, Duration::from_secs(3)).unwrap();
+    assert_eq!(
+        (m["from"].as_str(), m["data"]["k"].as_u64()),
+        (Some("api"), Some(1))
+    );
+    let (status, body) = post(
+        server.port,
+        "/api/publish",
+        r#"{"op":"publish","group":"news","data":"extra","priority":"high"}"#,
+        "",
+    );
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        next_msg(&mut hank, Duration::from_secs(3)).unwrap()["priority"],
+        "high"
+    );
+    // Bad bodies are clear 400s.
+    let (status, body) = post(server.port, "/api/send", r#"{"data":1}"#, "");
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
+    let (status, body) = post(server.port, "/api/send", "{oops", "");
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_json")));
+    let (status, _) = post(
+        server.port,
+        "/api/send",
+        r#"{"op":"publish","group":"g","data":1}"#,
+        "",
+    );
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn admin_token_guards_api_and_admin() {
+    let server = TestServer::start(&["--shards", "1", "--admin-token", "s3cret"]);
+    let (status, _) = post(server.port, "/api/send", r#"{"to":"x","data":1}"#, "");
+    assert_eq!(status, 401);
+    let (status, _) = post(
+        server.port,
+        "/api/send",
+        r#"{"to":"x","data":1}"#,
+        "Authorization: Bearer wrong\r\n",
+    );
+    assert_eq!(status, 401);
+    let (status, body) = post(
+        server.port,
+        "/api/send",
+        r#"{"to":"x","data":1}"#,
+        "Authorization: Bearer s3cret\r\n",
+    );
+    assert_eq!((status, body["held"].as_str()), (200, Some("mailbox")));
+    assert_eq!(http_get(server.port, "/admin/dlq").0, 401);
+}
+
+#[test]
+fn chunked_or_oversized_bodies_are_refused() {
+    let server = TestServer::start(&["--shards", "1", "--max-message-bytes", "1024"]);
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"POST /api/send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 411"), "{out}");
+    let (status, _) = http_raw(
+        server.port,
+        b"POST /api/send HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn publish_with_ack_is_acked_per_member_and_anycast_retries_elsewhere() {
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--ack-timeout-ms",
+        "150",
+        "--max-retries",
+        "5",
+    ]);
+    let mut m1 = user(&server, "m1");
+    let mut m2 = user(&server, "m2");
+    for ws in [&mut m1, &mut m2] {
+        ok(ws, json!({"op":"join","group":"team"}));
+    }
+    let mut boss = user(&server, "boss");
+    ok(
+        &mut boss,
+        json!({"op":"publish","group":"team","data":"p","ack":true}),
+    );
+    let a = next_msg(&mut m1, Duration::from_secs(3)).unwrap();
+    let b = next_msg(&mut m2, Duration::from_secs(3)).unwrap();
+    ack(&mut m1, &a["id"]);
+    // m2 did not ack: only m2 gets the redelivery.
+    let again = next_msg(&mut m2, Duration::from_secs(2)).expect("m2 redelivery");
+    assert_eq!(
+        (again["id"].clone(), again["attempt"].as_u64()),
+        (b["id"].clone(), Some(2))
+    );
+    ack(&mut m2, &again["id"]);
+    assert!(next_msg(&mut m1, Duration::from_millis(400)).is_none());
+
+    // Anycast: the member that does not ack loses the message to the other.
+    ok(
+        &mut boss,
+        json!({"op":"anycast","group":"team","data":"job","ack":true}),
+    );
+    let (first, mut other) = match next_msg(&mut m1, Duration::from_millis(500)) {
+        Some(m) => (m, m2),
+        None => (next_msg(&mut m2, Duration::from_secs(2)).unwrap(), m1),
+    };
+    let retry = next_msg(&mut other, Duration::from_secs(2)).expect("picked another member");
+    assert_eq!(
+        (retry["id"].clone(), retry["attempt"].as_u64()),
+        (first["id"].clone(), Some(2))
+    );
+    ack(&mut other, &retry["id"]);
+}
