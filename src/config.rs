@@ -72,6 +72,10 @@ macro_rules! settings {
             /// print the version and exit
             #[argh(switch)]
             pub version: bool,
+            /// keep mailboxes, schedules, pending acks and the DLQ in memory
+            /// only (no data directory)
+            #[argh(switch)]
+            pub no_persist: bool,
             $(
                 $(#[doc = $doc])*
                 #[argh(option)]
@@ -91,13 +95,15 @@ macro_rules! settings {
         pub struct Config {
             /// `--echo`: plain echo mode.
             pub echo: bool,
+            /// `--no-persist`: no data directory.
+            pub no_persist: bool,
             $( $(#[doc = $doc])* pub $name: $ty, )*
         }
 
         impl Config {
             /// Built-in defaults (shards = the cores available).
             pub fn defaults() -> Config {
-                Config { echo: false, $( $name: $default, )* }
+                Config { echo: false, no_persist: false, $( $name: $default, )* }
             }
 
             /// Resolves flags > env > file > defaults and validates the result.
@@ -105,6 +111,7 @@ macro_rules! settings {
                 let mut config = Config::defaults();
                 let mut sources: HashMap<&'static str, Source> = HashMap::new();
                 config.echo = flags.echo || env_bool(env, "ECHO")?;
+                config.no_persist = flags.no_persist || env_bool(env, "NO_PERSIST")?;
                 let file = match &flags.config {
                     Some(path) => read_file(path)?,
                     None => FileSettings::default(),
@@ -129,7 +136,10 @@ macro_rules! settings {
 
             /// Every setting as `(key, value)`, for the start-up log line.
             pub fn describe(&self) -> Vec<(&'static str, String)> {
-                let mut out = vec![("echo", self.echo.to_string())];
+                let mut out = vec![
+                    ("echo", self.echo.to_string()),
+                    ("no_persist", self.no_persist.to_string()),
+                ];
                 $( out.push((stringify!($name), ValueDisplay::show(&self.$name))); )*
                 // Never log secrets.
                 for (key, value) in out.iter_mut() {
@@ -182,6 +192,12 @@ settings! {
     dlq_max_msgs: usize = 100_000;
     /// bearer token for /api/* and /admin/*; without one they answer loopback only
     admin_token: String = String::new();
+    /// directory of the per-shard logs (default ./ws-uring-data)
+    data_dir: String = "./ws-uring-data".to_string();
+    /// when logged messages are durable: always, batch or never (default batch)
+    fsync: String = "batch".to_string();
+    /// group-commit window for fsync = batch, in ms (default 2)
+    fsync_batch_ms: u64 = 2;
 }
 
 impl Config {
@@ -232,6 +248,27 @@ impl Config {
                 "outbox_max_bytes",
                 self.outbox_max_bytes.to_string(),
                 "expected at least 1024 bytes",
+            ));
+        }
+        if !["always", "batch", "never"].contains(&self.fsync.as_str()) {
+            return Err(invalid(
+                "fsync",
+                self.fsync.clone(),
+                "expected always, batch or never",
+            ));
+        }
+        if self.data_dir.is_empty() {
+            return Err(invalid(
+                "data_dir",
+                String::new(),
+                "expected a directory path",
+            ));
+        }
+        if self.fsync_batch_ms > 1000 {
+            return Err(invalid(
+                "fsync_batch_ms",
+                self.fsync_batch_ms.to_string(),
+                "expected 0 to 1000",
             ));
         }
         if self.mailbox_max_msgs == 0 || self.dlq_max_msgs == 0 {
@@ -500,8 +537,8 @@ mod example_file_tests {
         let settings: FileSettings = toml::from_str(EXAMPLE).expect("example parses");
         drop(settings);
         for (key, _) in Config::defaults().describe() {
-            if key == "echo" {
-                continue; // a flag, not a file setting
+            if key == "echo" || key == "no_persist" {
+                continue; // flags, not file settings
             }
             let documented = EXAMPLE
                 .lines()

@@ -15,6 +15,8 @@
 //! - [`protocol`]: commands decoded from frames, events encoded into them.
 //! - [`delivery`]: reliable delivery rules (acks, retries, mailboxes,
 //!   schedules, the dead-letter queue), sans-IO.
+//! - [`store`]: the per-shard log (rkyv records, checksums, recovery,
+//!   group commit, compaction).
 //! - [`registry`]: the cross-shard table of live connections (sharded-slab).
 //!
 //! Data flows one way: socket → conn → ws → protocol → conn → socket.
@@ -29,6 +31,7 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod ws;
 
 pub use config::Config;

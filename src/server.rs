@@ -42,6 +42,8 @@ pub enum ServerError {
     ShardStart { shard: usize, message: String },
     #[error("shard {shard} crashed")]
     ShardCrashed { shard: usize },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The whole server: `Server::new(config).run()` serves until SIGINT/SIGTERM.
@@ -62,6 +64,9 @@ impl Server {
         let config = self.config;
         let shards = config.shards;
         crate::limits::apply_and_warn(config.max_connections, shards);
+        if !config.no_persist {
+            crate::store::prepare_data_dir(std::path::Path::new(&config.data_dir), shards)?;
+        }
         let (listeners, local_addr) = bind_listeners(config.bind_addr(), shards)?;
 
         let shutdown_flag = Arc::new(AtomicBool::new(false));

@@ -11,7 +11,7 @@ fn too_little_locked_memory_is_a_one_line_error() {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -l 64 && exec {BIN} --host 127.0.0.1 --port 0 --shards 2"
+            "ulimit -l 64 && exec {BIN} --host 127.0.0.1 --port 0 --shards 2 --no-persist"
         ))
         .stdin(Stdio::null())
         .output()
@@ -78,7 +78,15 @@ fn port_in_use_is_a_clear_error() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
     let out = Command::new(BIN)
-        .args(["--host", "127.0.0.1", "--port", &port, "--shards", "1"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--shards",
+            "1",
+            "--no-persist",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -47,6 +47,8 @@ pub struct DeadLetter {
     pub at_unix_ms: u64,
     /// Deliveries tried before giving up.
     pub attempts: u32,
+    /// Unique per shard: the letter's key in the log.
+    pub seq: u64,
 }
 
 /// One shard's dead letters, oldest first.
@@ -125,6 +127,7 @@ mod tests {
             reason: DeadReason::AckTimeout,
             at_unix_ms: 2,
             attempts: 4,
+            seq: 1,
         }
     }
 

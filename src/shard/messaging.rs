@@ -606,6 +606,7 @@ impl ShardState {
                 deliver_at_unix_ms,
             } => match deliver_at_unix_ms {
                 Some(due) if due > unix_ms() => {
+                    let lsn_before = self.reliable.borrow().journal_lsn();
                     self.reliable.borrow_mut().schedule(Scheduled {
                         target,
                         msg: Arc::new(envelope.parts.clone()),
@@ -613,7 +614,7 @@ impl ShardState {
                         due_unix_ms: due,
                     });
                     self.wake_timers();
-                    self.routed(reply, 0, Held::Scheduled);
+                    self.routed(lsn_before, reply, 0, Held::Scheduled);
                 }
                 _ => self.route(target, envelope, origin, reply),
             },
@@ -673,7 +674,9 @@ impl ShardState {
                 self.directory.borrow_mut().anycast_done(&group, conn, n)
             }
             MeshMsg::Ack { id, at } => {
-                self.reliable.borrow_mut().settle(&id, at.conn);
+                if self.reliable.borrow_mut().settle(&id, at.conn) {
+                    self.kick_wal();
+                }
             }
             MeshMsg::DlqQuery { from, request_id } => self.answer_dlq_query(from, request_id),
             MeshMsg::DlqReply {
@@ -729,16 +732,18 @@ impl ShardState {
         }
     }
 
-    fn routed(&self, reply: Option<ReplyTo>, parts: u32, held: Held) {
+    /// Tells the origin how a message was routed, once whatever it made
+    /// durable (mailbox, schedule, pending ack) is on disk.
+    fn routed(&self, lsn_before: u64, reply: Option<ReplyTo>, parts: u32, held: Held) {
         if let Some(reply) = reply {
-            self.to_shard(
-                reply.shard,
-                MeshMsg::Routed {
-                    request_id: reply.request_id,
-                    parts,
-                    held,
-                },
-            );
+            let msg = MeshMsg::Routed {
+                request_id: reply.request_id,
+                parts,
+                held,
+            };
+            self.when_durable(lsn_before, reply.shard, msg);
+        } else if self.reliable.borrow().journal_lsn() > lsn_before {
+            self.kick_wal();
         }
     }
 
@@ -752,6 +757,7 @@ impl ShardState {
         reply: Option<ReplyTo>,
     ) {
         let now = unix_ms();
+        let lsn_before = self.reliable.borrow().journal_lsn();
         if envelope.parts.expires_unix_ms.is_some_and(|t| t <= now) {
             let msg = Arc::new(envelope.parts.clone());
             let mut reliable = self.reliable.borrow_mut();
@@ -762,7 +768,8 @@ impl ShardState {
                 0,
                 now,
             );
-            return self.routed(reply, 0, Held::No);
+            drop(reliable);
+            return self.routed(lsn_before, reply, 0, Held::No);
         }
         let ack = envelope.ack();
         let id = envelope.id().to_string();
@@ -865,7 +872,7 @@ impl ShardState {
                 )
             }
         };
-        self.routed(reply, parts, held);
+        self.routed(lsn_before, reply, parts, held);
     }
 
     fn update_route(

@@ -6,6 +6,7 @@
 pub mod mesh;
 pub mod messaging;
 pub mod outgoing;
+mod persistence;
 mod reliable;
 
 use std::cell::{Cell, RefCell};
@@ -93,6 +94,14 @@ pub struct ShardState {
     timer_woken: Cell<bool>,
     timer_waker: Cell<Option<Waker>>,
     dlq_waiters: RefCell<HashMap<u64, reliable::DlqWaiter>>,
+    /// When logged changes count as durable.
+    fsync: crate::store::FsyncMode,
+    /// Journal records written (and synced per `fsync`) so far.
+    durable_lsn: Cell<u64>,
+    durable_waiters: RefCell<persistence::DurableWaiters>,
+    wal_waker: Cell<Option<Waker>>,
+    wal_closing: Cell<bool>,
+    wal_done: Cell<bool>,
     health_waiters: RefCell<HashMap<u64, LocalSender<ShardHealth>>>,
     next_request_id: Cell<u64>,
 }
@@ -128,6 +137,13 @@ impl ShardState {
             timer_woken: Cell::new(false),
             timer_waker: Cell::new(None),
             dlq_waiters: RefCell::new(HashMap::new()),
+            fsync: crate::store::FsyncMode::parse(&start.config.fsync)
+                .expect("validated in Config::resolve"),
+            durable_lsn: Cell::new(0),
+            durable_waiters: RefCell::new(persistence::DurableWaiters::default()),
+            wal_waker: Cell::new(None),
+            wal_closing: Cell::new(false),
+            wal_done: Cell::new(true),
             health_waiters: RefCell::new(HashMap::new()),
             next_request_id: Cell::new(0),
         }
@@ -335,6 +351,19 @@ pub async fn run(start: ShardStart) {
     };
     let shard = Rc::new(ShardState::new(&start, senders));
     shard.outgoing.start_pumps(shard.id, shard.mesh.clone());
+    if !shard.config.no_persist {
+        let dir = std::path::PathBuf::from(&shard.config.data_dir);
+        match shard.open_log(&dir).await {
+            Ok(wal) => {
+                shard.wal_done.set(false);
+                glommio::spawn_local(shard.clone().run_wal(wal)).detach();
+            }
+            Err(e) => {
+                let _ = start.ready.send(Err(format!("shard {}: {e}", shard.id)));
+                return;
+            }
+        }
+    }
 
     for (_peer, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -385,6 +414,8 @@ pub async fn run(start: ShardStart) {
             shard.connection_count()
         );
     }
+    // Whatever was journaled last reaches the log before the shard stops.
+    shard.close_wal().await;
     log::debug!("shard {} stopped", shard.id);
 }
 

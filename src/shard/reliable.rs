@@ -35,6 +35,7 @@ impl ShardState {
     /// Wakes the timer task if a timer now falls due before it planned to
     /// look again.
     pub(super) fn wake_timers(&self) {
+        self.kick_wal();
         let next = self.reliable.borrow().next_due();
         if next.is_some_and(|due| due < self.timer_wake_at.get()) {
             self.timer_woken.set(true);
@@ -52,6 +53,9 @@ impl ShardState {
             let busy = !fired.is_empty();
             for f in fired {
                 self.on_fired(f, now);
+            }
+            if busy {
+                self.kick_wal();
             }
             let next = self.reliable.borrow().next_due();
             let sleep_ms = next
@@ -278,6 +282,7 @@ impl ShardState {
     /// Routes dead letters again, as new first attempts.
     pub(super) fn replay_dead_letters(&self, ids: Option<&[String]>) -> u64 {
         let letters = self.reliable.borrow_mut().take_dead_letters(ids);
+        self.kick_wal();
         let count = letters.len() as u64;
         let origin = self.origin_here();
         for letter in letters {

@@ -19,20 +19,40 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// two cores).
 pub const START_WAIT: Duration = Duration::from_secs(30);
 
-/// A running server; killed on drop.
+/// A running server; killed on drop (its own data directory removed).
 pub struct TestServer {
     pub child: Child,
     pub port: u16,
     pub log: mpsc::Receiver<String>,
+    /// The data directory this test owns, if the harness made it.
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+/// A fresh data directory for one server of this test process.
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ws-uring-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl TestServer {
     /// Starts `ws-uring --host 127.0.0.1 --port 0 ARGS` and waits for its
     /// `listening on` line.
     pub fn start(args: &[&str]) -> TestServer {
-        let mut child = Command::new(BIN)
+        let owns_dir = !args
+            .iter()
+            .any(|a| *a == "--data-dir" || *a == "--no-persist");
+        let data_dir = owns_dir.then(fresh_data_dir);
+        let mut command = Command::new(BIN);
+        command
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+            .args(args);
+        if let Some(dir) = &data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -69,6 +89,7 @@ impl TestServer {
                     child,
                     port,
                     log: rx,
+                    data_dir,
                 };
             }
         }
@@ -107,6 +128,9 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

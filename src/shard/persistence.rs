@@ -1,0 +1,258 @@
+//! A shard's log: start-up recovery, the writer task (group commit), the
+//! answers that wait for durability, and compaction. Only this shard's
+//! thread touches its log.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use glommio::io::{BufferedFile, OpenOptions};
+use glommio::timer::Timer;
+
+use super::mesh::MeshMsg;
+use super::messaging::unix_ms;
+use super::ShardState;
+use crate::store::{self, record, FsyncMode, COMPACT_GROWTH_FACTOR, COMPACT_MIN_BYTES};
+
+/// Back-off after a failed log write before trying again.
+const WRITE_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The open log of a shard.
+pub(super) struct WalFile {
+    file: BufferedFile,
+    path: PathBuf,
+    pos: u64,
+    snapshot_bytes: u64,
+}
+
+/// Answers held until the log is durable up to `lsn`.
+#[derive(Default)]
+pub(super) struct DurableWaiters {
+    queue: VecDeque<(u64, usize, MeshMsg)>,
+}
+
+impl ShardState {
+    /// Sends `msg` to `shard` once every record journaled so far is
+    /// durable (at once without persistence or with `fsync = never`).
+    pub(super) fn when_durable(&self, lsn_before: u64, shard: usize, msg: MeshMsg) {
+        let lsn = self.reliable.borrow().journal_lsn();
+        let must_wait =
+            lsn > lsn_before && lsn > self.durable_lsn.get() && self.fsync != FsyncMode::Never;
+        if must_wait {
+            self.durable_waiters
+                .borrow_mut()
+                .queue
+                .push_back((lsn, shard, msg));
+            self.kick_wal();
+        } else {
+            self.to_shard(shard, msg);
+            if lsn > lsn_before {
+                self.kick_wal();
+            }
+        }
+    }
+
+    /// Wakes the log writer.
+    pub(super) fn kick_wal(&self) {
+        if let Some(w) = self.wal_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn release_durable(&self, durable: u64) {
+        self.durable_lsn.set(durable);
+        loop {
+            let next = {
+                let mut waiters = self.durable_waiters.borrow_mut();
+                match waiters.queue.front() {
+                    Some((lsn, _, _)) if *lsn <= durable => waiters.queue.pop_front(),
+                    _ => None,
+                }
+            };
+            match next {
+                Some((_, shard, msg)) => self.to_shard(shard, msg),
+                None => break,
+            }
+        }
+    }
+
+    /// Replays this shard's log into its state and opens it for appending,
+    /// starting from a fresh snapshot. Blocking reads are fine here: the
+    /// shard does not serve yet.
+    pub(super) async fn open_log(&self, dir: &std::path::Path) -> Result<WalFile, String> {
+        let path = store::log_path(dir, self.id);
+        let started = Instant::now();
+        let recovered = store::recover(&path).map_err(|e| e.to_string())?;
+        let entries = recovered.entries.len();
+        {
+            let mut reliable = self.reliable.borrow_mut();
+            reliable.enable_journal(self.config.compress_min_bytes);
+            let undecodable = reliable.restore(recovered.entries, unix_ms());
+            if undecodable > 0 {
+                return Err(format!(
+                    "{}: {undecodable} entries could not be decoded; not starting over a damaged log",
+                    path.display()
+                ));
+            }
+            // The snapshot below holds everything; the restore's own journal is redundant.
+            reliable.take_journal();
+        }
+        if recovered.records > 0 {
+            let r = self.reliable.borrow();
+            log::info!(
+                "shard {}: replayed {} log records ({} live) in {:.1} ms: {} mailbox messages, {} scheduled, {} dead letters",
+                self.id,
+                recovered.records,
+                entries,
+                started.elapsed().as_secs_f64() * 1000.0,
+                r.mailbox_total(),
+                r.scheduled_len(),
+                r.dlq().len()
+            );
+        }
+        let wal = self
+            .write_snapshot(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.durable_lsn.set(self.reliable.borrow().journal_lsn());
+        Ok(wal)
+    }
+
+    /// Writes the live state as a new log (`.tmp`, synced, renamed over the
+    /// old one, directory synced) and returns it open for appending.
+    async fn write_snapshot(&self, path: &std::path::Path) -> std::io::Result<WalFile> {
+        let tmp = path.with_extension("wal.tmp");
+        let mut buf = Vec::new();
+        for r in self.reliable.borrow().durable_entries() {
+            record::encode(&r, &mut buf);
+        }
+        let len = buf.len() as u64;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .buffered_open(&tmp)
+            .await
+            .map_err(std::io::Error::from)?;
+        if len > 0 {
+            file.write_at(buf, 0).await.map_err(std::io::Error::from)?;
+        }
+        file.fdatasync().await.map_err(std::io::Error::from)?;
+        file.rename(path).await.map_err(std::io::Error::from)?;
+        if let Some(dir) = path.parent() {
+            store::sync_dir(dir)?;
+        }
+        Ok(WalFile {
+            file,
+            path: path.to_path_buf(),
+            pos: len,
+            snapshot_bytes: len,
+        })
+    }
+
+    /// The log writer: takes what was journaled, appends it in one write,
+    /// syncs per `fsync`, releases the answers that waited, compacts.
+    pub(super) async fn run_wal(self: Rc<Self>, mut wal: WalFile) {
+        loop {
+            let ready = future::poll_fn(|cx| {
+                if self.reliable.borrow().has_journal_records() {
+                    Poll::Ready(true)
+                } else if self.wal_closing.get() {
+                    Poll::Ready(false)
+                } else {
+                    self.wal_waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await;
+            if !ready {
+                break;
+            }
+            if self.fsync == FsyncMode::Batch && self.config.fsync_batch_ms > 0 {
+                // Let more records join this commit.
+                Timer::new(Duration::from_millis(self.config.fsync_batch_ms)).await;
+            }
+            self.write_pending(&mut wal).await;
+            if wal.pos > COMPACT_MIN_BYTES
+                && wal.pos > wal.snapshot_bytes.saturating_mul(COMPACT_GROWTH_FACTOR)
+            {
+                match self.write_snapshot(&wal.path.clone()).await {
+                    Ok(fresh) => {
+                        log::info!(
+                            "shard {}: log compacted from {} to {} bytes",
+                            self.id,
+                            wal.pos,
+                            fresh.pos
+                        );
+                        wal = fresh;
+                    }
+                    Err(e) => log::error!("shard {}: log compaction failed: {e}", self.id),
+                }
+            }
+        }
+        self.wal_done.set(true);
+    }
+
+    /// Writes (and syncs) everything journaled; retries until it succeeds,
+    /// since answers wait on it.
+    async fn write_pending(&self, wal: &mut WalFile) {
+        let (records, lsn) = self.reliable.borrow_mut().take_journal();
+        if records.is_empty() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(records.len() * 128);
+        for r in &records {
+            record::encode(r, &mut buf);
+        }
+        let len = buf.len() as u64;
+        loop {
+            let result = async {
+                let mut written = 0usize;
+                while written < buf.len() {
+                    let n = wal
+                        .file
+                        .write_at(buf[written..].to_vec(), wal.pos + written as u64)
+                        .await?;
+                    if n == 0 {
+                        return Err(glommio::GlommioError::IoError(std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            "log write made no progress",
+                        )));
+                    }
+                    written += n;
+                }
+                if self.fsync != FsyncMode::Never {
+                    wal.file.fdatasync().await?;
+                }
+                Ok::<(), glommio::GlommioError<()>>(())
+            }
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    log::error!(
+                        "shard {}: log write failed ({e}); answers wait, retrying",
+                        self.id
+                    );
+                    Timer::new(WRITE_RETRY_DELAY).await;
+                }
+            }
+        }
+        wal.pos += len;
+        self.release_durable(lsn);
+    }
+
+    /// At shutdown: write what is left and stop the writer.
+    pub(super) async fn close_wal(&self) {
+        self.wal_closing.set(true);
+        self.kick_wal();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.wal_done.get() && Instant::now() < deadline {
+            Timer::new(Duration::from_millis(5)).await;
+        }
+    }
+}

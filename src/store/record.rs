@@ -1,0 +1,403 @@
+//! The log's records, sans-IO: what is stored (rkyv), how a record is
+//! framed (`[len u32 LE][crc32 u32 LE][rkyv bytes]`), and how a log is read
+//! back: a torn tail is cut at the last whole record; a bad record with
+//! more data behind it is corruption, reported, never skipped.
+//!
+//! State is logged as idempotent key/value changes (`Upsert`, `Remove`), so
+//! replay is "last write wins" and a snapshot is just the live keys.
+
+use bytes::Bytes;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::protocol::{compress, Priority};
+use crate::routing::envelope::{MessageBody, MessageParts};
+use crate::routing::Target;
+
+/// Bytes of the frame header before each record.
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// Largest record accepted when reading (a bound against garbage lengths).
+pub const RECORD_MAX_BYTES: usize = 512 << 20;
+
+/// A message as the log keeps it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StoredMsg {
+    pub id: String,
+    pub from: String,
+    pub to: Option<String>,
+    pub group: Option<String>,
+    /// 0 low … 3 critical.
+    pub priority: u8,
+    pub ts_unix_ms: u64,
+    pub ack: bool,
+    pub expires_unix_ms: Option<u64>,
+    /// `data` JSON text when `binary` is false, else the payload.
+    pub body: Vec<u8>,
+    pub binary: bool,
+    /// `body` is lz4 (it was at least `compress_min_bytes`).
+    pub body_lz4: bool,
+}
+
+/// Where a message goes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum StoredTarget {
+    User(String),
+    Group { group: String, echo: bool },
+    Anycast(String),
+}
+
+/// Who a pending delivery waits on.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum StoredAckTarget {
+    User(String),
+    Member { group: String, user: String },
+    Anycast(String),
+}
+
+/// One durable fact.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum DurableEntry {
+    /// Waiting in `user`'s mailbox.
+    Mailbox { user: String, msg: StoredMsg },
+    /// Held until `due_unix_ms`.
+    Scheduled {
+        target: StoredTarget,
+        msg: StoredMsg,
+        due_unix_ms: u64,
+    },
+    /// Delivered, waiting for its ack.
+    Pending {
+        target: StoredAckTarget,
+        msg: StoredMsg,
+        attempt: u32,
+    },
+    /// In the dead-letter queue.
+    Dead {
+        target: StoredTarget,
+        msg: StoredMsg,
+        reason: String,
+        at_unix_ms: u64,
+        attempts: u32,
+        seq: u64,
+    },
+}
+
+/// One log record. (Records are short-lived and built one at a time, so
+/// the size difference between the variants costs nothing worth a box.)
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+pub enum WalRecord {
+    Upsert { key: String, entry: DurableEntry },
+    Remove { key: String },
+}
+
+/// Why a log could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error(
+        "record {index} at byte {offset} is corrupt ({reason}) and {remaining} more bytes follow it: \
+         the log is damaged in the middle, so it was not replayed; move the file aside to start empty \
+         or restore it from a backup"
+    )]
+    CorruptMiddle {
+        index: usize,
+        offset: u64,
+        reason: String,
+        remaining: u64,
+    },
+}
+
+/// What reading a log found.
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub records: Vec<WalRecord>,
+    /// Bytes of whole, valid records (where appending continues).
+    pub valid_bytes: u64,
+    /// Bytes of a torn last record cut off (a crash in mid-write).
+    pub torn_bytes: u64,
+}
+
+/// Frames one record.
+pub fn encode(record: &WalRecord, out: &mut Vec<u8>) {
+    let payload =
+        rkyv::to_bytes::<rkyv::rancor::Error>(record).expect("log records always serialise");
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// Reads every record of a log.
+pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
+    let mut outcome = ReadOutcome::default();
+    let mut pos = 0usize;
+    let mut index = 0usize;
+    while pos < log.len() {
+        let rest = &log[pos..];
+        let torn = |outcome: &mut ReadOutcome| {
+            outcome.valid_bytes = pos as u64;
+            outcome.torn_bytes = rest.len() as u64;
+        };
+        if rest.len() < FRAME_HEADER_BYTES {
+            torn(&mut outcome);
+            return Ok(outcome);
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let end = FRAME_HEADER_BYTES + len;
+        if len > RECORD_MAX_BYTES || end > rest.len() {
+            // Runs past the end: the last write was cut short.
+            torn(&mut outcome);
+            return Ok(outcome);
+        }
+        let payload = &rest[FRAME_HEADER_BYTES..end];
+        let is_last = end == rest.len();
+        let bad = |reason: String| LogError::CorruptMiddle {
+            index,
+            offset: pos as u64,
+            reason,
+            remaining: (rest.len() - end) as u64,
+        };
+        if crc32fast::hash(payload) != crc {
+            if is_last {
+                torn(&mut outcome);
+                return Ok(outcome);
+            }
+            return Err(bad("checksum mismatch".into()));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        match rkyv::from_bytes::<WalRecord, rkyv::rancor::Error>(&aligned) {
+            Ok(record) => outcome.records.push(record),
+            Err(e) => return Err(bad(format!("undecodable record: {e}"))),
+        }
+        pos += end;
+        index += 1;
+    }
+    outcome.valid_bytes = pos as u64;
+    Ok(outcome)
+}
+
+fn priority_code(p: Priority) -> u8 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
+    }
+}
+
+fn priority_of(code: u8) -> Priority {
+    match code {
+        0 => Priority::Low,
+        2 => Priority::High,
+        3 => Priority::Critical,
+        _ => Priority::Normal,
+    }
+}
+
+impl StoredMsg {
+    /// The stored form; bodies of at least `compress_min_bytes` are lz4.
+    pub fn from_parts(parts: &MessageParts, compress_min_bytes: usize) -> StoredMsg {
+        let (raw, binary): (&[u8], bool) = match &parts.body {
+            MessageBody::Json(s) => (s.as_bytes(), false),
+            MessageBody::Binary { payload, .. } => (payload, true),
+        };
+        let body_lz4 = raw.len() >= compress_min_bytes;
+        let body = if body_lz4 {
+            compress::compress(raw)
+        } else {
+            raw.to_vec()
+        };
+        StoredMsg {
+            id: parts.id.clone(),
+            from: parts.from.clone(),
+            to: parts.to.clone(),
+            group: parts.group.clone(),
+            priority: priority_code(parts.priority),
+            ts_unix_ms: parts.ts_unix_ms,
+            ack: parts.ack,
+            expires_unix_ms: parts.expires_unix_ms,
+            body,
+            binary,
+            body_lz4,
+        }
+    }
+
+    /// Back to a message (the body decompressed and checked).
+    pub fn to_parts(&self) -> Result<MessageParts, String> {
+        let raw = if self.body_lz4 {
+            compress::decompress(&self.body, RECORD_MAX_BYTES).map_err(|e| e.to_string())?
+        } else {
+            self.body.clone()
+        };
+        let body = if self.binary {
+            MessageBody::Binary {
+                payload: Bytes::from(raw),
+                compressed: None,
+            }
+        } else {
+            let text =
+                String::from_utf8(raw).map_err(|_| "stored JSON data is not UTF-8".to_string())?;
+            MessageBody::Json(text)
+        };
+        Ok(MessageParts {
+            id: self.id.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            group: self.group.clone(),
+            priority: priority_of(self.priority),
+            ts_unix_ms: self.ts_unix_ms,
+            ack: self.ack,
+            expires_unix_ms: self.expires_unix_ms,
+            body,
+        })
+    }
+}
+
+impl From<&Target> for StoredTarget {
+    fn from(t: &Target) -> Self {
+        match t {
+            Target::User(u) => StoredTarget::User(u.clone()),
+            Target::Group { group, echo } => StoredTarget::Group {
+                group: group.clone(),
+                echo: *echo,
+            },
+            Target::Anycast(g) => StoredTarget::Anycast(g.clone()),
+        }
+    }
+}
+
+impl From<&StoredTarget> for Target {
+    fn from(t: &StoredTarget) -> Self {
+        match t {
+            StoredTarget::User(u) => Target::User(u.clone()),
+            StoredTarget::Group { group, echo } => Target::Group {
+                group: group.clone(),
+                echo: *echo,
+            },
+            StoredTarget::Anycast(g) => Target::Anycast(g.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(body: MessageBody) -> MessageParts {
+        MessageParts {
+            id: "b-0-1".into(),
+            from: "alice".into(),
+            to: Some("bob".into()),
+            group: None,
+            priority: Priority::Critical,
+            ts_unix_ms: 1_700_000_000_000,
+            ack: true,
+            expires_unix_ms: Some(1_700_000_005_000),
+            body,
+        }
+    }
+
+    fn records() -> Vec<WalRecord> {
+        let big = MessageBody::Json(format!("\"{}\"", "x".repeat(5000)));
+        vec![
+            WalRecord::Upsert {
+                key: "m/bob/b-0-1".into(),
+                entry: DurableEntry::Mailbox {
+                    user: "bob".into(),
+                    msg: StoredMsg::from_parts(&parts(MessageBody::Json("{\"a\":1}".into())), 1024),
+                },
+            },
+            WalRecord::Upsert {
+                key: "s/b-0-2".into(),
+                entry: DurableEntry::Scheduled {
+                    target: StoredTarget::Group {
+                        group: "g".into(),
+                        echo: true,
+                    },
+                    msg: StoredMsg::from_parts(&parts(big), 1024),
+                    due_unix_ms: 9,
+                },
+            },
+            WalRecord::Remove {
+                key: "m/bob/b-0-1".into(),
+            },
+        ]
+    }
+
+    fn log_of(records: &[WalRecord]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            encode(r, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let log = log_of(&records());
+        let read = read_all(&log).unwrap();
+        assert_eq!(read.records, records());
+        assert_eq!(read.valid_bytes, log.len() as u64);
+        assert_eq!(read.torn_bytes, 0);
+    }
+
+    #[test]
+    fn messages_survive_storage_compressed_or_not() {
+        for body in [
+            MessageBody::Json("[1,2]".into()),
+            MessageBody::Json(format!("\"{}\"", "y".repeat(4000))),
+            MessageBody::Binary {
+                payload: Bytes::from(vec![0u8, 255, 10, 13]),
+                compressed: None,
+            },
+        ] {
+            let p = parts(body);
+            let stored = StoredMsg::from_parts(&p, 1024);
+            assert_eq!(stored.to_parts().unwrap(), p);
+        }
+        assert!(
+            StoredMsg::from_parts(
+                &parts(MessageBody::Json(format!("\"{}\"", "z".repeat(4000)))),
+                1024
+            )
+            .body_lz4
+        );
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_the_last_whole_record() {
+        let log = log_of(&records());
+        let whole_two = log_of(&records()[..2]).len();
+        for cut in [
+            log.len() - 1,
+            whole_two + 3,
+            whole_two + FRAME_HEADER_BYTES + 1,
+        ] {
+            let read = read_all(&log[..cut]).unwrap();
+            assert_eq!(read.records.len(), 2, "cut at {cut}");
+            assert_eq!(read.valid_bytes, whole_two as u64);
+            assert_eq!(read.torn_bytes, (cut - whole_two) as u64);
+        }
+        // A last record whose bytes are garbage (checksum fails) is torn too.
+        let mut bad_last = log.clone();
+        let n = bad_last.len();
+        bad_last[n - 1] ^= 0xff;
+        let read = read_all(&bad_last).unwrap();
+        assert_eq!(read.records.len(), 2);
+    }
+
+    #[test]
+    fn corruption_in_the_middle_is_an_error_not_a_skip() {
+        let mut log = log_of(&records());
+        log[FRAME_HEADER_BYTES + 3] ^= 0x55;
+        match read_all(&log) {
+            Err(LogError::CorruptMiddle {
+                index: 0,
+                offset: 0,
+                remaining,
+                ..
+            }) => assert!(remaining > 0),
+            other => panic!("{other:?}"),
+        }
+    }
+}
