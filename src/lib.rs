@@ -12,6 +12,7 @@
 //!   the sans-IO rules it applies (`commands`, `liveness`).
 //! - [`http`]: request parsing (httparse), responses, router, upgrade checks.
 //! - [`ws`]: tungstenite driven sans-IO over in-memory buffers.
+//! - [`processor`]: custom processors for ops the protocol does not define.
 //! - [`protocol`]: commands decoded from frames, events encoded into them.
 //! - [`delivery`]: reliable delivery rules (acks, retries, mailboxes,
 //!   schedules, the dead-letter queue), sans-IO.
@@ -26,6 +27,7 @@ pub mod conn;
 pub mod delivery;
 pub mod http;
 pub mod limits;
+pub mod processor;
 pub mod protocol;
 pub mod registry;
 pub mod routing;
@@ -35,4 +37,5 @@ pub mod store;
 pub mod ws;
 
 pub use config::Config;
-pub use server::{Server, ServerError};
+pub use processor::{Processor, ProcessorContext, ProcessorRequest};
+pub use server::{Server, ServerBuilder, ServerError};

@@ -13,6 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::processor::{Processor, ProcessorError, Processors};
 use crate::registry::Registry;
 use crate::shard::{self, ShardStart};
 
@@ -49,12 +50,45 @@ pub enum ServerError {
 /// The whole server: `Server::new(config).run()` serves until SIGINT/SIGTERM.
 pub struct Server {
     config: Arc<Config>,
+    processors: Arc<Processors>,
+}
+
+/// Builds a server with custom processors:
+/// `Server::builder(config).processor("op", p)?.build()`.
+pub struct ServerBuilder {
+    config: Config,
+    processors: Processors,
+}
+
+impl ServerBuilder {
+    /// Registers `processor` for commands with `op` (not a built-in op).
+    pub fn processor(
+        mut self,
+        op: &str,
+        processor: impl Processor,
+    ) -> Result<Self, ProcessorError> {
+        self.processors.register(op, Arc::new(processor))?;
+        Ok(self)
+    }
+
+    pub fn build(self) -> Server {
+        Server {
+            config: Arc::new(self.config),
+            processors: Arc::new(self.processors),
+        }
+    }
 }
 
 impl Server {
     pub fn new(config: Config) -> Self {
-        Server {
-            config: Arc::new(config),
+        Server::builder(config).build()
+    }
+
+    /// Starts building a server (to add processors).
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            processors: Processors::default(),
         }
     }
 
@@ -98,6 +132,7 @@ impl Server {
                 shutdown_flag: shutdown_flag.clone(),
                 started_at,
                 boot_unix_ms,
+                processors: self.processors.clone(),
                 ready: ready_tx.clone(),
             };
             let thread = std::thread::Builder::new()

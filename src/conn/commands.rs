@@ -10,10 +10,12 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
+use crate::processor::{ProcessorContext, ProcessorOutput, ProcessorRequest, Processors};
 use crate::protocol::{self, compress, Command, CommandError, ErrorCode, StrategyKind};
 use crate::routing::envelope::{MessageBody, MessageParts};
 use crate::routing::{Envelope, Target};
 use crate::ws::{encode_frame, OPCODE_BINARY, OPCODE_TEXT};
+use serde_json::Value;
 
 /// How the WebSocket path behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub enum Action {
         reference: Option<String>,
         id: String,
     },
+    /// Several actions, in order (from a custom processor).
+    Batch(Vec<Action>),
 }
 
 /// What command handling needs to know about the sender and the server.
@@ -68,6 +72,8 @@ pub struct CommandContext<'a> {
     pub schedule_max_ms: u64,
     /// Makes the id of a new message.
     pub next_message_id: &'a mut dyn FnMut() -> String,
+    /// Custom processors for ops the protocol does not define.
+    pub processors: &'a Processors,
 }
 
 /// Handles one data message (control frames are the session's business).
@@ -109,7 +115,13 @@ pub fn decode_action(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action,
 }
 
 fn handle_text(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action, CommandError> {
-    let request = protocol::decode_command(text)?;
+    let request = match protocol::decode_command(text) {
+        Ok(r) => r,
+        Err(e) if e.code == ErrorCode::UnknownOp && !ctx.processors.is_empty() => {
+            return run_processor(text, e, ctx);
+        }
+        Err(e) => return Err(e),
+    };
     let reference = request.reference;
     match request.command {
         Command::Ping { t } => Ok(Action::Reply(text_frame(&protocol::encode_pong(
@@ -170,6 +182,112 @@ fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, C
                 }
             })
         }
+    }
+}
+
+/// Hands a command with a custom op to its processor, if one is
+/// registered (otherwise the `unknown_op` error stands).
+fn run_processor(
+    text: &str,
+    unknown: CommandError,
+    ctx: &mut CommandContext<'_>,
+) -> Result<Action, CommandError> {
+    let Ok(Value::Object(command)) = serde_json::from_str::<Value>(text) else {
+        return Err(unknown);
+    };
+    let Some(op) = command.get("op").and_then(Value::as_str) else {
+        return Err(unknown);
+    };
+    let Some(processor) = ctx.processors.get(op) else {
+        return Err(unknown);
+    };
+    let reference = unknown.reference.clone();
+    let mut pctx = ProcessorContext::default();
+    processor.process(
+        &ProcessorRequest {
+            op,
+            command: &command,
+            user: ctx.user,
+        },
+        &mut pctx,
+    );
+    let mut actions = Vec::new();
+    for output in pctx.outputs {
+        actions.push(match output {
+            ProcessorOutput::Reply(mut event) => {
+                if let Some(r) = &reference {
+                    let r: Value = serde_json::from_str(r).unwrap_or(Value::Null);
+                    event.insert("ref".into(), r);
+                }
+                Action::Reply(text_frame(&Value::Object(event).to_string()))
+            }
+            ProcessorOutput::Error { code, reason } => Action::Reply(error_frame(&CommandError {
+                reference: reference.clone(),
+                code,
+                reason,
+            })),
+            ProcessorOutput::Send {
+                to,
+                data,
+                priority,
+                delay_ms,
+            } => {
+                if !crate::protocol::identity::is_valid_user_id(&to) {
+                    return Err(CommandError {
+                        reference,
+                        code: ErrorCode::Internal,
+                        reason: format!("processor for {op:?} sent to an invalid user id"),
+                    });
+                }
+                processor_route(ctx, Target::User(to), data, priority, delay_ms)
+            }
+            ProcessorOutput::Publish {
+                group,
+                data,
+                priority,
+                echo,
+            } => {
+                if !crate::protocol::identity::is_valid_group_name(&group) {
+                    return Err(CommandError {
+                        reference,
+                        code: ErrorCode::Internal,
+                        reason: format!("processor for {op:?} published to an invalid group name"),
+                    });
+                }
+                processor_route(ctx, Target::Group { group, echo }, data, priority, None)
+            }
+        });
+    }
+    Ok(Action::Batch(actions))
+}
+
+fn processor_route(
+    ctx: &mut CommandContext<'_>,
+    target: Target,
+    data: Value,
+    priority: crate::protocol::Priority,
+    delay_ms: Option<u64>,
+) -> Action {
+    let (to, group) = match &target {
+        Target::User(u) => (Some(u.clone()), None),
+        Target::Group { group, .. } | Target::Anycast(group) => (None, Some(group.clone())),
+    };
+    let parts = MessageParts {
+        id: (ctx.next_message_id)(),
+        from: ctx.user.to_string(),
+        to,
+        group,
+        priority,
+        ts_unix_ms: ctx.now_unix_ms,
+        ack: false,
+        expires_unix_ms: None,
+        body: MessageBody::Json(data.to_string()),
+    };
+    Action::Route {
+        reference: None,
+        target,
+        envelope: Arc::new(Envelope::new(parts, 1, ctx.compress_min_bytes)),
+        deliver_at_unix_ms: delay_ms.filter(|d| *d > 0).map(|d| ctx.now_unix_ms + d),
     }
 }
 
@@ -311,6 +429,7 @@ mod tests {
             now_unix_ms: 1000,
             schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
+            processors: &Processors::default(),
         };
         handle_message(message, Mode::Protocol, &mut ctx)
     }
@@ -344,6 +463,7 @@ mod tests {
             now_unix_ms: 0,
             schedule_max_ms: 1000,
             next_message_id: &mut next,
+            processors: &Processors::default(),
         };
         for m in [Message::binary(vec![0u8, 1, 2]), Message::text("not json")] {
             match handle_message(m.clone(), Mode::Echo, &mut ctx) {
@@ -461,6 +581,86 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn processors_handle_custom_ops() {
+        let mut processors = Processors::default();
+        processors
+            .register(
+                "shout",
+                std::sync::Arc::new(|req: &ProcessorRequest<'_>, ctx: &mut ProcessorContext| {
+                    match req.command.get("text").and_then(Value::as_str) {
+                        Some(t) => {
+                            ctx.publish(
+                                "loud",
+                                json!(t.to_uppercase()),
+                                crate::protocol::Priority::High,
+                                false,
+                            );
+                            ctx.ok();
+                        }
+                        None => ctx.error(ErrorCode::BadRequest, "missing field `text`"),
+                    }
+                }),
+            )
+            .unwrap();
+        let mut next = || "p1".to_string();
+        let mut ctx = CommandContext {
+            user: "carol",
+            max_message_bytes: 1 << 20,
+            compress_min_bytes: 1024,
+            now_unix_ms: 7,
+            schedule_max_ms: 1000,
+            next_message_id: &mut next,
+            processors: &processors,
+        };
+        let action = handle_message(
+            Message::text(r#"{"op":"shout","text":"hi","ref":4}"#),
+            Mode::Protocol,
+            &mut ctx,
+        );
+        let Some(Action::Batch(actions)) = action else {
+            panic!("{action:?}")
+        };
+        match &actions[..] {
+            [Action::Route {
+                target, envelope, ..
+            }, Action::Reply(ok)] => {
+                assert_eq!(
+                    *target,
+                    Target::Group {
+                        group: "loud".into(),
+                        echo: false
+                    }
+                );
+                assert_eq!(envelope.parts.from, "carol");
+                assert_eq!(envelope.parts.body, MessageBody::Json("\"HI\"".into()));
+                match decode_frame(ok) {
+                    Message::Text(t) => assert_eq!(
+                        serde_json::from_str::<Value>(&t).unwrap(),
+                        json!({"op":"ok","ref":4})
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        let action = handle_message(Message::text(r#"{"op":"shout"}"#), Mode::Protocol, &mut ctx);
+        assert!(matches!(action, Some(Action::Batch(ref a)) if a.len() == 1));
+        // Ops without a processor are still unknown.
+        let action = handle_message(
+            Message::text(r#"{"op":"whisper"}"#),
+            Mode::Protocol,
+            &mut ctx,
+        );
+        match action {
+            Some(Action::Reply(f)) => match decode_frame(&f) {
+                Message::Text(t) => assert!(t.contains("unknown_op")),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

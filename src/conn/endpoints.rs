@@ -140,6 +140,7 @@ async fn api_route(shard: &Rc<ShardState>, op: &str, body: &[u8]) -> Response {
         now_unix_ms: unix_ms(),
         schedule_max_ms: SCHEDULE_HORIZON_MS,
         next_message_id: &mut next_id,
+        processors: &shard.processors,
     };
     let action = match commands::decode_action(&text, &mut ctx) {
         Ok(action) => action,

@@ -115,6 +115,7 @@ impl ShardState {
             now_unix_ms: unix_ms(),
             schedule_max_ms: SCHEDULE_HORIZON_MS,
             next_message_id: &mut next_id,
+            processors: &self.processors,
         };
         if let Some(action) = commands::handle_message(message, mode, &mut ctx) {
             self.execute(handle, action);
@@ -143,6 +144,11 @@ impl ShardState {
             reference.map(|reference| PendingKind::Membership { reference })
         };
         match action {
+            Action::Batch(actions) => {
+                for action in actions {
+                    self.execute(handle, action);
+                }
+            }
             Action::Reply(frame) => self.reply(handle, frame),
             Action::Join {
                 reference,

@@ -51,6 +51,8 @@ pub struct ShardStart {
     pub started_at: Instant,
     /// Unix time of start-up, in ms: part of every message id.
     pub boot_unix_ms: u64,
+    /// Custom processors (shared, read-only).
+    pub processors: Arc<crate::processor::Processors>,
     /// Told this shard's mesh id once it accepts connections.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -74,6 +76,8 @@ pub struct ShardState {
     pub registry: Arc<Registry>,
     pub started_at: Instant,
     pub counters: ShardCounters,
+    /// Custom processors, shared by all shards (immutable after start).
+    pub processors: Arc<crate::processor::Processors>,
     /// One receive buffer for all connections: a read is copied out of it
     /// before the task yields, so idle connections hold no read buffer.
     pub rx_buffer: RefCell<Vec<u8>>,
@@ -116,6 +120,7 @@ impl ShardState {
             registry: start.registry.clone(),
             started_at: start.started_at,
             counters: ShardCounters::default(),
+            processors: start.processors.clone(),
             rx_buffer: RefCell::new(vec![0; SHARD_RX_BUFFER_BYTES]),
             conns: RefCell::new(HashMap::new()),
             shutting_down: Cell::new(false),

@@ -41,11 +41,16 @@ impl TestServer {
     /// Starts `ws-uring --host 127.0.0.1 --port 0 ARGS` and waits for its
     /// `listening on` line.
     pub fn start(args: &[&str]) -> TestServer {
+        Self::start_binary(std::path::Path::new(BIN), args)
+    }
+
+    /// Like `start`, for another binary built on ws-uring (an example).
+    pub fn start_binary(bin: &std::path::Path, args: &[&str]) -> TestServer {
         let owns_dir = !args
             .iter()
             .any(|a| *a == "--data-dir" || *a == "--no-persist");
         let data_dir = owns_dir.then(fresh_data_dir);
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin);
         command
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args);
