@@ -198,6 +198,22 @@ settings! {
     fsync: String = "batch".to_string();
     /// group-commit window for fsync = batch, in ms (default 2)
     fsync_batch_ms: u64 = 2;
+    /// how often rates, resources and alerts are computed, in ms (default 1000)
+    metrics_interval_ms: u64 = 1_000;
+    /// append each interval's figures to this file (.json: JSON lines, .csv: CSV)
+    metrics_export: String = String::new();
+    /// alert when delivery P95 exceeds this, in ms (default 100)
+    alert_p95_ms: u64 = 100;
+    /// alert when delivery P99 exceeds this, in ms (default 200)
+    alert_p99_ms: u64 = 200;
+    /// alert when process CPU exceeds this share of all CPUs, in percent (default 80)
+    alert_cpu_percent: u64 = 80;
+    /// alert when system memory use exceeds this, in percent (default 85)
+    alert_memory_percent: u64 = 85;
+    /// alert when errors exceed this share of messages received, in percent (default 5)
+    alert_error_rate_percent: u64 = 5;
+    /// alert when queued outbox or mailbox messages exceed this (default 1000)
+    alert_queue_depth: u64 = 1_000;
 }
 
 impl Config {
@@ -262,6 +278,23 @@ impl Config {
                 "data_dir",
                 String::new(),
                 "expected a directory path",
+            ));
+        }
+        let export_ok = self.metrics_export.is_empty()
+            || self.metrics_export.ends_with(".json")
+            || self.metrics_export.ends_with(".csv");
+        if !export_ok {
+            return Err(invalid(
+                "metrics_export",
+                self.metrics_export.clone(),
+                "expected a file name ending in .json or .csv",
+            ));
+        }
+        if self.metrics_interval_ms < 10 {
+            return Err(invalid(
+                "metrics_interval_ms",
+                self.metrics_interval_ms.to_string(),
+                "expected at least 10 ms",
             ));
         }
         if self.fsync_batch_ms > 1000 {
@@ -418,6 +451,19 @@ impl<T: fmt::Display> ValueDisplay for T {
 }
 
 impl Config {
+    /// The alert thresholds from the `alert_*` settings.
+    pub fn alert_thresholds(&self) -> crate::metrics::alerts::AlertThresholds {
+        crate::metrics::alerts::AlertThresholds {
+            latency_p95_max_ms: self.alert_p95_ms as f64,
+            latency_p99_max_ms: self.alert_p99_ms as f64,
+            cpu_max_percent: self.alert_cpu_percent as f64,
+            memory_max_percent: self.alert_memory_percent as f64,
+            error_rate_max: self.alert_error_rate_percent as f64 / 100.0,
+            queue_depth_max_msgs: self.alert_queue_depth,
+            ..Default::default()
+        }
+    }
+
     /// The admin token, when one is configured.
     pub fn admin_token(&self) -> Option<&str> {
         (!self.admin_token.is_empty()).then_some(self.admin_token.as_str())

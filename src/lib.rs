@@ -12,6 +12,8 @@
 //!   the sans-IO rules it applies (`commands`, `liveness`).
 //! - [`http`]: request parsing (httparse), responses, router, upgrade checks.
 //! - [`ws`]: tungstenite driven sans-IO over in-memory buffers.
+//! - [`metrics`]: per-shard counters and histograms, resources, alerts,
+//!   Prometheus/JSON/CSV exports and the dashboard page.
 //! - [`processor`]: custom processors for ops the protocol does not define.
 //! - [`protocol`]: commands decoded from frames, events encoded into them.
 //! - [`delivery`]: reliable delivery rules (acks, retries, mailboxes,
@@ -27,6 +29,7 @@ pub mod conn;
 pub mod delivery;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod processor;
 pub mod protocol;
 pub mod registry;

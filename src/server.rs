@@ -45,6 +45,11 @@ pub enum ServerError {
     ShardCrashed { shard: usize },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot open the metrics export file {path}: {source}")]
+    Export {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The whole server: `Server::new(config).run()` serves until SIGINT/SIGTERM.
@@ -113,6 +118,8 @@ impl Server {
         }
 
         let registry = Arc::new(Registry::new(config.max_connections));
+        let resources: crate::shard::observe::SharedResources = Arc::default();
+        let export_tx = start_sampler_thread(&config, resources.clone(), shutdown_flag.clone())?;
         let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let started_at = Instant::now();
@@ -133,6 +140,8 @@ impl Server {
                 started_at,
                 boot_unix_ms,
                 processors: self.processors.clone(),
+                resources: Some(resources.clone()),
+                export_tx: export_tx.clone(),
                 ready: ready_tx.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -181,6 +190,79 @@ impl Server {
             }
         }
     }
+}
+
+/// Starts the thread that reads `/proc` every `metrics_interval_ms` (so no
+/// shard ever does) and appends `--metrics-export` lines. Returns the sender
+/// for export lines when an export file is configured.
+fn start_sampler_thread(
+    config: &Config,
+    resources: crate::shard::observe::SharedResources,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Option<mpsc::Sender<crate::shard::observe::ExportLine>>, ServerError> {
+    use std::io::Write;
+    let period = Duration::from_millis(config.metrics_interval_ms);
+    let (tx, rx) = mpsc::channel::<crate::shard::observe::ExportLine>();
+    let export = if config.metrics_export.is_empty() {
+        None
+    } else {
+        let path = std::path::PathBuf::from(&config.metrics_export);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| ServerError::Export {
+                path: path.clone(),
+                source: e,
+            })?;
+        let fresh = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+        Some((path, file, fresh))
+    };
+    let wants_export = export.is_some();
+    std::thread::Builder::new()
+        .name("metrics-sampler".into())
+        .spawn(move || {
+            let mut sampler = crate::metrics::resources::ResourceSampler::new();
+            let mut export = export;
+            while !shutdown.load(std::sync::atomic::Ordering::Acquire) {
+                let sample = sampler.sample(Instant::now());
+                if let Ok(mut r) = resources.lock() {
+                    *r = sample;
+                }
+                // Export lines arrive once per interval from shard 0.
+                let wait = if export.is_some() {
+                    period
+                } else {
+                    Duration::ZERO
+                };
+                if let Ok(line) = rx.recv_timeout(wait) {
+                    if let Some((path, file, fresh)) = &mut export {
+                        let text = if path.extension().is_some_and(|e| e == "csv") {
+                            // The header row only once, at the top of the file.
+                            let skip_header = !std::mem::replace(fresh, false);
+                            let mut rows = line.csv.split_inclusive("\r\n");
+                            if skip_header {
+                                rows.next();
+                            }
+                            rows.collect::<String>()
+                        } else {
+                            format!("{}\n", line.json)
+                        };
+                        if let Err(e) = file.write_all(text.as_bytes()) {
+                            log::warn!("cannot append to {}: {e}", path.display());
+                        }
+                    }
+                }
+                if export.is_none() {
+                    std::thread::sleep(period);
+                }
+            }
+        })
+        .map_err(|e| ServerError::ShardStart {
+            shard: usize::MAX,
+            message: format!("cannot start the metrics sampler thread: {e}"),
+        })?;
+    Ok(wants_export.then_some(tx))
 }
 
 /// The error for a shard that reported failure as `shard N: message`.

@@ -74,6 +74,8 @@ pub struct CommandContext<'a> {
     pub next_message_id: &'a mut dyn FnMut() -> String,
     /// Custom processors for ops the protocol does not define.
     pub processors: &'a Processors,
+    /// Every error answered while handling the message (for metrics).
+    pub errors: Vec<ErrorCode>,
 }
 
 /// Handles one data message (control frames are the session's business).
@@ -86,10 +88,16 @@ pub fn handle_message(
         (Mode::Echo, Message::Text(t)) => Some(Action::Reply(frame(OPCODE_TEXT, t.as_bytes()))),
         (Mode::Echo, Message::Binary(b)) => Some(Action::Reply(frame(OPCODE_BINARY, &b))),
         (Mode::Protocol, Message::Text(text)) => {
-            Some(handle_text(&text, ctx).unwrap_or_else(|e| Action::Reply(error_frame(&e))))
+            Some(handle_text(&text, ctx).unwrap_or_else(|e| {
+                ctx.errors.push(e.code);
+                Action::Reply(error_frame(&e))
+            }))
         }
         (Mode::Protocol, Message::Binary(bytes)) => {
-            Some(handle_binary(&bytes, ctx).unwrap_or_else(|e| Action::Reply(error_frame(&e))))
+            Some(handle_binary(&bytes, ctx).unwrap_or_else(|e| {
+                ctx.errors.push(e.code);
+                Action::Reply(error_frame(&e))
+            }))
         }
         _ => None,
     }
@@ -221,11 +229,14 @@ fn run_processor(
                 }
                 Action::Reply(text_frame(&Value::Object(event).to_string()))
             }
-            ProcessorOutput::Error { code, reason } => Action::Reply(error_frame(&CommandError {
-                reference: reference.clone(),
-                code,
-                reason,
-            })),
+            ProcessorOutput::Error { code, reason } => {
+                ctx.errors.push(code);
+                Action::Reply(error_frame(&CommandError {
+                    reference: reference.clone(),
+                    code,
+                    reason,
+                }))
+            }
             ProcessorOutput::Send {
                 to,
                 data,
@@ -430,6 +441,7 @@ mod tests {
             schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
             processors: &Processors::default(),
+            errors: Vec::new(),
         };
         handle_message(message, Mode::Protocol, &mut ctx)
     }
@@ -464,6 +476,7 @@ mod tests {
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &Processors::default(),
+            errors: Vec::new(),
         };
         for m in [Message::binary(vec![0u8, 1, 2]), Message::text("not json")] {
             match handle_message(m.clone(), Mode::Echo, &mut ctx) {
@@ -614,6 +627,7 @@ mod tests {
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &processors,
+            errors: Vec::new(),
         };
         let action = handle_message(
             Message::text(r#"{"op":"shout","text":"hi","ref":4}"#),

@@ -15,11 +15,13 @@ use crate::conn::commands::{self, Action, CommandContext};
 use crate::delivery::dlq::DeadLetter;
 use crate::http::router::Endpoint;
 use crate::http::{RequestHead, Response};
+use crate::metrics::{export, DASHBOARD_HTML};
 use crate::protocol::ErrorCode;
 use crate::routing::envelope::MessageBody;
 use crate::routing::Target;
 use crate::shard::mesh::Failure;
 use crate::shard::messaging::{held_word, unix_ms, RouteOutcome, SCHEDULE_HORIZON_MS};
+use crate::shard::observe::ExportFormat;
 use crate::shard::ShardState;
 
 /// The sender name of messages injected over `/api/*`.
@@ -52,6 +54,23 @@ pub async fn serve(
         Endpoint::ApiSend => api_route(shard, "send", body).await,
         Endpoint::ApiPublish => api_route(shard, "publish", body).await,
         Endpoint::DeadLetters => dead_letters(shard, &head.query).await,
+        Endpoint::Metrics => Response::new(
+            200,
+            export::PROMETHEUS_CONTENT_TYPE,
+            shard.render_metrics(ExportFormat::Prometheus).await,
+        ),
+        Endpoint::MetricsJson => Response::new(
+            200,
+            export::JSON_CONTENT_TYPE,
+            shard.render_metrics(ExportFormat::Json).await,
+        ),
+        Endpoint::MetricsCsv => Response::new(
+            200,
+            export::CSV_CONTENT_TYPE,
+            shard.render_metrics(ExportFormat::Csv).await,
+        ),
+        Endpoint::Dashboard => Response::new(200, "text/html; charset=utf-8", DASHBOARD_HTML),
+        Endpoint::Connections => connections(shard, &head.query).await,
         Endpoint::ReplayDeadLetters => replay(shard, body).await,
     }
 }
@@ -141,6 +160,7 @@ async fn api_route(shard: &Rc<ShardState>, op: &str, body: &[u8]) -> Response {
         schedule_max_ms: SCHEDULE_HORIZON_MS,
         next_message_id: &mut next_id,
         processors: &shard.processors,
+        errors: Vec::new(),
     };
     let action = match commands::decode_action(&text, &mut ctx) {
         Ok(action) => action,
@@ -257,6 +277,50 @@ async fn dead_letters(shard: &Rc<ShardState>, query: &str) -> Response {
         "entries": entries,
     });
     Response::json(200, body.to_string())
+}
+
+/// `GET /admin/connections?sort=queue|latency&limit=20`: the connections
+/// with the deepest outboxes or the slowest ping round trips, all shards.
+async fn connections(shard: &Rc<ShardState>, query: &str) -> Response {
+    let limit = match query_usize(query, "limit") {
+        Ok(v) => v.unwrap_or(20).clamp(1, 1000),
+        Err(r) => return r,
+    };
+    let mut by_latency = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "sort" {
+            match v.as_ref() {
+                "queue" => by_latency = false,
+                "latency" => by_latency = true,
+                _ => {
+                    return error_response(400, ErrorCode::BadRequest, "`sort` is queue or latency")
+                }
+            }
+        }
+    }
+    let mut all = shard.connection_views().await;
+    if by_latency {
+        all.sort_by_key(|c| std::cmp::Reverse(c.last_rtt_us));
+    } else {
+        all.sort_by_key(|c| std::cmp::Reverse(c.outbox_bytes));
+    }
+    let total = all.len();
+    let entries: Vec<Value> = all
+        .into_iter()
+        .take(limit)
+        .map(|c| {
+            json!({
+                "conn": c.conn, "shard": c.shard, "user": c.user,
+                "outbox_msgs": c.outbox_msgs, "outbox_bytes": c.outbox_bytes,
+                "ping_rtt_us": c.last_rtt_us, "idle_ms": c.idle_ms,
+            })
+        })
+        .collect();
+    let sort = if by_latency { "latency" } else { "queue" };
+    Response::json(
+        200,
+        json!({"total": total, "sort": sort, "connections": entries}).to_string(),
+    )
 }
 
 /// `POST /admin/dlq/replay` with `{}` (all) or `{"ids":[...]}`.

@@ -43,6 +43,8 @@ pub struct ConnHandle {
     waker: Cell<Option<Waker>>,
     last_rx: Cell<Instant>,
     last_ping: Cell<Option<Instant>>,
+    /// The last ping round trip, in µs (0: none yet).
+    last_rtt_us: Cell<u64>,
 }
 
 impl ConnHandle {
@@ -64,6 +66,7 @@ impl ConnHandle {
             waker: Cell::new(None),
             last_rx: Cell::new(now),
             last_ping: Cell::new(None),
+            last_rtt_us: Cell::new(0),
         }
     }
 
@@ -121,6 +124,16 @@ impl ConnHandle {
     /// Records traffic from the peer.
     pub fn heard_at(&self, now: Instant) {
         self.last_rx.set(now);
+    }
+
+    /// Records the round trip of the last ping.
+    pub fn set_last_rtt_us(&self, rtt_us: u64) {
+        self.last_rtt_us.set(rtt_us);
+    }
+
+    /// The last ping round trip, in µs (0: none measured yet).
+    pub fn last_rtt_us(&self) -> u64 {
+        self.last_rtt_us.get()
     }
 
     /// When we last pinged.

@@ -41,6 +41,7 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
+    let accepted_at = Instant::now();
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -59,6 +60,7 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
     let (head, buffered) = match head {
         None => {
             log::debug!("{peer}: handshake timed out");
+            shard.metrics.count_handshake_failure();
             return;
         }
         Some(Err(HeadError::Closed)) => return,
@@ -80,7 +82,7 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
     match router::route(&head, &shard.config.path) {
         Route::Respond(response) => respond_and_close(&shard, &mut stream, &response).await,
         Route::Serve(Endpoint::WebSocket) => {
-            upgrade_and_run(&shard, stream, peer, head, buffered).await;
+            upgrade_and_run(&shard, stream, peer, head, buffered, accepted_at).await;
         }
         Route::Serve(endpoint) => {
             let body_len = http::body_length(&head, usize::MAX).unwrap_or(0);
@@ -189,10 +191,14 @@ async fn upgrade_and_run(
     peer: SocketAddr,
     head: RequestHead,
     buffered: Vec<u8>,
+    accepted_at: Instant,
 ) {
     let upgrade = match upgrade::check_upgrade(&head) {
         Ok(u) => u,
-        Err(response) => return respond_and_close(shard, &mut stream, &response).await,
+        Err(response) => {
+            shard.metrics.count_handshake_failure();
+            return respond_and_close(shard, &mut stream, &response).await;
+        }
     };
     if shard.is_shutting_down() {
         let response = Response::error(503, "server is shutting down");
@@ -202,6 +208,7 @@ async fn upgrade_and_run(
         Ok(a) => a,
         Err(e) => {
             log::debug!("{peer}: refused: {e}");
+            shard.metrics.count_handshake_failure();
             let response = Response::error(503, &format!("server full: {e}"));
             return respond_and_close(shard, &mut stream, &response).await;
         }
@@ -245,6 +252,9 @@ async fn upgrade_and_run(
         shard.registry.remove(conn_id);
         return;
     }
+    shard
+        .metrics
+        .record_handshake_us(accepted_at.elapsed().as_micros() as u64);
 
     let handle = Rc::new(ConnHandle::new(
         conn_id,

@@ -48,6 +48,9 @@ pub struct OutItem {
     /// Set for anycasts: the group whose home counts this as outstanding
     /// until it leaves the outbox.
     pub anycast_group: Option<Arc<str>>,
+    /// When the message was accepted (unix µs), for the delivery latency;
+    /// 0 for replies to the connection's own commands.
+    pub accepted_unix_us: u64,
 }
 
 /// What happened to a pushed item.
@@ -221,6 +224,7 @@ mod tests {
             lane,
             ack: false,
             anycast_group: None,
+            accepted_unix_us: 0,
         }
     }
 

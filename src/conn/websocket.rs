@@ -82,7 +82,21 @@ pub(super) async fn run_session(
     loop {
         while !ended {
             match session.next_message() {
-                Ok(Some(message)) => shard.handle_message(handle, message, mode),
+                Ok(Some(message)) => {
+                    match &message {
+                        Message::Text(t) => shard.metrics.count_message_in(t.len() as u64),
+                        Message::Binary(b) => shard.metrics.count_message_in(b.len() as u64),
+                        Message::Pong(_) => {
+                            if let Some(pinged) = handle.last_ping() {
+                                let rtt_us = pinged.elapsed().as_micros() as u64;
+                                shard.metrics.record_ping_rtt_us(rtt_us);
+                                handle.set_last_rtt_us(rtt_us);
+                            }
+                        }
+                        _ => {}
+                    }
+                    shard.handle_message(handle, message, mode)
+                }
                 Ok(None) => break,
                 Err(_) => ended = true,
             }
@@ -115,6 +129,7 @@ pub(super) async fn run_session(
             Wake::Signals(signals) => {
                 if signals & SIGNAL_SLOW != 0 && session.is_open() {
                     shard.count_slow_consumer();
+                    shard.metrics.count_slow_consumer_closed();
                     session.close(1008, "slow consumer: outgoing queue over its bound");
                 } else if signals & SIGNAL_IDLE != 0 && session.is_open() {
                     stale = true;
@@ -148,15 +163,28 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
     pending.from_outbox = 0;
     if session.is_open() {
         let mut anycasts = Vec::new();
+        let now_us = crate::routing::envelope::unix_us();
+        let mut messages = 0u64;
         pending.from_outbox = handle.outbox.borrow_mut().take_into(
             &mut pending.bytes,
             WRITE_BATCH_MAX_BYTES,
             |item| {
+                messages += 1;
+                if item.accepted_unix_us > 0 {
+                    shard
+                        .metrics
+                        .record_delivery_latency_us(now_us.saturating_sub(item.accepted_unix_us));
+                }
                 if let Some(group) = &item.anycast_group {
                     anycasts.push(group.clone());
                 }
             },
         );
+        if messages > 0 {
+            shard
+                .metrics
+                .count_messages_out(messages, pending.from_outbox as u64);
+        }
         for group in anycasts {
             shard.anycast_done(&group, handle.id, 1);
         }

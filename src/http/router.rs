@@ -17,6 +17,16 @@ pub enum Endpoint {
     ApiSend,
     /// `POST /api/publish`: a backend publishes to a group.
     ApiPublish,
+    /// `GET /metrics`: Prometheus text format 0.0.4.
+    Metrics,
+    /// `GET /metrics.json`: the same figures as JSON.
+    MetricsJson,
+    /// `GET /metrics.csv`: the same figures as CSV.
+    MetricsCsv,
+    /// `GET /dashboard`: the live page.
+    Dashboard,
+    /// `GET /admin/connections`: the top connections by queue or latency.
+    Connections,
 }
 
 impl Endpoint {
@@ -28,6 +38,7 @@ impl Endpoint {
                 | Endpoint::ReplayDeadLetters
                 | Endpoint::ApiSend
                 | Endpoint::ApiPublish
+                | Endpoint::Connections
         )
     }
 }
@@ -41,7 +52,12 @@ pub enum Route {
 
 /// Routes one request. `ws_path` is the configured upgrade path.
 pub fn route(head: &RequestHead, ws_path: &str) -> Route {
-    let table: [(&str, &[&str], Endpoint); 6] = [
+    let table: [(&str, &[&str], Endpoint); 11] = [
+        ("/metrics", &["GET"], Endpoint::Metrics),
+        ("/metrics.json", &["GET"], Endpoint::MetricsJson),
+        ("/metrics.csv", &["GET"], Endpoint::MetricsCsv),
+        ("/dashboard", &["GET"], Endpoint::Dashboard),
+        ("/admin/connections", &["GET"], Endpoint::Connections),
         (ws_path, &["GET"], Endpoint::WebSocket),
         ("/health", &["GET"], Endpoint::Health),
         ("/admin/dlq", &["GET"], Endpoint::DeadLetters),

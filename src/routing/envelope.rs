@@ -13,6 +13,13 @@ use crate::protocol::events::MsgHeader;
 use crate::protocol::{compress, Priority};
 use crate::ws::{encode_frame, OPCODE_BINARY, OPCODE_TEXT};
 
+/// Now, in unix microseconds.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A message's data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageBody {
@@ -90,6 +97,9 @@ pub struct Envelope {
     pub parts: MessageParts,
     /// 1 for the first delivery; redeliveries count up.
     pub attempt: u32,
+    /// When this delivery attempt was accepted (unix µs): the start of the
+    /// delivery latency.
+    pub accepted_unix_us: u64,
     frames: Frames,
 }
 
@@ -126,6 +136,7 @@ impl Envelope {
         Envelope {
             parts,
             attempt,
+            accepted_unix_us: unix_us(),
             frames,
         }
     }

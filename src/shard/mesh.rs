@@ -33,6 +33,18 @@ pub struct DeadLetterView {
     pub shard: usize,
 }
 
+/// One connection as `/admin/connections` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionView {
+    pub conn: u64,
+    pub shard: usize,
+    pub user: String,
+    pub outbox_msgs: u64,
+    pub outbox_bytes: u64,
+    pub last_rtt_us: u64,
+    pub idle_ms: u64,
+}
+
 /// Why a routed command failed, to be told to the connection that sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -131,6 +143,21 @@ pub enum MeshMsg {
     },
     /// The answer to a `DlqReplay`.
     DlqReplayed { request_id: u64, replayed: u64 },
+    /// Asks for the receiver's connections (for `/admin/connections`).
+    ConnectionsQuery { from: usize, request_id: u64 },
+    /// The answer to a `ConnectionsQuery`.
+    ConnectionsReply {
+        request_id: u64,
+        connections: Vec<ConnectionView>,
+    },
+    /// Asks for the receiver's metrics snapshot; answer to `from`.
+    MetricsQuery { from: usize, request_id: u64 },
+    /// The answer to a `MetricsQuery` (shard 0 adds its interval view).
+    MetricsReply {
+        request_id: u64,
+        snapshot: Box<crate::metrics::ShardSnapshot>,
+        view: Option<Box<crate::shard::observe::MetricsView>>,
+    },
     /// From a recipient shard to the origin: one part's outcome.
     Delivered {
         request_id: u64,

@@ -116,8 +116,13 @@ impl ShardState {
             schedule_max_ms: SCHEDULE_HORIZON_MS,
             next_message_id: &mut next_id,
             processors: &self.processors,
+            errors: Vec::new(),
         };
-        if let Some(action) = commands::handle_message(message, mode, &mut ctx) {
+        let action = commands::handle_message(message, mode, &mut ctx);
+        for code in ctx.errors {
+            self.metrics.count_error(code.as_str());
+        }
+        if let Some(action) = action {
             self.execute(handle, action);
         }
     }
@@ -358,6 +363,7 @@ impl ShardState {
             lane: Lane::Reply,
             ack: false,
             anycast_group: None,
+            accepted_unix_us: 0,
         };
         handle.enqueue(item, Instant::now(), |evicted| {
             self.evicted(handle, evicted)
@@ -365,6 +371,7 @@ impl ShardState {
     }
 
     fn reply_error(&self, handle: &ConnHandle, reference: Option<String>, f: Failure) {
+        self.metrics.count_error(f.code.as_str());
         let e = CommandError {
             reference,
             code: f.code,
@@ -492,6 +499,7 @@ impl ShardState {
                         lane,
                         ack: envelope.ack(),
                         anycast_group: anycast_group.cloned(),
+                        accepted_unix_us: envelope.accepted_unix_us,
                     };
                     match handle.enqueue(item, now, |evicted| self.evicted(&handle, evicted)) {
                         PushOutcome::Queued => {
@@ -669,6 +677,7 @@ impl ShardState {
             }),
             MeshMsg::Done { request_id, result } => self.finish(request_id, result),
             MeshMsg::Failed { origin, failure } => {
+                self.metrics.count_error(failure.code.as_str());
                 let e = CommandError {
                     reference: None,
                     code: failure.code,
@@ -708,6 +717,25 @@ impl ShardState {
                 request_id,
                 replayed,
             } => self.collect_dlq_replayed(request_id, replayed),
+            MeshMsg::MetricsQuery { from, request_id } => {
+                self.answer_metrics_query(from, request_id)
+            }
+            MeshMsg::ConnectionsQuery { from, request_id } => {
+                self.answer_connections_query(from, request_id)
+            }
+            MeshMsg::ConnectionsReply {
+                request_id,
+                connections,
+            } => {
+                if let Some(tx) = self.connections_waiters.borrow().get(&request_id) {
+                    let _ = tx.try_send(connections);
+                }
+            }
+            MeshMsg::MetricsReply {
+                request_id,
+                snapshot,
+                view,
+            } => self.collect_metrics_reply(request_id, snapshot, view),
             MeshMsg::Shutdown
             | MeshMsg::HealthQuery { .. }
             | MeshMsg::HealthReply { .. }
@@ -920,7 +948,10 @@ impl ShardState {
             (PendingKind::Membership { reference }, Ok(())) => {
                 text_frame(&protocol::encode_ok(Some(&reference), None, None))
             }
-            (PendingKind::Membership { reference }, Err(f)) => error_frame(reference, f),
+            (PendingKind::Membership { reference }, Err(f)) => {
+                self.metrics.count_error(f.code.as_str());
+                error_frame(reference, f)
+            }
             (
                 PendingKind::Route {
                     answer,
@@ -955,7 +986,10 @@ impl ShardState {
                             delivered,
                             held_word(held),
                         )),
-                        RouteOutcome::Failed(f) => error_frame(reference, f),
+                        RouteOutcome::Failed(f) => {
+                            self.metrics.count_error(f.code.as_str());
+                            error_frame(reference, f)
+                        }
                     },
                 }
             }

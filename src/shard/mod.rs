@@ -5,6 +5,7 @@
 
 pub mod mesh;
 pub mod messaging;
+pub mod observe;
 pub mod outgoing;
 mod persistence;
 mod reliable;
@@ -53,9 +54,18 @@ pub struct ShardStart {
     pub boot_unix_ms: u64,
     /// Custom processors (shared, read-only).
     pub processors: Arc<crate::processor::Processors>,
+    /// Resource figures from the sampler thread (read by shard 0).
+    pub resources: Option<observe::SharedResources>,
+    /// Where shard 0 sends each interval's figures for `--metrics-export`.
+    pub export_tx: Option<std::sync::mpsc::Sender<observe::ExportLine>>,
     /// Told this shard's mesh id once it accepts connections.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
+
+type MetricsWaiter = LocalSender<(
+    Box<crate::metrics::ShardSnapshot>,
+    Option<Box<observe::MetricsView>>,
+)>;
 
 /// Counters this shard owns (read by `/health`; the metrics issue adds more).
 #[derive(Debug, Default)]
@@ -78,6 +88,14 @@ pub struct ShardState {
     pub counters: ShardCounters,
     /// Custom processors, shared by all shards (immutable after start).
     pub processors: Arc<crate::processor::Processors>,
+    /// This shard's metrics: counters, gauges, histograms.
+    pub metrics: crate::metrics::ShardMetrics,
+    metrics_waiters: RefCell<HashMap<u64, MetricsWaiter>>,
+    connections_waiters: RefCell<HashMap<u64, LocalSender<Vec<mesh::ConnectionView>>>>,
+    /// Shard 0 only: interval rates, alerts, export.
+    interval: RefCell<Option<observe::IntervalState>>,
+    resources: Option<observe::SharedResources>,
+    export_tx: Option<std::sync::mpsc::Sender<observe::ExportLine>>,
     /// One receive buffer for all connections: a read is copied out of it
     /// before the task yields, so idle connections hold no read buffer.
     pub rx_buffer: RefCell<Vec<u8>>,
@@ -121,6 +139,12 @@ impl ShardState {
             started_at: start.started_at,
             counters: ShardCounters::default(),
             processors: start.processors.clone(),
+            metrics: crate::metrics::ShardMetrics::new(),
+            metrics_waiters: RefCell::new(HashMap::new()),
+            connections_waiters: RefCell::new(HashMap::new()),
+            interval: RefCell::new(None),
+            resources: start.resources.clone(),
+            export_tx: start.export_tx.clone(),
             rx_buffer: RefCell::new(vec![0; SHARD_RX_BUFFER_BYTES]),
             conns: RefCell::new(HashMap::new()),
             shutting_down: Cell::new(false),
@@ -161,6 +185,7 @@ impl ShardState {
         self.counters
             .connections_opened
             .set(self.counters.connections_opened.get() + 1);
+        self.metrics.count_connection_opened();
         if self.shutting_down.get() {
             handle.raise(crate::conn::handle::SIGNAL_SHUTDOWN);
         }
@@ -184,7 +209,9 @@ impl ShardState {
             self.counters
                 .connections_closed
                 .set(self.counters.connections_closed.get() + 1);
+            self.metrics.count_connection_closed();
             if stale {
+                self.metrics.count_stale_closed();
                 self.counters
                     .stale_closed
                     .set(self.counters.stale_closed.get() + 1);
@@ -381,6 +408,14 @@ pub async fn run(start: ShardStart) {
     }
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
     glommio::spawn_local(shard.clone().run_timers()).detach();
+    if shard.id == 0 {
+        let thresholds = shard.config.alert_thresholds();
+        *shard.interval.borrow_mut() = Some(observe::IntervalState::new(
+            crate::metrics::alerts::AlertState::new(thresholds),
+            shard.started_at,
+        ));
+        glommio::spawn_local(shard.clone().run_metrics_interval()).detach();
+    }
     if shard.id == 0 {
         let shard = shard.clone();
         let flag = start.shutdown_flag.clone();
