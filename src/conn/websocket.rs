@@ -86,9 +86,12 @@ pub(super) async fn run_session(
                     match &message {
                         Message::Text(t) => shard.metrics.count_message_in(t.len() as u64),
                         Message::Binary(b) => shard.metrics.count_message_in(b.len() as u64),
-                        Message::Pong(_) => {
-                            if let Some(pinged) = handle.last_ping() {
-                                let rtt_us = pinged.elapsed().as_micros() as u64;
+                        Message::Pong(payload) => {
+                            // Our pings carry their send time, so each pong
+                            // measures its own ping even when several were out.
+                            if let Ok(sent) = <[u8; 8]>::try_from(&payload[..]) {
+                                let now_us = shard.started_at.elapsed().as_micros() as u64;
+                                let rtt_us = now_us.saturating_sub(u64::from_be_bytes(sent));
                                 shard.metrics.record_ping_rtt_us(rtt_us);
                                 handle.set_last_rtt_us(rtt_us);
                             }
@@ -137,7 +140,8 @@ pub(super) async fn run_session(
                 } else if signals & SIGNAL_SHUTDOWN != 0 {
                     session.close(1001, "server shutting down");
                 } else if signals & SIGNAL_PING != 0 && session.is_open() {
-                    let _ = session.send(Message::Ping(Default::default()));
+                    let sent_us = shard.started_at.elapsed().as_micros() as u64;
+                    let _ = session.send(Message::Ping(sent_us.to_be_bytes().to_vec().into()));
                 }
                 if !session.is_open() && close_deadline.is_none() {
                     close_deadline = Some(Instant::now() + close_grace);
