@@ -41,8 +41,12 @@ ensure_toolchain() {
         cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
         cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
     fi
-    # The integration tests lower `ulimit -l` through sh, and Autobahn needs python3.
-    command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+    # Autobahn and the metrics tests need python3; the Prometheus test
+    # parses /metrics with the reference client library.
+    command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-pip; }
+    python3 -c 'import prometheus_client' 2>/dev/null \
+        || python3 -m pip install -q prometheus_client \
+        || python3 -m pip install -q --break-system-packages prometheus_client
 }
 
 step "toolchain" ensure_toolchain
@@ -50,6 +54,7 @@ step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --release -- -D warnings
 # Release build: the same binary then serves Autobahn without a second build.
 step "cargo test" cargo test --workspace --release
+step "dashboard in chromium" scripts/dashboard-test.sh
 if [ "$RUN_AUTOBAHN" = 1 ]; then
     step "autobahn" scripts/autobahn.sh
 fi
