@@ -198,6 +198,8 @@ settings! {
     fsync: String = "batch".to_string();
     /// group-commit window for fsync = batch, in ms (default 2)
     fsync_batch_ms: u64 = 2;
+    /// record metrics (true); false skips every update, to measure their cost
+    metrics: bool = true;
     /// how often rates, resources and alerts are computed, in ms (default 1000)
     metrics_interval_ms: u64 = 1_000;
     /// append each interval's figures to this file (.json: JSON lines, .csv: CSV)

@@ -238,6 +238,8 @@ pub struct ShardMetrics {
     errors_by_code: [Cell<u64>; ERROR_CODES.len()],
     gauges: [Cell<u64>; Gauge::COUNT],
     latencies: [RefCell<LatencyHistogram>; Latency::COUNT],
+    /// `metrics = false`: every update is skipped (to measure their cost).
+    disabled: bool,
 }
 
 impl ShardMetrics {
@@ -246,9 +248,20 @@ impl ShardMetrics {
         Self::default()
     }
 
+    /// Metrics that record nothing (`metrics = false`): exports show zeros.
+    pub fn disabled() -> Self {
+        ShardMetrics {
+            disabled: true,
+            ..Self::default()
+        }
+    }
+
     /// Adds `amount` to a counter.
     #[inline]
     pub fn add(&self, counter: Counter, amount: u64) {
+        if self.disabled {
+            return;
+        }
         let cell = &self.counters[counter.index()];
         // Wrapping, like any Prometheus counter: a reader treats a decrease as a reset.
         cell.set(cell.get().wrapping_add(amount));
@@ -257,6 +270,9 @@ impl ShardMetrics {
     /// Sets a gauge; setting `Connections` also raises `ConnectionsPeak`.
     #[inline]
     pub fn set_gauge(&self, gauge: Gauge, value: u64) {
+        if self.disabled {
+            return;
+        }
         self.gauges[gauge.index()].set(value);
         if gauge == Gauge::Connections {
             let peak = &self.gauges[Gauge::ConnectionsPeak.index()];
@@ -267,6 +283,9 @@ impl ShardMetrics {
     /// Records one latency into a histogram, in microseconds.
     #[inline]
     pub fn record_latency_us(&self, latency: Latency, latency_us: u64) {
+        if self.disabled {
+            return;
+        }
         self.latencies[latency.index()]
             .borrow_mut()
             .record_us(latency_us);
@@ -316,6 +335,9 @@ impl ShardMetrics {
     /// else is a bug: it trips a debug assertion and counts as `internal`.
     #[inline]
     pub fn count_error(&self, code: &str) {
+        if self.disabled {
+            return;
+        }
         let index = match error_code_index(code) {
             Some(index) => index,
             None => {

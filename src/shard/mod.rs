@@ -139,7 +139,11 @@ impl ShardState {
             started_at: start.started_at,
             counters: ShardCounters::default(),
             processors: start.processors.clone(),
-            metrics: crate::metrics::ShardMetrics::new(),
+            metrics: if start.config.metrics {
+                crate::metrics::ShardMetrics::new()
+            } else {
+                crate::metrics::ShardMetrics::disabled()
+            },
             metrics_waiters: RefCell::new(HashMap::new()),
             connections_waiters: RefCell::new(HashMap::new()),
             interval: RefCell::new(None),
