@@ -89,16 +89,16 @@ impl ShardState {
         let entries = recovered.entries.len();
         {
             let mut reliable = self.reliable.borrow_mut();
-            reliable.enable_journal(self.config.compress_min_bytes);
+            // Journaling starts after the restore: the snapshot written
+            // below already holds everything the restore rebuilt.
             let undecodable = reliable.restore(recovered.entries, unix_ms());
+            reliable.enable_journal(self.config.compress_min_bytes);
             if undecodable > 0 {
                 return Err(format!(
                     "{}: {undecodable} entries could not be decoded; not starting over a damaged log",
                     path.display()
                 ));
             }
-            // The snapshot below holds everything; the restore's own journal is redundant.
-            reliable.take_journal();
         }
         if recovered.records > 0 {
             let r = self.reliable.borrow();
