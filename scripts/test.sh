@@ -55,6 +55,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --release -- -D warni
 # Release build: the same binary then serves Autobahn without a second build.
 step "cargo test" cargo test --workspace --release
 step "dashboard in chromium" scripts/dashboard-test.sh
+step "tune.sh" bash scripts/test-tune.sh
 if [ "$RUN_AUTOBAHN" = 1 ]; then
     step "autobahn" scripts/autobahn.sh
 fi
