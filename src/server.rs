@@ -17,9 +17,10 @@ use crate::processor::{Processor, ProcessorError, Processors};
 use crate::registry::Registry;
 use crate::shard::{self, ShardStart};
 
-/// Pending connections the kernel queues per shard listener (capped by
-/// `net.core.somaxconn`).
-pub const LISTEN_BACKLOG: i32 = 4096;
+/// Pending connections the kernel queues per shard listener. The kernel
+/// caps it at `net.core.somaxconn`, so this only asks for the most and lets
+/// the tuned sysctl decide (tuning/sysctl.conf).
+pub const LISTEN_BACKLOG: i32 = 65_535;
 /// Messages in flight per ordered pair of shards on the mesh.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// io_uring registered-buffer memory per shard. Storage I/O is small here,
