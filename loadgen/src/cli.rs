@@ -1,0 +1,233 @@
+//! The command line (argh) and its translation into a [`SuiteConfig`].
+
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::scenario::{parse_list, RunSettings, ScenarioKind};
+use crate::suite::SuiteConfig;
+use crate::url::WsUrl;
+use crate::workload::Workload;
+
+/// Load generator for ws-uring (and any RFC 6455 echo server): runs scenarios,
+/// grades them A+..F, writes JSON and HTML reports.
+#[derive(FromArgs, Debug, Clone, PartialEq)]
+pub struct Args {
+    /// websocket URL (default ws://127.0.0.1:8765/ws)
+    #[argh(option, default = "String::from(\"ws://127.0.0.1:8765/ws\")")]
+    pub url: String,
+
+    /// scenarios, comma-separated: baseline, moderate, high, extreme, ramp,
+    /// spike, endurance, churn, all (default: the full suite)
+    #[argh(option)]
+    pub scenario: Option<String>,
+
+    /// workload: echo, ping, direct, publish, anycast (default ping)
+    #[argh(option, default = "String::from(\"ping\")")]
+    pub workload: String,
+
+    /// connections (overrides each scenario's N)
+    #[argh(option)]
+    pub connections: Option<usize>,
+
+    /// open loop: total messages per second over all connections; latency is
+    /// measured from each message's intended send time (default: closed loop)
+    #[argh(option)]
+    pub rate: Option<f64>,
+
+    /// measured (steady) phase: 30, 30s, 500ms, 2m (overrides each scenario's)
+    #[argh(option)]
+    pub duration: Option<String>,
+
+    /// executor threads, each pinned to one core (default: all allowed cores)
+    #[argh(option)]
+    pub threads: Option<usize>,
+
+    /// short run of baseline + high
+    #[argh(switch)]
+    pub quick: bool,
+
+    /// write the results as JSON to this file
+    #[argh(option)]
+    pub output: Option<String>,
+
+    /// write a self-contained HTML report to this file
+    #[argh(option)]
+    pub report: Option<String>,
+
+    /// log per-second figures and connection errors
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
+
+    /// closed loop: messages in flight per connection (default 1)
+    #[argh(option, default = "1")]
+    pub in_flight: usize,
+
+    /// payload bytes per message (default 64)
+    #[argh(option, default = "64")]
+    pub size: usize,
+}
+
+/// Parses `30`, `30s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad = || format!("bad --duration {text:?} (try 30, 30s, 500ms, 2m)");
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn default_threads() -> usize {
+    core_affinity::get_core_ids().map_or(1, |c| c.len().max(1))
+}
+
+impl Args {
+    /// Validates the flags and builds the suite.
+    pub fn to_config(&self) -> Result<SuiteConfig, String> {
+        let url = WsUrl::parse(&self.url).map_err(|e| e.to_string())?;
+        let workload: Workload = self.workload.parse()?;
+        let kinds = match (&self.scenario, self.quick) {
+            (Some(list), _) => parse_list(list)?,
+            (None, true) => ScenarioKind::QUICK.to_vec(),
+            (None, false) => ScenarioKind::ALL.to_vec(),
+        };
+        let duration = self.duration.as_deref().map(parse_duration).transpose()?;
+        if let Some(rate) = self.rate {
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err("--rate must be a positive number of messages per second".into());
+            }
+        }
+        if self.connections == Some(0) {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.threads == Some(0) {
+            return Err("--threads must be at least 1".into());
+        }
+        if self.in_flight == 0 || self.in_flight > 4096 {
+            return Err("--in-flight must be between 1 and 4096".into());
+        }
+        if self.size > 1 << 20 {
+            return Err("--size must be at most 1 MiB".into());
+        }
+        let scenarios = kinds
+            .into_iter()
+            .map(|kind| {
+                let mut spec = kind.defaults(self.quick);
+                if let Some(n) = self.connections {
+                    spec.connections = n;
+                    if kind == ScenarioKind::Churn {
+                        // Keep churning a tenth of the connections a second.
+                        spec.churn_per_s = (n as f64 / 10.0).max(1.0);
+                    }
+                }
+                if let Some(d) = duration {
+                    spec.steady = d;
+                }
+                spec
+            })
+            .collect();
+        let run_id = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            % 1_000_000) as u32;
+        Ok(SuiteConfig {
+            settings: RunSettings {
+                url,
+                workload,
+                rate: self.rate,
+                in_flight: self.in_flight,
+                size: self.size,
+                threads: self.threads.unwrap_or_else(default_threads),
+                run_id,
+                verbose: self.verbose,
+            },
+            scenarios,
+            quick: self.quick,
+            progress: true,
+            sample_server: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, String> {
+        Args::from_args(&["loadgen"], list).map_err(|e| e.output)
+    }
+
+    #[test]
+    fn accepts_every_documented_flag() {
+        let a = args(&[
+            "--url",
+            "ws://127.0.0.1:9/ws",
+            "--scenario",
+            "baseline,churn",
+            "--workload",
+            "echo",
+            "--connections",
+            "50",
+            "--rate",
+            "1000",
+            "--duration",
+            "2s",
+            "--threads",
+            "1",
+            "--quick",
+            "--output",
+            "o.json",
+            "--report",
+            "r.html",
+            "--verbose",
+        ])
+        .unwrap();
+        let c = a.to_config().unwrap();
+        assert_eq!(c.scenarios.len(), 2);
+        assert_eq!(c.scenarios[0].connections, 50);
+        assert_eq!(c.scenarios[1].steady, Duration::from_secs(2));
+        assert_eq!(c.scenarios[1].churn_per_s, 5.0);
+        assert_eq!(c.settings.rate, Some(1000.0));
+        assert_eq!(c.settings.threads, 1);
+        assert_eq!(c.settings.workload, Workload::Echo);
+    }
+
+    #[test]
+    fn defaults_to_the_full_suite_and_quick_to_two() {
+        assert_eq!(args(&[]).unwrap().to_config().unwrap().scenarios.len(), 8);
+        let quick = args(&["--quick"]).unwrap().to_config().unwrap();
+        let names: Vec<_> = quick.scenarios.iter().map(|s| s.kind).collect();
+        assert_eq!(names, ScenarioKind::QUICK.to_vec());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(args(&["--workload", "nope"]).unwrap().to_config().is_err());
+        assert!(args(&["--rate", "0"]).unwrap().to_config().is_err());
+        assert!(args(&["--url", "http://x"]).unwrap().to_config().is_err());
+        assert!(args(&["--duration", "abc"]).unwrap().to_config().is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5x").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! The load engine: one glommio executor per `--threads`, each pinned to a
+//! core with core_affinity, each owning the connections it was dealt.
+//!
+//! Shared-nothing: a thread's connections, buffers and [`ThreadStats`] never
+//! leave it until the run ends and the main thread merges the results. The
+//! only cross-thread traffic during a run is a few relaxed atomic stores a
+//! second for the progress line.
+
+mod session;
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::stats::{LiveCounters, ThreadStats};
+use crate::url::{UrlError, WsUrl};
+use crate::workload::{identity, Workload};
+
+/// Pause before a slot reconnects after a failed or dropped connection.
+pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// Limit for the TCP connect and for the WebSocket handshake, each.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When one connection slot opens, and how long each of its connections lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotSpec {
+    /// First connect, ns after the run starts.
+    pub start_ns: u64,
+    /// Churn: lifetime of the first connection (staggered) and of later ones.
+    /// `None`: one connection that lives until the run ends.
+    pub churn: Option<ChurnSpec>,
+}
+
+/// A slot that closes and reopens its connection on a cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChurnSpec {
+    pub first_lifetime_ns: u64,
+    pub lifetime_ns: u64,
+}
+
+/// Everything the engine needs for one scenario run.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    pub name: String,
+    pub url: WsUrl,
+    pub workload: Workload,
+    pub slots: Vec<SlotSpec>,
+    pub duration: Duration,
+    /// Start of the measured (steady) window.
+    pub measure_from: Duration,
+    /// Open loop: total messages a second over all sending connections.
+    /// `None`: closed loop with `in_flight` messages per connection.
+    pub rate: Option<f64>,
+    pub in_flight: usize,
+    /// Payload bytes to aim for.
+    pub size: usize,
+    pub threads: usize,
+    /// Distinguishes user ids of different runs (mailboxes, groups).
+    pub run_id: u32,
+    /// How long a stopping connection waits for its last answers.
+    pub grace: Duration,
+    pub verbose: bool,
+}
+
+impl RunPlan {
+    /// Highest number of connections open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// What a finished run hands back.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub stats: ThreadStats,
+    pub started_unix_ms: u64,
+    pub wall: Duration,
+}
+
+/// Why a run could not start.
+#[derive(Debug)]
+pub enum EngineError {
+    Url(UrlError),
+    Executor(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Url(e) => write!(f, "{e}"),
+            EngineError::Executor(e) => write!(f, "cannot start executor: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// A snapshot of the live counters, for the progress line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveSnapshot {
+    pub elapsed: Duration,
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub open_connections: u64,
+}
+
+/// Runs `plan` and blocks until it ends; `on_tick` is called about four
+/// times a second on the calling thread.
+pub fn run(
+    plan: &RunPlan,
+    mut on_tick: impl FnMut(LiveSnapshot),
+) -> Result<RunOutcome, EngineError> {
+    raise_fd_limit();
+    let addr = plan.url.socket_addr().map_err(EngineError::Url)?;
+    let threads = plan.threads.max(1);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let plan = Arc::new(plan.clone());
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let epoch = Instant::now();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let lives: Vec<Arc<LiveCounters>> = (0..threads)
+        .map(|_| Arc::new(LiveCounters::default()))
+        .collect();
+
+    let mut handles = Vec::with_capacity(threads);
+    for (thread, live) in lives.iter().enumerate() {
+        let core = cores.get(thread % cores.len().max(1)).copied();
+        let plan = Arc::clone(&plan);
+        let live = Arc::clone(live);
+        let finished = Arc::clone(&finished);
+        let spin = std::env::var("LOADGEN_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let placement = match (core, spin) {
+            (Some(core), s) if s > 0 => Placement::Fixed(core.id),
+            _ => Placement::Unbound,
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .spin_before_park(Duration::from_micros(spin))
+            .name(&format!("loadgen-{thread}"))
+            .spawn(move || async move {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let stats = run_thread(plan, thread, threads, addr, epoch, live).await;
+                finished.fetch_add(1, Ordering::Release);
+                stats
+            })
+            .map_err(|e| EngineError::Executor(e.to_string()))?;
+        handles.push(handle);
+    }
+
+    while finished.load(Ordering::Acquire) < threads {
+        std::thread::sleep(Duration::from_millis(250));
+        let mut snap = LiveSnapshot {
+            elapsed: epoch.elapsed(),
+            ..LiveSnapshot::default()
+        };
+        for live in &lives {
+            snap.sent += live.sent.load(Ordering::Relaxed);
+            snap.received += live.received.load(Ordering::Relaxed);
+            snap.errors += live.errors.load(Ordering::Relaxed);
+            snap.open_connections += live.open_connections.load(Ordering::Relaxed);
+        }
+        on_tick(snap);
+    }
+
+    let mut merged = ThreadStats::new(plan.measure_from.as_nanos() as u64);
+    for handle in handles {
+        let stats = handle
+            .join()
+            .map_err(|e| EngineError::Executor(e.to_string()))?;
+        merged.merge(&stats);
+    }
+    Ok(RunOutcome {
+        stats: merged,
+        started_unix_ms,
+        wall: epoch.elapsed(),
+    })
+}
+
+/// State shared by the tasks of one executor thread (never across threads).
+pub(crate) struct ThreadCtx {
+    pub plan: Arc<RunPlan>,
+    pub addr: SocketAddr,
+    pub epoch: Instant,
+    pub end_ns: u64,
+    pub grace_ns: u64,
+    /// Open loop: messages a second for each sending connection.
+    pub rate_per_conn: Option<f64>,
+    pub stats: RefCell<ThreadStats>,
+    pub open_connections: Cell<u64>,
+}
+
+impl ThreadCtx {
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+async fn run_thread(
+    plan: Arc<RunPlan>,
+    thread: usize,
+    threads: usize,
+    addr: SocketAddr,
+    epoch: Instant,
+    live: Arc<LiveCounters>,
+) -> ThreadStats {
+    let senders = (0..plan.slots.len())
+        .filter(|&slot| identity(plan.workload, plan.run_id, slot).1.sends())
+        .count()
+        .max(1);
+    let ctx = Rc::new(ThreadCtx {
+        addr,
+        epoch,
+        end_ns: plan.duration.as_nanos() as u64,
+        grace_ns: plan.grace.as_nanos() as u64,
+        rate_per_conn: plan.rate.map(|rate| rate / senders as f64),
+        stats: RefCell::new(ThreadStats::new(plan.measure_from.as_nanos() as u64)),
+        open_connections: Cell::new(0),
+        plan,
+    });
+
+    let publisher = {
+        let ctx = Rc::clone(&ctx);
+        let live = Arc::clone(&live);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                live.publish(&ctx.stats.borrow(), ctx.open_connections.get());
+            }
+        })
+    };
+
+    // Past this point a slot is cancelled whatever it is doing.
+    let hard_stop_ns = ctx.end_ns + 3 * ctx.grace_ns;
+    let tasks: Vec<_> = (thread..ctx.plan.slots.len())
+        .step_by(threads)
+        .map(|slot| {
+            let ctx = Rc::clone(&ctx);
+            glommio::spawn_local(async move {
+                let hard_stop = sleep_until(&ctx, hard_stop_ns);
+                futures_lite::future::or(run_slot(Rc::clone(&ctx), slot), hard_stop).await;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    drop(publisher);
+    live.publish(&ctx.stats.borrow(), ctx.open_connections.get());
+    let stats = ctx.stats.borrow().clone();
+    stats
+}
+
+/// Sleeps until `target_ns` on the run clock.
+pub(crate) async fn sleep_until(ctx: &ThreadCtx, target_ns: u64) {
+    let now = ctx.now_ns();
+    if target_ns > now {
+        glommio::timer::sleep(Duration::from_nanos(target_ns - now)).await;
+    }
+}
+
+/// One connection slot: connect at its start time, reconnect after failures
+/// (and on every churn cycle) until the run ends.
+async fn run_slot(ctx: Rc<ThreadCtx>, slot: usize) {
+    let spec = ctx.plan.slots[slot];
+    sleep_until(&ctx, spec.start_ns).await;
+    let mut cycle = 0u64;
+    loop {
+        let now = ctx.now_ns();
+        if now >= ctx.end_ns {
+            return;
+        }
+        let until_ns = match spec.churn {
+            Some(churn) if cycle == 0 => (now + churn.first_lifetime_ns).min(ctx.end_ns),
+            Some(churn) => (now + churn.lifetime_ns).min(ctx.end_ns),
+            None => ctx.end_ns,
+        };
+        cycle += 1;
+        match session::connect_and_run(&ctx, slot, cycle, until_ns).await {
+            session::SessionEnd::Finished => {
+                if spec.churn.is_none() {
+                    return;
+                }
+            }
+            session::SessionEnd::Failed => {
+                glommio::timer::sleep(RECONNECT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Lifts RLIMIT_NOFILE to its hard limit: 2000+ sockets need it.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The results of a run: the stable JSON document (`--output`), the final
+//! table, and the self-contained HTML report (`--report`).
+//!
+//! The JSON schema is versioned by [`SCHEMA`]; fields are only ever added
+//! within a version. `docs/LOADGEN.md` describes every field.
+
+pub mod html;
+pub mod table;
+
+use serde::{Deserialize, Serialize};
+
+use crate::grade::{grade, GradeInput, GradeReport, LIMITS};
+use crate::server_metrics::ServerSample;
+use crate::stats::{SeriesPoint, Summary};
+
+/// Schema name and version of the JSON document.
+pub const SCHEMA: &str = "ws-uring-loadgen/1";
+
+/// The whole JSON document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub tool: Tool,
+    pub started_unix_ms: u64,
+    pub config: RunConfig,
+    pub scenarios: Vec<ScenarioReport>,
+    /// Worst grade over all scenarios.
+    pub overall_grade: Option<crate::grade::Grade>,
+    /// The grade limits used, best first (C is the seed's targets).
+    pub grade_limits: Vec<crate::grade::Limits>,
+}
+
+/// Name and version of the generator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+/// The command line as the run understood it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub url: String,
+    pub workload: String,
+    /// `closed` (N in flight per connection) or `open` (fixed rate).
+    pub mode: String,
+    /// Open loop: total intended messages a second.
+    pub rate: Option<f64>,
+    pub in_flight: usize,
+    pub message_bytes: usize,
+    pub threads: usize,
+    pub quick: bool,
+}
+
+/// One scenario's results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub description: String,
+    pub workload: String,
+    /// `round_trip` or `one_way`.
+    pub latency_kind: String,
+    /// Highest number of connections the scenario opens at once.
+    pub connections: usize,
+    pub started_unix_ms: u64,
+    pub duration_s: f64,
+    /// The measured window starts this many seconds in.
+    pub measure_from_s: f64,
+    pub wall_s: f64,
+    pub summary: Summary,
+    pub grade: GradeReport,
+    pub series: Vec<SeriesPoint>,
+    pub server: Vec<ServerSample>,
+    /// Endurance: how the first and last tenth of the run compare.
+    pub drift: Option<Drift>,
+}
+
+/// Change between the first and the last tenth of a long run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    pub window_s: u64,
+    pub p99_first_us: u64,
+    pub p99_last_us: u64,
+    pub p99_change_pct: f64,
+    pub msg_per_s_first: f64,
+    pub msg_per_s_last: f64,
+    pub server_memory_first_bytes: Option<u64>,
+    pub server_memory_last_bytes: Option<u64>,
+    pub server_memory_change_bytes: Option<i64>,
+}
+
+/// Compares the first and last tenth (at least 1 s) of the measured window
+/// `[from_s, until_s)`: the closing second after the run is left out.
+pub fn drift(
+    series: &[SeriesPoint],
+    from_s: u64,
+    until_s: u64,
+    server: &[ServerSample],
+) -> Option<Drift> {
+    let measured: Vec<&SeriesPoint> = series
+        .iter()
+        .filter(|p| p.t_s >= from_s && p.t_s < until_s)
+        .collect();
+    if measured.len() < 4 {
+        return None;
+    }
+    let window = (measured.len() / 10).max(1);
+    let (first, last) = (&measured[..window], &measured[measured.len() - window..]);
+    let p99 = |points: &[&SeriesPoint]| points.iter().map(|p| p.p99_us).max().unwrap_or(0);
+    let rate = |points: &[&SeriesPoint]| {
+        points.iter().map(|p| p.received).sum::<u64>() as f64 / points.len() as f64
+    };
+    let (p99_first_us, p99_last_us) = (p99(first), p99(last));
+    let memory: Vec<u64> = server
+        .iter()
+        .filter(|s| s.t_s >= from_s as f64 && s.t_s < until_s as f64)
+        .filter_map(|s| s.memory_bytes)
+        .collect();
+    let server_memory_first_bytes = memory.first().copied();
+    let server_memory_last_bytes = memory.last().copied();
+    Some(Drift {
+        window_s: window as u64,
+        p99_first_us,
+        p99_last_us,
+        p99_change_pct: if p99_first_us == 0 {
+            0.0
+        } else {
+            ((p99_last_us as f64 / p99_first_us as f64 - 1.0) * 1000.0).round() / 10.0
+        },
+        msg_per_s_first: rate(first),
+        msg_per_s_last: rate(last),
+        server_memory_first_bytes,
+        server_memory_last_bytes,
+        server_memory_change_bytes: match (server_memory_first_bytes, server_memory_last_bytes) {
+            (Some(a), Some(b)) => Some(b as i64 - a as i64),
+            _ => None,
+        },
+    })
+}
+
+/// Grades a summary against the open-loop target, if any.
+pub fn grade_summary(summary: &Summary, intended_per_s: Option<f64>) -> GradeReport {
+    grade(&GradeInput::from_summary(summary, intended_per_s))
+}
+
+impl Report {
+    pub fn new(started_unix_ms: u64, config: RunConfig) -> Report {
+        Report {
+            schema: SCHEMA.to_string(),
+            tool: Tool {
+                name: "loadgen".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            started_unix_ms,
+            config,
+            scenarios: Vec::new(),
+            overall_grade: None,
+            grade_limits: LIMITS.to_vec(),
+        }
+    }
+
+    /// Adds a scenario and updates the overall grade.
+    pub fn push(&mut self, scenario: ScenarioReport) {
+        let g = scenario.grade.grade;
+        self.overall_grade = Some(self.overall_grade.map_or(g, |o| o.max(g)));
+        self.scenarios.push(scenario);
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::ThreadStats;
+
+    /// Every path of the JSON document. Changing this list changes the
+    /// schema: bump [`SCHEMA`] when removing or renaming anything.
+    const SCHEMA_PATHS: &str = "
+config config.in_flight config.message_bytes config.mode config.quick config.rate config.threads config.url config.workload
+grade_limits grade_limits[] grade_limits[].grade grade_limits[].max_error_rate grade_limits[].min_connect_success
+grade_limits[].min_throughput_ratio grade_limits[].p95_us grade_limits[].p999_us grade_limits[].p99_us
+overall_grade schema scenarios scenarios[] scenarios[].connections scenarios[].description
+scenarios[].drift scenarios[].drift.msg_per_s_first scenarios[].drift.msg_per_s_last scenarios[].drift.p99_change_pct
+scenarios[].drift.p99_first_us scenarios[].drift.p99_last_us scenarios[].drift.server_memory_change_bytes
+scenarios[].drift.server_memory_first_bytes scenarios[].drift.server_memory_last_bytes scenarios[].drift.window_s
+scenarios[].duration_s scenarios[].grade scenarios[].grade.grade scenarios[].grade.reasons scenarios[].grade.reasons[]
+scenarios[].grade.seed_targets_met scenarios[].latency_kind scenarios[].measure_from_s scenarios[].name
+scenarios[].series scenarios[].series[] scenarios[].series[].bytes scenarios[].series[].connections
+scenarios[].series[].connects scenarios[].series[].disconnects scenarios[].series[].errors scenarios[].series[].max_us
+scenarios[].series[].p50_us scenarios[].series[].p95_us scenarios[].series[].p99_us scenarios[].series[].received
+scenarios[].series[].sent scenarios[].series[].t_s scenarios[].server scenarios[].server[] scenarios[].server[].connections
+scenarios[].server[].cpu scenarios[].server[].memory_bytes scenarios[].server[].source scenarios[].server[].t_s scenarios[].started_unix_ms
+scenarios[].summary scenarios[].summary.bytes_per_s scenarios[].summary.bytes_received scenarios[].summary.bytes_sent
+scenarios[].summary.connect scenarios[].summary.connect.attempted scenarios[].summary.connect.failed
+scenarios[].summary.connect.success_rate scenarios[].summary.connect.succeeded scenarios[].summary.connect.time_us
+scenarios[].summary.connect.time_us.count scenarios[].summary.connect.time_us.max scenarios[].summary.connect.time_us.mean
+scenarios[].summary.connect.time_us.min scenarios[].summary.connect.time_us.p50 scenarios[].summary.connect.time_us.p95
+scenarios[].summary.connect.time_us.p99 scenarios[].summary.connect.time_us.p999 scenarios[].summary.error_rate
+scenarios[].summary.errors scenarios[].summary.errors.eof scenarios[].summary.errors_total scenarios[].summary.latency_us
+scenarios[].summary.latency_us.count scenarios[].summary.latency_us.max scenarios[].summary.latency_us.mean
+scenarios[].summary.latency_us.min scenarios[].summary.latency_us.p50 scenarios[].summary.latency_us.p95
+scenarios[].summary.latency_us.p99 scenarios[].summary.latency_us.p999 scenarios[].summary.messages_received
+scenarios[].summary.messages_sent scenarios[].summary.msg_per_s scenarios[].summary.sent_per_s
+scenarios[].summary.total_received scenarios[].summary.total_sent scenarios[].summary.window_s scenarios[].wall_s
+scenarios[].workload started_unix_ms tool tool.name tool.version";
+
+    fn paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.push(p.clone());
+                    paths(&p, v, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items.iter().take(1) {
+                    let p = format!("{prefix}[]");
+                    out.push(p.clone());
+                    paths(&p, item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sample_report() -> Report {
+        let mut stats = ThreadStats::new(0);
+        stats.on_connect(0, true, 1_000_000);
+        stats.on_sent(0, 10, 1000);
+        for _ in 0..10 {
+            stats.on_message(500_000_000, 2_000_000);
+        }
+        stats.on_error(0, "eof", 1);
+        let summary = stats.summary(1.0);
+        let series = stats.series();
+        let server = vec![ServerSample {
+            t_s: 0.0,
+            source: "procfs".into(),
+            cpu: Some(1.0),
+            memory_bytes: Some(10),
+            connections: Some(1),
+        }];
+        let mut report = Report::new(
+            1,
+            RunConfig {
+                url: "ws://127.0.0.1:1/ws".into(),
+                workload: "echo".into(),
+                mode: "closed".into(),
+                rate: None,
+                in_flight: 1,
+                message_bytes: 64,
+                threads: 1,
+                quick: true,
+            },
+        );
+        report.push(ScenarioReport {
+            name: "baseline".into(),
+            description: "d".into(),
+            workload: "echo".into(),
+            latency_kind: "round_trip".into(),
+            connections: 1,
+            started_unix_ms: 1,
+            duration_s: 1.0,
+            measure_from_s: 0.0,
+            wall_s: 1.0,
+            grade: grade_summary(&summary, None),
+            summary,
+            drift: Some(Drift {
+                server_memory_change_bytes: Some(0),
+                server_memory_first_bytes: Some(1),
+                server_memory_last_bytes: Some(1),
+                ..Drift::default()
+            }),
+            series,
+            server,
+        });
+        report
+    }
+
+    #[test]
+    fn json_schema_is_stable() {
+        let report = sample_report();
+        let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let mut found = Vec::new();
+        paths("", &value, &mut found);
+        found.sort();
+        found.dedup();
+        let mut expected: Vec<String> = SCHEMA_PATHS.split_whitespace().map(String::from).collect();
+        expected.sort();
+        assert_eq!(
+            found, expected,
+            "JSON schema changed: update SCHEMA_PATHS, docs/LOADGEN.md (and SCHEMA if breaking)"
+        );
+        assert_eq!(value["schema"], SCHEMA);
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let mut report = sample_report();
+        let mut back: Report = serde_json::from_str(&report.to_json()).unwrap();
+        // Floats survive to within serde_json's shortest-representation parsing.
+        let (a, b) = (
+            report.scenarios[0].summary.error_rate,
+            back.scenarios[0].summary.error_rate,
+        );
+        assert!((a - b).abs() < 1e-12);
+        report.scenarios[0].summary.error_rate = 0.0;
+        back.scenarios[0].summary.error_rate = 0.0;
+        assert_eq!(back, report);
+        assert_eq!(back.overall_grade, Some(back.scenarios[0].grade.grade));
+    }
+
+    #[test]
+    fn drift_compares_first_and_last_tenth() {
+        let series: Vec<SeriesPoint> = (0..20)
+            .map(|t| SeriesPoint {
+                t_s: t,
+                received: 100,
+                p99_us: if t < 10 { 1000 } else { 1500 },
+                ..SeriesPoint::default()
+            })
+            .collect();
+        let server = vec![
+            ServerSample {
+                memory_bytes: Some(100),
+                ..ServerSample::default()
+            },
+            ServerSample {
+                memory_bytes: Some(150),
+                ..ServerSample::default()
+            },
+        ];
+        let d = drift(&series, 0, 20, &server).unwrap();
+        assert_eq!(d.window_s, 2);
+        assert_eq!((d.p99_first_us, d.p99_last_us), (1000, 1500));
+        assert_eq!(d.p99_change_pct, 50.0);
+        assert_eq!(d.server_memory_change_bytes, Some(50));
+        assert!(drift(&series[..3], 0, 20, &server).is_none());
+        // The closing second after the run does not count.
+        let mut with_tail = series.clone();
+        with_tail.push(SeriesPoint {
+            t_s: 20,
+            received: 1,
+            p99_us: 99_000,
+            ..SeriesPoint::default()
+        });
+        assert_eq!(drift(&with_tail, 0, 20, &server).unwrap().p99_last_us, 1500);
+    }
+}

@@ -1,0 +1,467 @@
+//! Statistics: one [`ThreadStats`] per executor thread (no sharing on the hot
+//! path), merged once at the end into a [`Summary`] and a per-second series.
+//!
+//! Latencies are recorded in microseconds. The main histogram only records the
+//! measured (steady) window; the per-second buckets record everything so the
+//! charts show the ramp-up too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Highest latency the histograms track; larger values are clamped to it.
+pub const LATENCY_MAX_US: u64 = 60_000_000;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, sigfig).expect("static histogram bounds")
+}
+
+/// Message and byte counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub sent: u64,
+    pub received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub errors: u64,
+}
+
+impl Counters {
+    fn merge(&mut self, other: &Counters) {
+        self.sent += other.sent;
+        self.received += other.received;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.errors += other.errors;
+    }
+}
+
+/// What happened during one second of the run.
+#[derive(Clone, Debug)]
+pub struct SecondBucket {
+    pub counters: Counters,
+    pub connects: u64,
+    pub disconnects: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl Default for SecondBucket {
+    fn default() -> Self {
+        SecondBucket {
+            counters: Counters::default(),
+            connects: 0,
+            disconnects: 0,
+            latency: histogram(2),
+        }
+    }
+}
+
+/// Everything one executor thread measured.
+#[derive(Clone, Debug)]
+pub struct ThreadStats {
+    /// Start of the measured (steady) window, ns since the run started.
+    pub measure_from_ns: u64,
+    pub totals: Counters,
+    pub measured: Counters,
+    pub latency: Histogram<u64>,
+    pub connect_time: Histogram<u64>,
+    pub connects_attempted: u64,
+    pub connects_succeeded: u64,
+    pub connects_failed: u64,
+    pub errors: HashMap<String, u64>,
+    pub seconds: Vec<SecondBucket>,
+}
+
+impl ThreadStats {
+    pub fn new(measure_from_ns: u64) -> ThreadStats {
+        ThreadStats {
+            measure_from_ns,
+            totals: Counters::default(),
+            measured: Counters::default(),
+            latency: histogram(3),
+            connect_time: histogram(3),
+            connects_attempted: 0,
+            connects_succeeded: 0,
+            connects_failed: 0,
+            errors: HashMap::new(),
+            seconds: Vec::new(),
+        }
+    }
+
+    fn bucket(&mut self, now_ns: u64) -> &mut SecondBucket {
+        let index = (now_ns / NS_PER_SEC) as usize;
+        if index >= self.seconds.len() {
+            self.seconds.resize_with(index + 1, SecondBucket::default);
+        }
+        &mut self.seconds[index]
+    }
+
+    fn measuring(&self, now_ns: u64) -> bool {
+        now_ns >= self.measure_from_ns
+    }
+
+    /// `count` messages totalling `bytes` were written.
+    pub fn on_sent(&mut self, now_ns: u64, count: u64, bytes: u64) {
+        self.totals.sent += count;
+        self.totals.bytes_sent += bytes;
+        if self.measuring(now_ns) {
+            self.measured.sent += count;
+            self.measured.bytes_sent += bytes;
+        }
+        let b = self.bucket(now_ns);
+        b.counters.sent += count;
+        b.counters.bytes_sent += bytes;
+    }
+
+    /// Bytes read from a socket (all frames, control frames included).
+    pub fn on_bytes_received(&mut self, now_ns: u64, bytes: u64) {
+        self.totals.bytes_received += bytes;
+        if self.measuring(now_ns) {
+            self.measured.bytes_received += bytes;
+        }
+        self.bucket(now_ns).counters.bytes_received += bytes;
+    }
+
+    /// One of our stamped messages arrived, `latency_ns` after it was meant to leave.
+    pub fn on_message(&mut self, now_ns: u64, latency_ns: u64) {
+        let us = (latency_ns / 1_000).clamp(1, LATENCY_MAX_US);
+        self.totals.received += 1;
+        if self.measuring(now_ns) {
+            self.measured.received += 1;
+            self.latency.saturating_record(us);
+        }
+        let b = self.bucket(now_ns);
+        b.counters.received += 1;
+        b.latency.saturating_record(us);
+    }
+
+    /// Counts `count` errors of `kind`; allocates only the first time a kind is seen.
+    pub fn on_error(&mut self, now_ns: u64, kind: &str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        match self.errors.get_mut(kind) {
+            Some(n) => *n += count,
+            None => {
+                self.errors.insert(kind.to_string(), count);
+            }
+        }
+        self.totals.errors += count;
+        if self.measuring(now_ns) {
+            self.measured.errors += count;
+        }
+        self.bucket(now_ns).counters.errors += count;
+    }
+
+    /// A connection attempt finished after `elapsed_ns`.
+    pub fn on_connect(&mut self, now_ns: u64, ok: bool, elapsed_ns: u64) {
+        self.connects_attempted += 1;
+        if ok {
+            self.connects_succeeded += 1;
+            self.connect_time
+                .saturating_record((elapsed_ns / 1_000).clamp(1, LATENCY_MAX_US));
+            self.bucket(now_ns).connects += 1;
+        } else {
+            self.connects_failed += 1;
+        }
+    }
+
+    /// An established connection ended (for any reason).
+    pub fn on_disconnect(&mut self, now_ns: u64) {
+        self.bucket(now_ns).disconnects += 1;
+    }
+
+    /// Adds another thread's figures into this one.
+    pub fn merge(&mut self, other: &ThreadStats) {
+        self.totals.merge(&other.totals);
+        self.measured.merge(&other.measured);
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
+        self.connect_time
+            .add(&other.connect_time)
+            .expect("same histogram bounds");
+        self.connects_attempted += other.connects_attempted;
+        self.connects_succeeded += other.connects_succeeded;
+        self.connects_failed += other.connects_failed;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_insert(0) += n;
+        }
+        if other.seconds.len() > self.seconds.len() {
+            self.seconds
+                .resize_with(other.seconds.len(), SecondBucket::default);
+        }
+        for (mine, theirs) in self.seconds.iter_mut().zip(&other.seconds) {
+            mine.counters.merge(&theirs.counters);
+            mine.connects += theirs.connects;
+            mine.disconnects += theirs.disconnects;
+            mine.latency
+                .add(&theirs.latency)
+                .expect("same histogram bounds");
+        }
+    }
+
+    /// Summary over the measured window of `window_s` seconds.
+    pub fn summary(&self, window_s: f64) -> Summary {
+        let window_s = window_s.max(1e-9);
+        let errors: BTreeMap<String, u64> =
+            self.errors.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let errors_total: u64 = errors.values().sum();
+        let denominator = (self.totals.sent + self.connects_attempted).max(1);
+        Summary {
+            window_s,
+            messages_sent: self.measured.sent,
+            messages_received: self.measured.received,
+            msg_per_s: self.measured.received as f64 / window_s,
+            sent_per_s: self.measured.sent as f64 / window_s,
+            bytes_sent: self.measured.bytes_sent,
+            bytes_received: self.measured.bytes_received,
+            bytes_per_s: (self.measured.bytes_sent + self.measured.bytes_received) as f64
+                / window_s,
+            latency_us: LatencySummary::from_histogram(&self.latency),
+            connect: ConnectSummary {
+                attempted: self.connects_attempted,
+                succeeded: self.connects_succeeded,
+                failed: self.connects_failed,
+                success_rate: if self.connects_attempted == 0 {
+                    1.0
+                } else {
+                    self.connects_succeeded as f64 / self.connects_attempted as f64
+                },
+                time_us: LatencySummary::from_histogram(&self.connect_time),
+            },
+            total_sent: self.totals.sent,
+            total_received: self.totals.received,
+            errors_total,
+            error_rate: errors_total as f64 / denominator as f64,
+            errors,
+        }
+    }
+
+    /// One point per second of the run.
+    pub fn series(&self) -> Vec<SeriesPoint> {
+        let mut connections: i64 = 0;
+        self.seconds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                connections += b.connects as i64 - b.disconnects as i64;
+                let has = !b.latency.is_empty();
+                let q = |p: f64| {
+                    if has {
+                        b.latency.value_at_quantile(p)
+                    } else {
+                        0
+                    }
+                };
+                SeriesPoint {
+                    t_s: i as u64,
+                    sent: b.counters.sent,
+                    received: b.counters.received,
+                    bytes: b.counters.bytes_sent + b.counters.bytes_received,
+                    errors: b.counters.errors,
+                    connects: b.connects,
+                    disconnects: b.disconnects,
+                    connections: connections.max(0) as u64,
+                    p50_us: q(0.5),
+                    p95_us: q(0.95),
+                    p99_us: q(0.99),
+                    max_us: if has { b.latency.max() } else { 0 },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Latency distribution in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    pub fn from_histogram(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            min: h.min(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: h.value_at_quantile(0.50),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Connection establishment figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectSummary {
+    pub attempted: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub success_rate: f64,
+    /// TCP connect + WebSocket handshake, successful attempts only.
+    pub time_us: LatencySummary,
+}
+
+/// The figures of one scenario's measured window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub window_s: f64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Completed (stamped) messages received per second.
+    pub msg_per_s: f64,
+    pub sent_per_s: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Bytes written plus bytes read, per second.
+    pub bytes_per_s: f64,
+    pub latency_us: LatencySummary,
+    pub connect: ConnectSummary,
+    /// Whole run, ramp-up included.
+    pub total_sent: u64,
+    pub total_received: u64,
+    pub errors_total: u64,
+    /// errors / (messages sent + connections attempted), whole run.
+    pub error_rate: f64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// One second of the run, for the charts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    pub t_s: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub connects: u64,
+    pub disconnects: u64,
+    /// Open connections at the end of that second.
+    pub connections: u64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// Running totals a thread publishes for the progress line (written a few
+/// times a second by the owning thread, read by the main thread).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct LiveCounters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    pub errors: AtomicU64,
+    pub open_connections: AtomicU64,
+}
+
+impl LiveCounters {
+    /// Publishes the thread's figures.
+    pub fn publish(&self, stats: &ThreadStats, open_connections: u64) {
+        self.sent.store(stats.totals.sent, Ordering::Relaxed);
+        self.received
+            .store(stats.totals.received, Ordering::Relaxed);
+        self.errors.store(stats.totals.errors, Ordering::Relaxed);
+        self.open_connections
+            .store(open_connections, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn merge_adds_counts_histograms_errors_and_series() {
+        let mut a = ThreadStats::new(0);
+        let mut b = ThreadStats::new(0);
+        a.on_connect(0, true, 2 * MS);
+        b.on_connect(0, true, 4 * MS);
+        b.on_connect(0, false, MS);
+        for i in 0..100 {
+            a.on_sent(i * MS, 1, 100);
+            a.on_message(i * MS, MS);
+        }
+        for i in 0..50 {
+            b.on_sent(1_500 * MS + i, 1, 100);
+            b.on_message(1_500 * MS + i, 10 * MS);
+        }
+        a.on_error(0, "eof", 1);
+        b.on_error(0, "eof", 2);
+        b.on_error(0, "server:rate_limited", 1);
+        a.merge(&b);
+        assert_eq!(a.totals.sent, 150);
+        assert_eq!(a.totals.received, 150);
+        assert_eq!(a.latency.len(), 150);
+        assert_eq!(a.errors["eof"], 3);
+        assert_eq!(a.errors["server:rate_limited"], 1);
+        assert_eq!(
+            (
+                a.connects_attempted,
+                a.connects_succeeded,
+                a.connects_failed
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!(a.seconds.len(), 2);
+        assert_eq!(a.seconds[0].counters.received, 100);
+        assert_eq!(a.seconds[1].counters.received, 50);
+
+        let s = a.summary(2.0);
+        assert_eq!(s.msg_per_s, 75.0);
+        assert_eq!(s.latency_us.p50, 1000);
+        assert!(
+            s.latency_us.p99 >= 9_990 && s.latency_us.p99 <= 10_010,
+            "{}",
+            s.latency_us.p99
+        );
+        assert_eq!(s.errors_total, 4);
+        assert!((s.error_rate - 4.0 / 153.0).abs() < 1e-12);
+        assert!((s.connect.success_rate - 2.0 / 3.0).abs() < 1e-12);
+        let series = a.series();
+        assert_eq!(series[0].connections, 2);
+        assert_eq!(series[1].p50_us / 100, 100);
+    }
+
+    #[test]
+    fn measured_window_excludes_ramp_up() {
+        let mut s = ThreadStats::new(1_000 * MS);
+        s.on_sent(10 * MS, 1, 10);
+        s.on_message(10 * MS, 500 * MS);
+        s.on_sent(1_200 * MS, 1, 10);
+        s.on_message(1_200 * MS, MS);
+        assert_eq!(s.totals.received, 2);
+        assert_eq!(s.measured.received, 1);
+        assert_eq!(s.latency.max(), 1000);
+        // The series still shows the slow ramp-up message.
+        assert!(s.series()[0].max_us >= 499_000);
+    }
+
+    #[test]
+    fn merging_into_empty_equals_original() {
+        let mut a = ThreadStats::new(0);
+        a.on_message(3_000 * MS, 2 * MS);
+        let mut empty = ThreadStats::new(0);
+        empty.merge(&a);
+        assert_eq!(empty.summary(1.0), a.summary(1.0));
+        assert_eq!(empty.series(), a.series());
+    }
+}

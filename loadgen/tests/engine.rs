@@ -1,0 +1,175 @@
+//! End-to-end runs of the engine against in-process servers on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use loadgen::engine::{self, RunPlan};
+use loadgen::scenario::{RunSettings, ScenarioKind, ScenarioSpec};
+use loadgen::stats::ThreadStats;
+use loadgen::url::WsUrl;
+use loadgen::workload::Workload;
+
+fn plan(
+    url: &str,
+    workload: Workload,
+    connections: usize,
+    steady_ms: u64,
+    rate: Option<f64>,
+) -> RunPlan {
+    let spec = ScenarioSpec {
+        kind: ScenarioKind::Baseline,
+        connections,
+        ramp_up: Duration::from_millis(300),
+        steady: Duration::from_millis(steady_ms),
+        churn_per_s: 0.0,
+    };
+    let mut plan = spec.plan(&RunSettings {
+        url: WsUrl::parse(url).unwrap(),
+        workload,
+        rate,
+        in_flight: 2,
+        size: 64,
+        threads: 2,
+        run_id: 42,
+        verbose: false,
+    });
+    plan.grace = Duration::from_millis(500);
+    plan
+}
+
+/// One engine run at a time: each saturates the machine's two cores, and
+/// parallel tests would only measure each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run(plan: &RunPlan) -> ThreadStats {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    engine::run(plan, |_| {}).expect("engine runs").stats
+}
+
+fn assert_clean(stats: &ThreadStats, connections: u64) {
+    assert_eq!(
+        stats.connects_succeeded, connections,
+        "errors: {:?}",
+        stats.errors
+    );
+    assert!(stats.errors.is_empty(), "errors: {:?}", stats.errors);
+    assert!(
+        stats.measured.received > 100,
+        "received {}",
+        stats.measured.received
+    );
+    assert!(stats.latency.len() > 100);
+}
+
+#[test]
+fn closed_loop_echo_50_connections_has_no_errors() {
+    let server = support::echo_server();
+    let stats = run(&plan(&server.url(), Workload::Echo, 50, 1500, None));
+    assert_clean(&stats, 50);
+    let summary = stats.summary(1.5);
+    assert!(summary.msg_per_s > 100.0, "{summary:?}");
+    assert!(summary.bytes_per_s > 0.0);
+    assert!(summary.latency_us.p50 > 0);
+    // Closed loop: everything sent was answered (2 in flight × 50 at most lost to the cut-off).
+    assert!(stats.totals.sent - stats.totals.received <= 100);
+}
+
+#[test]
+fn ping_workload_against_plain_echo_server() {
+    // An echo server returns the ping command itself, which counts as the answer.
+    let server = support::echo_server();
+    let stats = run(&plan(&server.url(), Workload::Ping, 50, 1000, None));
+    assert_clean(&stats, 50);
+}
+
+#[test]
+fn open_loop_keeps_the_intended_rate() {
+    let server = support::echo_server();
+    let stats = run(&plan(&server.url(), Workload::Echo, 50, 1500, Some(2000.0)));
+    assert_clean(&stats, 50);
+    let rate = stats.summary(1.5).msg_per_s;
+    // Loose bounds: a busy CI machine delays timers, never adds messages.
+    assert!((1400.0..2200.0).contains(&rate), "open loop rate {rate}");
+}
+
+#[test]
+fn dropped_connections_are_counted_as_errors() {
+    let server = support::dropping_echo_server(20);
+    let stats = run(&plan(&server.url(), Workload::Echo, 50, 1000, None));
+    let dropped: u64 = ["eof", "reset", "broken_pipe"]
+        .iter()
+        .map(|k| stats.errors.get(*k).copied().unwrap_or(0))
+        .sum();
+    assert!(dropped >= 50, "errors: {:?}", stats.errors);
+    assert!(
+        stats.errors.get("lost_in_flight").copied().unwrap_or(0) > 0,
+        "{:?}",
+        stats.errors
+    );
+    // Slots reconnect after a drop.
+    assert!(stats.connects_attempted > 50);
+    let summary = stats.summary(1.0);
+    assert!(summary.error_rate > 0.0);
+}
+
+#[test]
+fn connection_refused_is_counted() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let stats = run(&plan(
+        &format!("ws://{addr}/ws"),
+        Workload::Echo,
+        5,
+        500,
+        None,
+    ));
+    assert_eq!(stats.connects_succeeded, 0);
+    assert!(
+        stats.errors.get("connect_refused").copied().unwrap_or(0) >= 5,
+        "{:?}",
+        stats.errors
+    );
+}
+
+#[test]
+fn direct_publish_and_anycast_against_protocol_model() {
+    let server = support::protocol_server();
+    for workload in [
+        Workload::Ping,
+        Workload::Direct,
+        Workload::Publish,
+        Workload::Anycast,
+    ] {
+        let stats = run(&plan(&server.url(), workload, 20, 1200, None));
+        assert_eq!(
+            stats.connects_succeeded, 20,
+            "{workload}: {:?}",
+            stats.errors
+        );
+        assert!(stats.errors.is_empty(), "{workload}: {:?}", stats.errors);
+        assert!(
+            stats.measured.received > 50,
+            "{workload}: received {}",
+            stats.measured.received
+        );
+    }
+}
+
+#[test]
+fn publish_fans_out_to_the_group() {
+    let server = support::protocol_server();
+    let stats = run(&plan(
+        &server.url(),
+        Workload::Publish,
+        20,
+        1000,
+        Some(200.0),
+    ));
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    // Each publish reaches the 10 members of its group (the sender included).
+    let ratio = stats.totals.received as f64 / stats.totals.sent as f64;
+    assert!(ratio > 8.0 && ratio <= 10.0, "fan-out ratio {ratio}");
+}

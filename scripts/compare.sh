@@ -1,0 +1,501 @@
+#!/usr/bin/env bash
+# Peer comparison: builds echo peers in /tmp from the package registries, runs
+# each pinned to core 0 (taskset) with the loadgen pinned to core 1, the same
+# workload for every peer, one run each; prints a ratio table and writes JSON.
+#
+#   ws-uring (--echo, 1 shard)       this repository
+#   raw-echo (glommio, no library)   the ceiling: handshake + unmask/reframe only
+#   tokio-tungstenite                crates.io, current-thread runtime
+#   fastwebsockets                   crates.io, current-thread runtime
+#   python websockets+uvloop+orjson  PyPI, in a venv
+#   node ws                          npm
+#   uWS.js                           npm `uwebsockets@3.0.6` (prebuilt for Node 20, --ignore-scripts)
+# and, for fan-out, ws-uring `publish` against a uWS.js pub/sub peer.
+#
+# Not part of CI. Peer code is generated under $WORK (default /tmp/wsu-peers)
+# and never lands in the repository. Results: $WORK/results/compare-<date>.json
+#
+# Usage: scripts/compare.sh [--connections N] [--duration SECS] [--in-flight K]
+#                           [--size BYTES] [--only a,b,...] [--skip-build] [--no-fanout]
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${WORK:-/tmp/wsu-peers}"
+CONNECTIONS=100
+DURATION=10
+IN_FLIGHT=16
+SIZE=64
+ONLY=""
+SKIP_BUILD=0
+FANOUT=1
+SERVER_CORE="${SERVER_CORE:-0}"
+LOADGEN_CORE="${LOADGEN_CORE:-1}"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --in-flight) IN_FLIGHT="$2"; shift 2 ;;
+        --size) SIZE="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        --skip-build) SKIP_BUILD=1; shift ;;
+        --no-fanout) FANOUT=0; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+PEERS_ALL="ws-uring raw-echo tokio-tungstenite fastwebsockets python-websockets node-ws uws-js"
+PEERS="${ONLY//,/ }"
+PEERS="${PEERS:-$PEERS_ALL}"
+DATE="$(date -u +%Y-%m-%d)"
+RESULTS="$WORK/results"
+mkdir -p "$WORK" "$RESULTS"
+# Set LOADGEN / WS_URING to use existing binaries instead of building them here.
+BUILD_REPO=1
+[ -n "${LOADGEN:-}${WS_URING:-}" ] && BUILD_REPO=0
+LOADGEN="${LOADGEN:-$REPO/target/release/loadgen}"
+WS_URING="${WS_URING:-$REPO/target/release/ws-uring}"
+
+log() { echo "compare: $*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- peer sources
+write_sources() {
+    mkdir -p "$WORK/raw-echo/src" "$WORK/tokio-tungstenite/src" "$WORK/fastwebsockets/src" "$WORK/node" "$WORK/python"
+
+    cat > "$WORK/raw-echo/Cargo.toml" <<'EOF'
+[package]
+name = "peer-raw-echo"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+glommio = "0.9"
+futures-lite = "1"
+sha1 = "0.10"
+data-encoding = "2"
+EOF
+    cat > "$WORK/raw-echo/src/main.rs" <<'EOF'
+//! Ceiling peer: the least a WebSocket echo can do on one glommio core. Answers
+//! the upgrade, then turns each masked client frame into an unmasked server
+//! frame (copy + unmask) and writes a whole read's worth back in one write.
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use sha1::{Digest, Sha1};
+
+async fn serve(mut s: TcpStream) -> std::io::Result<()> {
+    let _ = s.set_nodelay(true);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut filled = 0;
+    let head_end = loop {
+        let n = s.read(&mut buf[filled..]).await?;
+        if n == 0 { return Ok(()); }
+        filled += n;
+        if let Some(i) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") { break i + 4; }
+        if filled == buf.len() { return Ok(()); }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let key = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+    }).unwrap_or_default();
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = data_encoding::BASE64.encode(&sha.finalize());
+    let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+    s.write_all(resp.as_bytes()).await?;
+    buf.copy_within(head_end..filled, 0);
+    filled -= head_end;
+    let mut out = Vec::with_capacity(64 << 10);
+    loop {
+        let mut pos = 0;
+        loop {
+            let b = &buf[pos..filled];
+            if b.len() < 2 { break; }
+            let masked = b[1] & 0x80 != 0;
+            let (len, hl) = match b[1] & 0x7f {
+                126 => { if b.len() < 4 { break; } (u16::from_be_bytes([b[2], b[3]]) as usize, 4) }
+                127 => { if b.len() < 10 { break; } (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10) }
+                l => (l as usize, 2),
+            };
+            let ml = if masked { 4 } else { 0 };
+            if b.len() < hl + ml + len { break; }
+            let opcode = b[0] & 0x0f;
+            out.push(b[0]);
+            out.push(b[1] & 0x7f);
+            out.extend_from_slice(&b[2..hl]);
+            let start = out.len();
+            out.extend_from_slice(&b[hl + ml..hl + ml + len]);
+            if masked {
+                let m = [b[hl], b[hl + 1], b[hl + 2], b[hl + 3]];
+                for (i, x) in out[start..].iter_mut().enumerate() { *x ^= m[i & 3]; }
+            }
+            if opcode == 0x9 { out[start - hl] = (out[start - hl] & 0xf0) | 0xA; }
+            pos += hl + ml + len;
+            if opcode == 0x8 { s.write_all(&out).await?; return Ok(()); }
+        }
+        if !out.is_empty() { s.write_all(&out).await?; out.clear(); }
+        buf.copy_within(pos..filled, 0);
+        filled -= pos;
+        if filled == buf.len() { buf.resize(buf.len() * 2, 0); }
+        let n = s.read(&mut buf[filled..]).await?;
+        if n == 0 { return Ok(()); }
+        filled += n;
+    }
+}
+
+fn main() {
+    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(9001);
+    LocalExecutorBuilder::new(Placement::Unbound).spawn(move || async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        eprintln!("listening on {}", listener.local_addr().unwrap());
+        loop {
+            if let Ok(s) = listener.accept().await {
+                glommio::spawn_local(async move { let _ = serve(s).await; }).detach();
+            }
+        }
+    }).unwrap().join().unwrap();
+}
+EOF
+
+    cat > "$WORK/tokio-tungstenite/Cargo.toml" <<'EOF'
+[package]
+name = "peer-tokio-tungstenite"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+tokio = { version = "1", features = ["rt", "net", "macros"] }
+tokio-tungstenite = "0.26"
+futures-util = { version = "0.3", default-features = false, features = ["sink", "std"] }
+EOF
+    cat > "$WORK/tokio-tungstenite/src/main.rs" <<'EOF'
+//! Echo peer: tokio (current-thread runtime: one core) + tokio-tungstenite.
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let port = std::env::args().nth(1).unwrap_or_else(|| "9002".into());
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
+    eprintln!("listening on {}", listener.local_addr().unwrap());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(msg)) = rx.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    if tx.send(msg).await.is_err() { return; }
+                } else if msg.is_close() {
+                    return;
+                }
+            }
+        });
+    }
+}
+EOF
+
+    cat > "$WORK/fastwebsockets/Cargo.toml" <<'EOF'
+[package]
+name = "peer-fastwebsockets"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+tokio = { version = "1", features = ["rt", "net", "macros", "io-util"] }
+fastwebsockets = "0.10"
+sha1 = "0.10"
+base64 = "0.22"
+EOF
+    cat > "$WORK/fastwebsockets/src/main.rs" <<'EOF'
+//! Echo peer: tokio (current-thread runtime: one core) + fastwebsockets.
+//! The upgrade is answered by hand so no HTTP library is in the way.
+use base64::Engine;
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn serve(mut stream: TcpStream) -> Option<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() > 16384 { return None; }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let key = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+    })?;
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+    stream.write_all(resp.as_bytes()).await.ok()?;
+    let mut ws = WebSocket::after_handshake(stream, Role::Server);
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    loop {
+        let frame = ws.read_frame().await.ok()?;
+        match frame.opcode {
+            OpCode::Close => return Some(()),
+            // A read frame keeps the client's mask key; a server frame must not carry one.
+            OpCode::Text | OpCode::Binary => {
+                ws.write_frame(Frame::new(true, frame.opcode, None, frame.payload)).await.ok()?
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let port = std::env::args().nth(1).unwrap_or_else(|| "9003".into());
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
+    eprintln!("listening on {}", listener.local_addr().unwrap());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move { let _ = serve(stream).await; });
+    }
+}
+EOF
+
+    cat > "$WORK/python/echo.py" <<'EOF'
+"""Echo peer: websockets + uvloop; JSON `ping` answered with orjson."""
+import asyncio, sys
+import orjson, uvloop
+from websockets.asyncio.server import serve
+
+async def handler(ws):
+    async for message in ws:
+        if isinstance(message, str) and message.startswith('{"op":"ping"'):
+            cmd = orjson.loads(message)
+            await ws.send(orjson.dumps({"op": "pong", "t": cmd.get("t")}).decode())
+        else:
+            await ws.send(message)
+
+async def main(port):
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=1 << 20) as server:
+        print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+        await server.serve_forever()
+
+uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 9004))
+EOF
+
+    cat > "$WORK/node/echo-ws.js" <<'EOF'
+// Echo peer: node + ws.
+const { WebSocketServer } = require('ws');
+const port = Number(process.argv[2] || 9005);
+const wss = new WebSocketServer({ host: '127.0.0.1', port, perMessageDeflate: false });
+wss.on('connection', (ws) => {
+  ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+});
+wss.on('listening', () => console.error(`listening on 127.0.0.1:${port}`));
+EOF
+    cat > "$WORK/node/echo-uws.js" <<'EOF'
+// Echo peer: uWebSockets.js (npm `uwebsockets`, prebuilt).
+const uWS = require('uwebsockets');
+const port = Number(process.argv[2] || 9006);
+uWS.App().ws('/*', {
+  compression: uWS.DISABLED, maxPayloadLength: 1 << 20, idleTimeout: 0,
+  message: (ws, message, isBinary) => { ws.send(message, isBinary); },
+}).listen('127.0.0.1', port, (token) => {
+  if (!token) { console.error('listen failed'); process.exit(1); }
+  console.error(`listening on 127.0.0.1:${port}`);
+});
+EOF
+    cat > "$WORK/node/pubsub-uws.js" <<'EOF'
+// Fan-out peer: uWebSockets.js pub/sub speaking the subset of the ws-uring
+// protocol the loadgen's `publish` workload uses: welcome, join (+ok), publish
+// (echo:true includes the sender), ping.
+const uWS = require('uwebsockets');
+const port = Number(process.argv[2] || 9007);
+let nextId = 1, nextConn = 1;
+const app = uWS.App();
+app.ws('/*', {
+  compression: uWS.DISABLED, maxPayloadLength: 1 << 20, idleTimeout: 0,
+  upgrade: (res, req, context) => {
+    const q = new URLSearchParams(req.getQuery() || '');
+    res.upgrade({ user: q.get('user') || `anon-${nextConn}`, conn: nextConn++ },
+      req.getHeader('sec-websocket-key'), req.getHeader('sec-websocket-protocol'),
+      req.getHeader('sec-websocket-extensions'), context);
+  },
+  open: (ws) => {
+    const d = ws.getUserData();
+    ws.send(JSON.stringify({ op: 'welcome', user: d.user, conn: d.conn, shard: 0, server: 'uws-pubsub', heartbeat_ms: 20000 }));
+  },
+  message: (ws, message) => {
+    let cmd;
+    try { cmd = JSON.parse(Buffer.from(message).toString()); } catch (e) {
+      ws.send('{"op":"error","ref":null,"code":"bad_json","reason":"bad json"}'); return;
+    }
+    if (cmd.op === 'join') {
+      ws.subscribe(cmd.group);
+      if (cmd.ref !== undefined) ws.send(JSON.stringify({ op: 'ok', ref: cmd.ref }));
+    } else if (cmd.op === 'publish') {
+      const ev = JSON.stringify({ op: 'msg', id: String(nextId++), from: ws.getUserData().user, to: null,
+        group: cmd.group, priority: 'normal', ts: Date.now(), data: cmd.data });
+      if (cmd.echo) app.publish(cmd.group, ev); else ws.publish(cmd.group, ev);
+    } else if (cmd.op === 'ping') {
+      ws.send(JSON.stringify({ op: 'pong', t: cmd.t }));
+    } else {
+      ws.send(JSON.stringify({ op: 'error', ref: cmd.ref ?? null, code: 'unknown_op', reason: cmd.op }));
+    }
+  },
+}).listen('127.0.0.1', port, (token) => {
+  if (!token) { console.error('listen failed'); process.exit(1); }
+  console.error(`listening on 127.0.0.1:${port}`);
+});
+EOF
+}
+
+# ---------------------------------------------------------------- builds
+build_all() {
+    if [ "$BUILD_REPO" = 1 ]; then
+        log "building loadgen and ws-uring (release)"
+        (cd "$REPO" && cargo build --release -p loadgen -p ws-uring)
+    fi
+    for crate in raw-echo tokio-tungstenite fastwebsockets; do
+        log "building peer $crate in $WORK"
+        (cd "$WORK/$crate" && CARGO_TARGET_DIR="$WORK/target" cargo build --release) \
+            || log "build of $crate failed: that peer is skipped"
+    done
+    if have python3; then
+        log "installing websockets uvloop orjson into $WORK/python/venv"
+        [ -x "$WORK/python/venv/bin/python" ] || python3 -m venv "$WORK/python/venv"
+        "$WORK/python/venv/bin/pip" install -q websockets uvloop orjson \
+            || log "pip install failed: python-websockets is skipped"
+    fi
+    if have npm; then
+        log "installing ws and uwebsockets@3.0.6 (--ignore-scripts) into $WORK/node"
+        (cd "$WORK/node" && { [ -f package.json ] || npm init -y >/dev/null; } \
+            && npm install --ignore-scripts --no-audit --no-fund ws uwebsockets@3.0.6 >/dev/null) \
+            || log "npm install failed: node peers are skipped"
+    fi
+}
+
+# ---------------------------------------------------------------- running
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+SERVER_PID=""
+PEER_URL=""
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap stop_server EXIT
+
+# start_peer NAME PORT: starts the peer pinned to $SERVER_CORE; sets PEER_URL.
+start_peer() {
+    local name="$1" port="$2" cmd=()
+    case "$name" in
+        ws-uring) cmd=("$WS_URING" --echo --host 127.0.0.1 --port "$port" --shards 1) ;;
+        ws-uring-pubsub) cmd=("$WS_URING" --host 127.0.0.1 --port "$port" --shards 1) ;;
+        raw-echo) cmd=("$WORK/target/release/peer-raw-echo" "$port") ;;
+        tokio-tungstenite) cmd=("$WORK/target/release/peer-tokio-tungstenite" "$port") ;;
+        fastwebsockets) cmd=("$WORK/target/release/peer-fastwebsockets" "$port") ;;
+        python-websockets) cmd=("$WORK/python/venv/bin/python" "$WORK/python/echo.py" "$port") ;;
+        node-ws) cmd=(node "$WORK/node/echo-ws.js" "$port") ;;
+        uws-js) cmd=(node "$WORK/node/echo-uws.js" "$port") ;;
+        uws-js-pubsub) cmd=(node "$WORK/node/pubsub-uws.js" "$port") ;;
+        *) log "unknown peer $name"; return 1 ;;
+    esac
+    [ -e "${cmd[0]}" ] || have "${cmd[0]}" || { log "skip $name: ${cmd[0]} missing"; return 1; }
+    (cd "$WORK/node" 2>/dev/null || true; exec taskset -c "$SERVER_CORE" "${cmd[@]}") >"$RESULTS/$name.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            PEER_URL="ws://127.0.0.1:$port/ws"
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "skip $name: did not listen on $port (see $RESULTS/$name.log)"
+    stop_server
+    return 1
+}
+
+# run_loadgen NAME URL WORKLOAD: one baseline run, loadgen pinned to $LOADGEN_CORE.
+run_loadgen() {
+    local name="$1" url="$2" workload="$3"
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" --url "$url" --scenario baseline --workload "$workload" \
+        --connections "$CONNECTIONS" --duration "$DURATION" --threads 1 --in-flight "$IN_FLIGHT" \
+        --size "$SIZE" --output "$RESULTS/$name.json" >"$RESULTS/$name.table" 2>"$RESULTS/$name.loadgen.log" \
+        || log "loadgen failed against $name (see $RESULTS/$name.loadgen.log)"
+}
+
+# ---------------------------------------------------------------- main
+write_sources
+[ "$SKIP_BUILD" = 1 ] || build_all
+[ -x "$LOADGEN" ] || { log "missing $LOADGEN"; exit 1; }
+
+RAN=()
+for peer in $PEERS; do
+    port="$(free_port)"
+    if start_peer "$peer" "$port"; then
+        log "running echo against $peer ($PEER_URL)"
+        run_loadgen "$peer" "$PEER_URL" echo
+        stop_server
+        RAN+=("$peer")
+        sleep 1
+    fi
+done
+if [ "$FANOUT" = 1 ]; then
+    for peer in ws-uring-pubsub uws-js-pubsub; do
+        port="$(free_port)"
+        if start_peer "$peer" "$port"; then
+            log "running publish against $peer ($PEER_URL)"
+            run_loadgen "$peer" "$PEER_URL" publish
+            stop_server
+            RAN+=("$peer")
+            sleep 1
+        fi
+    done
+fi
+
+OUT="$RESULTS/compare-$DATE.json"
+python3 - "$RESULTS" "$OUT" "$DATE" "$CONNECTIONS" "$DURATION" "$IN_FLIGHT" "$SIZE" "${RAN[@]}" <<'EOF'
+import json, os, platform, sys
+results, out, date, conns, duration, in_flight, size, *peers = sys.argv[1:]
+rows = []
+for peer in peers:
+    path = os.path.join(results, peer + ".json")
+    if not os.path.exists(path):
+        continue
+    s = json.load(open(path))["scenarios"][0]
+    m = s["summary"]
+    rows.append({
+        "peer": peer, "workload": s["workload"], "msg_per_s": round(m["msg_per_s"]),
+        "p50_us": m["latency_us"]["p50"], "p99_us": m["latency_us"]["p99"],
+        "p999_us": m["latency_us"]["p999"], "errors": m["errors_total"], "grade": s["grade"]["grade"],
+    })
+def base(workload):
+    ref = "ws-uring" if workload == "echo" else "ws-uring-pubsub"
+    return next((r["msg_per_s"] for r in rows if r["peer"] == ref), None)
+for r in rows:
+    b = base(r["workload"])
+    r["ratio_to_ws_uring"] = round(r["msg_per_s"] / b, 3) if b else None
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+doc = {"schema": "ws-uring-compare/1", "date": date, "machine": {"cpu": cpu, "cores": os.cpu_count(),
+       "kernel": platform.release()}, "connections": int(conns), "duration_s": float(duration),
+       "in_flight": int(in_flight), "message_bytes": int(size), "server_core": 0, "loadgen_core": 1, "peers": rows}
+json.dump(doc, open(out, "w"), indent=2)
+print(f"\n{'peer':<20} {'workload':<8} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'errors':>7} {'grade':>5} {'vs ws-uring':>11}")
+for r in rows:
+    ratio = f"{r['ratio_to_ws_uring']:.2f}x" if r["ratio_to_ws_uring"] is not None else "-"
+    print(f"{r['peer']:<20} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
+          f"{r['p999_us']/1000:>8.2f} {r['errors']:>7} {r['grade']:>5} {ratio:>11}")
+print(f"\nwrote {out}")
+EOF
