@@ -17,6 +17,7 @@
 #
 # Usage: scripts/compare.sh [--connections N] [--duration SECS] [--in-flight K]
 #                           [--size BYTES] [--only a,b,...] [--skip-build] [--no-fanout]
+#                           [--fanout-members N]  (fan-out: N members in one group, default 2000)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +29,7 @@ SIZE=64
 ONLY=""
 SKIP_BUILD=0
 FANOUT=1
+FANOUT_MEMBERS=2000
 SERVER_CORE="${SERVER_CORE:-0}"
 LOADGEN_CORE="${LOADGEN_CORE:-1}"
 
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         --no-fanout) FANOUT=0; shift ;;
+        --fanout-members) FANOUT_MEMBERS="$2"; shift 2 ;;
         -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -429,10 +432,11 @@ start_peer() {
 
 # run_loadgen NAME URL WORKLOAD: one baseline run, loadgen pinned to $LOADGEN_CORE.
 run_loadgen() {
-    local name="$1" url="$2" workload="$3"
+    local name="$1" url="$2" workload="$3" connections="${4:-$CONNECTIONS}" in_flight="${5:-$IN_FLIGHT}" group="${6:-10}"
     taskset -c "$LOADGEN_CORE" "$LOADGEN" --url "$url" --scenario baseline --workload "$workload" \
-        --connections "$CONNECTIONS" --duration "$DURATION" --threads 1 --in-flight "$IN_FLIGHT" \
-        --size "$SIZE" --output "$RESULTS/$name.json" >"$RESULTS/$name.table" 2>"$RESULTS/$name.loadgen.log" \
+        --connections "$connections" --duration "$DURATION" --threads 1 --in-flight "$in_flight" \
+        --size "$SIZE" --group-size "$group" \
+        --output "$RESULTS/$name.json" >"$RESULTS/$name.table" 2>"$RESULTS/$name.loadgen.log" \
         || log "loadgen failed against $name (see $RESULTS/$name.loadgen.log)"
 }
 
@@ -456,8 +460,11 @@ if [ "$FANOUT" = 1 ]; then
     for peer in ws-uring-pubsub uws-js-pubsub; do
         port="$(free_port)"
         if start_peer "$peer" "$port"; then
-            log "running publish against $peer ($PEER_URL)"
-            run_loadgen "$peer" "$PEER_URL" publish
+            # Fan-out: every connection in ONE group of $FANOUT_MEMBERS members,
+            # each publishing (echo) with one message in flight: every publish
+            # is delivered to all members.
+            log "running publish ($FANOUT_MEMBERS members, one group) against $peer ($PEER_URL)"
+            run_loadgen "$peer" "$PEER_URL" publish "$FANOUT_MEMBERS" 1 "$FANOUT_MEMBERS"
             stop_server
             RAN+=("$peer")
             sleep 1

@@ -66,6 +66,11 @@ pub struct Args {
     /// payload bytes per message (default 64)
     #[argh(option, default = "64")]
     pub size: usize,
+
+    /// connections per group for publish and anycast (default 10; the whole
+    /// run in one group for a fan-out test: --group-size 2000)
+    #[argh(option, default = "crate::workload::GROUP_SIZE")]
+    pub group_size: usize,
 }
 
 /// Parses `30`, `30s`, `500ms`, `2m`, `1h`.
@@ -116,6 +121,12 @@ impl Args {
         if self.threads == Some(0) {
             return Err("--threads must be at least 1".into());
         }
+        if self.group_size == 0 || self.group_size > 1_000_000 {
+            return Err(format!(
+                "--group-size must be 1 to 1000000, not {}",
+                self.group_size
+            ));
+        }
         if self.in_flight == 0 || self.in_flight > 4096 {
             return Err("--in-flight must be between 1 and 4096".into());
         }
@@ -151,6 +162,7 @@ impl Args {
                 rate: self.rate,
                 in_flight: self.in_flight,
                 size: self.size,
+                group_size: self.group_size,
                 threads: self.threads.unwrap_or_else(default_threads),
                 run_id,
                 verbose: self.verbose,

@@ -7,7 +7,7 @@ use crate::progress::Progress;
 use crate::report::{drift, grade_summary, Report, RunConfig, ScenarioReport};
 use crate::scenario::{RunSettings, ScenarioKind, ScenarioSpec};
 use crate::server_metrics::Sampler;
-use crate::workload::{Workload, GROUP_SIZE};
+use crate::workload::Workload;
 
 /// Pause between scenarios so the server can drop the previous connections.
 pub const PAUSE_BETWEEN: Duration = Duration::from_secs(1);
@@ -33,12 +33,17 @@ fn unix_ms() -> u64 {
 
 /// Completions a second an open-loop run intends, for the throughput grade;
 /// only for scenarios whose connection count is steady.
-fn intended_per_s(kind: ScenarioKind, workload: Workload, rate: Option<f64>) -> Option<f64> {
+fn intended_per_s(
+    kind: ScenarioKind,
+    workload: Workload,
+    rate: Option<f64>,
+    group_size: usize,
+) -> Option<f64> {
     let rate = rate?;
     match kind {
         ScenarioKind::Ramp | ScenarioKind::Spike => None,
         _ => Some(match workload {
-            Workload::Publish => rate * GROUP_SIZE as f64,
+            Workload::Publish => rate * group_size as f64,
             _ => rate,
         }),
     }
@@ -92,7 +97,10 @@ pub fn run(
             .as_secs_f64();
         let summary = outcome.stats.summary(window);
         let series = outcome.stats.series();
-        let grade = grade_summary(&summary, intended_per_s(spec.kind, s.workload, s.rate));
+        let grade = grade_summary(
+            &summary,
+            intended_per_s(spec.kind, s.workload, s.rate, s.group_size),
+        );
         let drift = (spec.kind == ScenarioKind::Endurance)
             .then(|| {
                 drift(
@@ -128,23 +136,29 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::GROUP_SIZE;
 
     #[test]
     fn throughput_target_only_for_steady_open_loop() {
         assert_eq!(
-            intended_per_s(ScenarioKind::High, Workload::Echo, None),
+            intended_per_s(ScenarioKind::High, Workload::Echo, None, GROUP_SIZE),
             None
         );
         assert_eq!(
-            intended_per_s(ScenarioKind::High, Workload::Echo, Some(1000.0)),
+            intended_per_s(ScenarioKind::High, Workload::Echo, Some(1000.0), GROUP_SIZE),
             Some(1000.0)
         );
         assert_eq!(
-            intended_per_s(ScenarioKind::Ramp, Workload::Echo, Some(1000.0)),
+            intended_per_s(ScenarioKind::Ramp, Workload::Echo, Some(1000.0), GROUP_SIZE),
             None
         );
         assert_eq!(
-            intended_per_s(ScenarioKind::Baseline, Workload::Publish, Some(100.0)),
+            intended_per_s(
+                ScenarioKind::Baseline,
+                Workload::Publish,
+                Some(100.0),
+                GROUP_SIZE
+            ),
             Some(100.0 * GROUP_SIZE as f64)
         );
     }

@@ -26,7 +26,7 @@ pub const STAMP_DIGITS: usize = 15;
 /// stays below 2^53 (safe even for servers that parse numbers as f64): runs up
 /// to ~27 hours.
 pub const STAMP_BASE: u64 = 100_000_000_000_000;
-/// Connections per publish/anycast group.
+/// Connections per publish/anycast group, unless `--group-size` says.
 pub const GROUP_SIZE: usize = 10;
 /// `ref` of our `join` command, so its `ok` can be recognised.
 pub const JOIN_REF: &str = "lg-join";
@@ -138,7 +138,8 @@ impl Role {
 /// The user id and role of connection slot `slot` of a run.
 ///
 /// User ids are `lg<run>-<slot>` so runs do not read each other's mailboxes.
-pub fn identity(workload: Workload, run_id: u32, slot: usize) -> (String, Role) {
+pub fn identity(workload: Workload, run_id: u32, slot: usize, group_size: usize) -> (String, Role) {
+    let group_size = group_size.max(1);
     let user = user_id(run_id, slot);
     let role = match workload {
         Workload::Echo => Role::Echo,
@@ -147,10 +148,10 @@ pub fn identity(workload: Workload, run_id: u32, slot: usize) -> (String, Role) 
             peer: user_id(run_id, slot ^ 1),
         },
         Workload::Publish => Role::Publisher {
-            group: format!("lg{run_id}-pub-{}", slot / GROUP_SIZE),
+            group: format!("lg{run_id}-pub-{}", slot / group_size),
         },
         Workload::Anycast => {
-            let group = format!("lg{run_id}-any-{}", slot / GROUP_SIZE);
+            let group = format!("lg{run_id}-any-{}", slot / group_size);
             if slot.is_multiple_of(2) {
                 Role::AnycastWorker { group }
             } else {
@@ -446,7 +447,7 @@ mod tests {
             (Workload::Publish, 12),
             (Workload::Anycast, 1),
         ] {
-            let (_, role) = identity(workload, 7, slot);
+            let (_, role) = identity(workload, 7, slot, GROUP_SIZE);
             let t = build_template(&role, 200, mask).unwrap();
             let payload = unmask(&t, 42);
             let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
@@ -463,7 +464,7 @@ mod tests {
                 payload.len()
             );
         }
-        let (_, worker) = identity(Workload::Anycast, 7, 0);
+        let (_, worker) = identity(Workload::Anycast, 7, 0, GROUP_SIZE);
         assert!(build_template(&worker, 64, mask).is_none());
     }
 
@@ -479,20 +480,20 @@ mod tests {
 
     #[test]
     fn identities_pair_and_group() {
-        let (u0, r0) = identity(Workload::Direct, 1, 0);
-        let (u1, r1) = identity(Workload::Direct, 1, 1);
+        let (u0, r0) = identity(Workload::Direct, 1, 0, GROUP_SIZE);
+        let (u1, r1) = identity(Workload::Direct, 1, 1, GROUP_SIZE);
         assert_eq!(r0, Role::Direct { peer: u1 });
         assert_eq!(r1, Role::Direct { peer: u0 });
         assert!(matches!(
-            identity(Workload::Anycast, 1, 4).1,
+            identity(Workload::Anycast, 1, 4, GROUP_SIZE).1,
             Role::AnycastWorker { .. }
         ));
         assert!(matches!(
-            identity(Workload::Anycast, 1, 5).1,
+            identity(Workload::Anycast, 1, 5, GROUP_SIZE).1,
             Role::AnycastClient { .. }
         ));
         assert_eq!(
-            identity(Workload::Publish, 1, 19).1,
+            identity(Workload::Publish, 1, 19, GROUP_SIZE).1,
             Role::Publisher {
                 group: "lg1-pub-1".into()
             }

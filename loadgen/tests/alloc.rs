@@ -91,6 +91,7 @@ fn run(url: &str, workload: Workload, rate: Option<f64>, steady_ms: u64) -> (u64
         rate,
         in_flight: 4,
         size: 64,
+        group_size: loadgen::workload::GROUP_SIZE,
         threads: 1,
         run_id: 3,
         verbose: false,
@@ -120,7 +121,14 @@ fn per_message_work_allocates_nothing() {
         Workload::Anycast,
     ]
     .iter()
-    .map(|&w| build_template(&identity(w, 1, 1).1, 64, [1, 2, 3, 4]).unwrap())
+    .map(|&w| {
+        build_template(
+            &identity(w, 1, 1, loadgen::workload::GROUP_SIZE).1,
+            64,
+            [1, 2, 3, 4],
+        )
+        .unwrap()
+    })
     .collect();
     let mut wbuf = Vec::with_capacity(4096);
     let mut scratch = Vec::with_capacity(256);

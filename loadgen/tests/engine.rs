@@ -30,6 +30,7 @@ fn plan(
         rate,
         in_flight: 2,
         size: 64,
+        group_size: loadgen::workload::GROUP_SIZE,
         threads: 2,
         run_id: 42,
         verbose: false,

@@ -91,6 +91,7 @@ fn plan(addr: &str, workload: Workload) -> RunPlan {
         rate: None,
         in_flight: 1,
         size: 64,
+        group_size: loadgen::workload::GROUP_SIZE,
         threads: 1,
         run_id: (Instant::now().elapsed().as_nanos() % 1000) as u32 + 7,
         verbose: false,

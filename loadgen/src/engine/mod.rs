@@ -60,6 +60,8 @@ pub struct RunPlan {
     pub in_flight: usize,
     /// Payload bytes to aim for.
     pub size: usize,
+    /// Connections per group (`publish`, `anycast`).
+    pub group_size: usize,
     pub threads: usize,
     /// Distinguishes user ids of different runs (mailboxes, groups).
     pub run_id: u32,
@@ -218,7 +220,11 @@ async fn run_thread(
     live: Arc<LiveCounters>,
 ) -> ThreadStats {
     let senders = (0..plan.slots.len())
-        .filter(|&slot| identity(plan.workload, plan.run_id, slot).1.sends())
+        .filter(|&slot| {
+            identity(plan.workload, plan.run_id, slot, plan.group_size)
+                .1
+                .sends()
+        })
         .count()
         .max(1);
     let ctx = Rc::new(ThreadCtx {

@@ -90,7 +90,12 @@ pub(crate) async fn connect_and_run(
     until_ns: u64,
 ) -> SessionEnd {
     let started = ctx.now_ns();
-    let (user, role) = identity(ctx.plan.workload, ctx.plan.run_id, slot);
+    let (user, role) = identity(
+        ctx.plan.workload,
+        ctx.plan.run_id,
+        slot,
+        ctx.plan.group_size,
+    );
     let connect_fail = |kind: &str| {
         let now = ctx.now_ns();
         let mut stats = ctx.stats.borrow_mut();
