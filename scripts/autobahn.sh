@@ -461,7 +461,7 @@ main() {
       # max_message_bytes (1 MiB, per the protocol) would close them with
       # 1009, which Autobahn scores as FAILED. Conformance is about framing,
       # so the limit is raised to 32 MiB for this run only.
-      SERVER_CMD="$(printf '%q' "$bin") --echo --port {PORT} --host 127.0.0.1 --shards 1 --max-message-bytes 33554432"
+      SERVER_CMD="$(printf '%q' "$bin") --echo --port {PORT} --host 127.0.0.1 --shards 1 --max-message-bytes 33554432 --no-persist"
     fi
     start_server "$SERVER_CMD" "$port"
   fi

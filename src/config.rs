@@ -112,6 +112,8 @@ macro_rules! settings {
                 let mut sources: HashMap<&'static str, Source> = HashMap::new();
                 config.echo = flags.echo || env_bool(env, "ECHO")?;
                 config.no_persist = flags.no_persist || env_bool(env, "NO_PERSIST")?;
+                // Plain echo keeps no state worth a data directory.
+                config.no_persist |= config.echo;
                 let file = match &flags.config {
                     Some(path) => read_file(path)?,
                     None => FileSettings::default(),

@@ -378,3 +378,36 @@ fn frames_pipelined_behind_the_upgrade_are_served() {
     }
     assert_eq!(read_server_frame(&mut s), Some((1, b"early".to_vec())));
 }
+
+#[test]
+fn a_message_larger_than_the_outbox_bound_is_still_echoed() {
+    let server = TestServer::start(&[
+        "--shards",
+        "1",
+        "--echo",
+        "--max-message-bytes",
+        "4194304",
+        "--outbox-max-bytes",
+        "65536",
+    ]);
+    let mut ws = connect(&server.url(""));
+    let big = vec![7u8; 3 << 20];
+    ws.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(big));
+}
+
+#[test]
+fn pongs_go_out_before_data_queued_in_the_same_read() {
+    let server = TestServer::start(&["--shards", "1", "--echo"]);
+    let mut s = raw_upgraded(server.port, true);
+    // A fragmented text message with a ping between its fragments, in one write.
+    let mut bytes = masked_frame(0x01, b"frag", [1, 1, 1, 1]);
+    bytes.extend(masked_frame(0x89, b"pp", [2, 2, 2, 2]));
+    bytes.extend(masked_frame(0x80, b"ment", [3, 3, 3, 3]));
+    s.write_all(&bytes).unwrap();
+    assert_eq!(read_server_frame(&mut s), Some((0x0A, b"pp".to_vec())));
+    assert_eq!(
+        read_server_frame(&mut s),
+        Some((0x01, b"fragment".to_vec()))
+    );
+}

@@ -122,6 +122,13 @@ impl Outbox {
         mut evicted: impl FnMut(&OutItem),
     ) -> PushOutcome {
         let size = item.frame.len();
+        if self.bytes() == 0 {
+            // The bound limits what piles up, not how large one message may
+            // be (up to max_message_bytes): an empty queue takes anything.
+            self.queued_bytes += size;
+            self.lanes[item.lane as usize].push_back(item);
+            return PushOutcome::Queued;
+        }
         if self.bytes() + size > self.max_bytes {
             if item.lane == Lane::Low {
                 if item.ack {
@@ -328,6 +335,26 @@ mod tests {
         assert_eq!(o.push(acked_normal, now, |_| {}), PushOutcome::Refused);
         assert_eq!(o.push(acked, now, |_| {}), PushOutcome::Refused);
         assert_eq!(drain_tags(&mut o), vec![2, 1]);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_a_message_larger_than_the_bound() {
+        let now = Instant::now();
+        let mut o = Outbox::new(100);
+        assert_eq!(
+            o.push(item(Lane::Normal, 1, 1000), now, |_| {}),
+            PushOutcome::Queued
+        );
+        assert_eq!(o.over_since(), None);
+        // Behind it, the bound applies again.
+        assert_eq!(
+            o.push(item(Lane::Low, 2, 10), now, |_| {}),
+            PushOutcome::DroppedLow
+        );
+        assert_eq!(
+            o.push(item(Lane::Normal, 3, 10), now, |_| {}),
+            PushOutcome::Overflow
+        );
     }
 
     #[test]

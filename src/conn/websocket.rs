@@ -46,8 +46,10 @@ enum Wake {
 struct Pending {
     bytes: Vec<u8>,
     written: usize,
-    /// How many of the leading bytes came from the outbox.
+    /// How many bytes came from the outbox…
     from_outbox: usize,
+    /// …starting at this offset (after the control frames).
+    outbox_start: usize,
 }
 
 impl Pending {
@@ -68,6 +70,7 @@ pub(super) async fn run_session(
         bytes: Vec::new(),
         written: 0,
         from_outbox: 0,
+        outbox_start: 0,
     };
     let mut stale = false;
     let mut ended = false;
@@ -114,7 +117,10 @@ pub(super) async fn run_session(
         match wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await {
             Wake::Input => {}
             Wake::Wrote(n) => {
-                let from_outbox = n.min(pending.from_outbox.saturating_sub(pending.written));
+                // The part of [written, written + n) inside the outbox range.
+                let start = pending.written.max(pending.outbox_start);
+                let end = (pending.written + n).min(pending.outbox_start + pending.from_outbox);
+                let from_outbox = end.saturating_sub(start);
                 pending.written += n;
                 if from_outbox > 0 {
                     handle.outbox.borrow_mut().wrote(from_outbox);
@@ -159,12 +165,15 @@ pub(super) async fn run_session(
     }
 }
 
-/// Starts a new write: outbox frames (while the session is open), then the
-/// session's own output (pongs, pings, close frames).
+/// Starts a new write: the session's own output first (pongs answer pings
+/// at once, ahead of data, as RFC 6455 asks), then outbox frames while the
+/// session is open (a closed session takes none: nothing follows a close).
 fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pending: &mut Pending) {
     pending.bytes.clear();
     pending.written = 0;
     pending.from_outbox = 0;
+    session.append_output(&mut pending.bytes);
+    pending.outbox_start = pending.bytes.len();
     if session.is_open() {
         let mut anycasts = Vec::new();
         let now_us = crate::routing::envelope::unix_us();
@@ -193,7 +202,6 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
             shard.anycast_done(&group, handle.id, 1);
         }
     }
-    session.append_output(&mut pending.bytes);
     if pending.bytes.capacity() > 4 * WRITE_BATCH_MAX_BYTES && pending.bytes.is_empty() {
         pending.bytes = Vec::new();
     }
