@@ -54,6 +54,7 @@ step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --release -- -D warnings
 # Release build: the same binary then serves Autobahn without a second build.
 step "cargo test" cargo test --workspace --release
+step "client examples" scripts/examples-test.sh
 step "dashboard in chromium" scripts/dashboard-test.sh
 step "tune.sh" bash scripts/test-tune.sh
 if [ "$RUN_AUTOBAHN" = 1 ]; then

@@ -22,8 +22,11 @@
 //!   group commit, compaction).
 //! - [`registry`]: the cross-shard table of live connections (sharded-slab).
 //!
+//! - [`client`]: a small blocking client for backends, tools and tests.
+//!
 //! Data flows one way: socket → conn → ws → protocol → conn → socket.
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod delivery;
