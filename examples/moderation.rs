@@ -7,7 +7,6 @@
 //! a blocked word, in which case the sender gets a `forbidden` error and
 //! nobody else sees it.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
@@ -55,10 +54,7 @@ fn say(request: &ProcessorRequest<'_>, ctx: &mut ProcessorContext) {
 fn main() -> ExitCode {
     let flags: Flags = argh::from_env();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("WS_URING_"))
-        .collect();
-    let config = match Config::resolve(&flags, &env) {
+    let config = match Config::from_process(&flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("moderation: {e}");

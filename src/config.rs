@@ -344,6 +344,17 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration of this process: its flags, its `WS_URING_*`
+    /// environment and the file `--config` names.
+    pub fn from_process(flags: &Flags) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("WS_URING_"))
+            .collect();
+        Config::resolve(flags, &env)
+    }
+}
+
 /// The environment variable for a setting: `WS_URING_MAX_CONNECTIONS`.
 pub fn env_name(key: &str) -> String {
     format!("WS_URING_{}", key.to_ascii_uppercase())

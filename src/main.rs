@@ -1,6 +1,5 @@
 //! The `ws-uring` command: config → Server → run.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 
 use ws_uring::config::{Config, Flags};
@@ -16,10 +15,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
-    let env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("WS_URING_"))
-        .collect();
-    let config = match Config::resolve(&flags, &env) {
+    let config = match Config::from_process(&flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ws-uring: {e}");

@@ -259,19 +259,6 @@ fn anycast_to_an_empty_group_is_no_members() {
     assert_eq!(e["ref"], Value::Null);
 }
 
-/// A client whose socket takes almost nothing until it reads.
-fn tiny_buffer_client(server: &TestServer, name: &str) -> Client {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut ws, _) = tungstenite::client(server.url(&format!("?user={name}")), stream).unwrap();
-    assert_eq!(next_json(&mut ws)["op"], "welcome");
-    ws
-}
-
 #[test]
 fn least_connections_avoids_a_stalled_member() {
     let server = TestServer::start(&["--shards", "2"]);

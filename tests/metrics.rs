@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -125,14 +124,7 @@ fn queue_depth_alert_fires_and_clears() {
         "60000",
     ]);
     // A reader whose socket is small and who stops reading.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut slow, _) = tungstenite::client(server.url("?user=slow"), stream).unwrap();
-    assert_eq!(next_json(&mut slow)["op"], "welcome");
+    let mut slow = tiny_buffer_client(&server, "slow");
     let (mut sender, _) = connect_welcomed(&server.url("?user=sender"));
     let big = "q".repeat(60 * 1024);
     for i in 0..150 {

@@ -153,6 +153,21 @@ fn dead_key(seq: u64) -> String {
     format!("d/{seq}")
 }
 
+impl From<&AckTarget> for StoredAckTarget {
+    /// The log keeps who waits, not where: connections do not survive a
+    /// restart.
+    fn from(target: &AckTarget) -> Self {
+        match target {
+            AckTarget::User(u) => StoredAckTarget::User(u.clone()),
+            AckTarget::Member { group, user, .. } => StoredAckTarget::Member {
+                group: group.clone(),
+                user: user.clone(),
+            },
+            AckTarget::Anycast { group } => StoredAckTarget::Anycast(group.clone()),
+        }
+    }
+}
+
 impl AckTarget {
     /// Where a replay of a dead-lettered delivery goes: a member's lost
     /// delivery is replayed to its user, not to the whole group again.
@@ -311,14 +326,7 @@ impl ReliableState {
         self.log(|s| WalRecord::Upsert {
             key: pending_key(&key),
             entry: DurableEntry::Pending {
-                target: match &target {
-                    AckTarget::User(u) => StoredAckTarget::User(u.clone()),
-                    AckTarget::Member { group, user, .. } => StoredAckTarget::Member {
-                        group: group.clone(),
-                        user: user.clone(),
-                    },
-                    AckTarget::Anycast { group } => StoredAckTarget::Anycast(group.clone()),
-                },
+                target: StoredAckTarget::from(&target),
                 msg: s.stored(&msg),
                 attempt,
             },
@@ -530,14 +538,7 @@ impl ReliableState {
             out.push(WalRecord::Upsert {
                 key: pending_key(key),
                 entry: DurableEntry::Pending {
-                    target: match &p.target {
-                        AckTarget::User(u) => StoredAckTarget::User(u.clone()),
-                        AckTarget::Member { group, user, .. } => StoredAckTarget::Member {
-                            group: group.clone(),
-                            user: user.clone(),
-                        },
-                        AckTarget::Anycast { group } => StoredAckTarget::Anycast(group.clone()),
-                    },
+                    target: StoredAckTarget::from(&p.target),
                     msg: self.stored(&p.msg),
                     attempt: p.attempt,
                 },

@@ -562,6 +562,19 @@ impl ShardState {
         sent
     }
 
+    /// Sends `envelope` to the one connection `at`.
+    pub(super) fn fan_out_to_one(
+        &self,
+        envelope: &Arc<Envelope>,
+        at: ConnRef,
+        anycast_group: Option<Arc<str>>,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+    ) -> u32 {
+        let parts = vec![(at.shard, Arc::from(vec![at.conn]))];
+        self.fan_out(envelope, parts, None, anycast_group, origin, reply)
+    }
+
     /// Handles the messaging part of a mesh message (from a peer or from
     /// this shard itself).
     pub(super) fn on_messaging(&self, msg: MeshMsg) {
@@ -898,10 +911,9 @@ impl ShardState {
                         .track(key, msg, target, envelope.attempt, now);
                     self.wake_timers();
                 }
-                let parts = vec![(at.shard, Arc::from(vec![at.conn]))];
                 let group = Some(Arc::from(group.as_str()));
                 (
-                    self.fan_out(&envelope, parts, None, group, origin, reply),
+                    self.fan_out_to_one(&envelope, at, group, origin, reply),
                     Held::No,
                 )
             }

@@ -171,14 +171,7 @@ impl ShardState {
                 self.reliable
                     .borrow_mut()
                     .track(key, pending.msg, target, attempt, now);
-                self.fan_out(
-                    &envelope,
-                    vec![(at.shard, Arc::from(vec![at.conn]))],
-                    None,
-                    None,
-                    origin,
-                    None,
-                );
+                self.fan_out_to_one(&envelope, at, None, origin, None);
             }
             AckTarget::Anycast { group } => {
                 // The strategy may pick another member this time.
@@ -190,15 +183,8 @@ impl ShardState {
                     .borrow_mut()
                     .track(key, pending.msg, target, attempt, now);
                 if let Some(at) = picked {
-                    let parts = vec![(at.shard, Arc::from(vec![at.conn]))];
-                    self.fan_out(
-                        &envelope,
-                        parts,
-                        None,
-                        Some(Arc::from(group.as_str())),
-                        origin,
-                        None,
-                    );
+                    let group = Some(Arc::from(group.as_str()));
+                    self.fan_out_to_one(&envelope, at, group, origin, None);
                 }
             }
         }
@@ -227,14 +213,7 @@ impl ShardState {
                 let target = AckTarget::User(user.to_string());
                 self.reliable.borrow_mut().track(key, msg, target, 1, now);
             }
-            self.fan_out(
-                &envelope,
-                vec![(at.shard, Arc::from(vec![at.conn]))],
-                None,
-                None,
-                origin,
-                None,
-            );
+            self.fan_out_to_one(&envelope, at, None, origin, None);
         }
         self.wake_timers();
     }

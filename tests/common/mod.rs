@@ -315,3 +315,16 @@ pub fn masked_frame(first_byte: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
 }
+
+/// A client whose socket takes almost nothing until it reads.
+pub fn tiny_buffer_client(server: &TestServer, name: &str) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut ws, _) = tungstenite::client(server.url(&format!("?user={name}")), stream).unwrap();
+    assert_eq!(next_json(&mut ws)["op"], "welcome");
+    ws
+}
