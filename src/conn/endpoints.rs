@@ -24,6 +24,9 @@ use crate::shard::messaging::{held_word, unix_ms, RouteOutcome, SCHEDULE_HORIZON
 use crate::shard::observe::ExportFormat;
 use crate::shard::ShardState;
 
+/// The chat demo page (`/demo`): self-contained, plain `WebSocket`.
+pub const DEMO_HTML: &str = include_str!("../demo.html");
+
 /// The sender name of messages injected over `/api/*`.
 pub const API_SENDER: &str = "api";
 /// How long `/api/*` waits for the routing outcome.
@@ -70,6 +73,7 @@ pub async fn serve(
             shard.render_metrics(ExportFormat::Csv).await,
         ),
         Endpoint::Dashboard => Response::new(200, "text/html; charset=utf-8", DASHBOARD_HTML),
+        Endpoint::Demo => Response::new(200, "text/html; charset=utf-8", DEMO_HTML),
         Endpoint::Connections => connections(shard, &head.query).await,
         Endpoint::ReplayDeadLetters => replay(shard, body).await,
     }

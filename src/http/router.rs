@@ -25,6 +25,8 @@ pub enum Endpoint {
     MetricsCsv,
     /// `GET /dashboard`: the live page.
     Dashboard,
+    /// `GET /demo`: the chat demo page.
+    Demo,
     /// `GET /admin/connections`: the top connections by queue or latency.
     Connections,
 }
@@ -52,7 +54,8 @@ pub enum Route {
 
 /// Routes one request. `ws_path` is the configured upgrade path.
 pub fn route(head: &RequestHead, ws_path: &str) -> Route {
-    let table: [(&str, &[&str], Endpoint); 11] = [
+    let table: [(&str, &[&str], Endpoint); 12] = [
+        ("/demo", &["GET"], Endpoint::Demo),
         ("/metrics", &["GET"], Endpoint::Metrics),
         ("/metrics.json", &["GET"], Endpoint::MetricsJson),
         ("/metrics.csv", &["GET"], Endpoint::MetricsCsv),
@@ -125,6 +128,10 @@ mod tests {
         assert_eq!(
             route(&head("POST", "/api/send"), "/ws"),
             Route::Serve(Endpoint::ApiSend)
+        );
+        assert_eq!(
+            route(&head("GET", "/demo"), "/ws"),
+            Route::Serve(Endpoint::Demo)
         );
         match route(&head("GET", "/api/send"), "/ws") {
             Route::Respond(r) => assert_eq!(r.status, 405),
