@@ -56,6 +56,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --release -- -D warni
 step "cargo test" cargo test --workspace --release
 step "client examples" scripts/examples-test.sh
 step "dashboard in chromium" scripts/dashboard-test.sh
+step "browser demo" scripts/browser-test.sh
 step "tune.sh" bash scripts/test-tune.sh
 if [ "$RUN_AUTOBAHN" = 1 ]; then
     step "autobahn" scripts/autobahn.sh

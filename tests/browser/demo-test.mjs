@@ -136,7 +136,8 @@ async function openAs(context, user) {
   const blank = context.pages().find((p) => p.url() === 'about:blank');
   const page = blank || await context.newPage();
   watch(page, user);
-  await page.goto(urlFor(user));
+  const res = await page.goto(urlFor(user));
+  if (!res || !res.ok()) throw new Error(`GET ${urlFor(user)}: HTTP ${res ? res.status() : 'no response'}`);
   await page.locator(`[data-testid=status][data-state=connected][data-user="${user}"]`).waitFor();
   return page;
 }
