@@ -749,10 +749,26 @@ impl ShardState {
                 snapshot,
                 view,
             } => self.collect_metrics_reply(request_id, snapshot, view),
-            MeshMsg::Shutdown
-            | MeshMsg::HealthQuery { .. }
-            | MeshMsg::HealthReply { .. }
-            | MeshMsg::Batch(_) => unreachable!("handled by ShardState::on_mesh"),
+            // These normally arrive through `on_mesh`; handled here too so
+            // no path can panic on them.
+            MeshMsg::Shutdown => self.begin_shutdown(),
+            MeshMsg::HealthQuery { from, request_id } => {
+                let reply = MeshMsg::HealthReply {
+                    request_id,
+                    health: self.local_health(),
+                };
+                self.to_shard(from, reply);
+            }
+            MeshMsg::HealthReply { request_id, health } => {
+                if let Some(tx) = self.health_waiters.borrow().get(&request_id) {
+                    let _ = tx.try_send(health);
+                }
+            }
+            MeshMsg::Batch(batch) => {
+                for msg in batch {
+                    self.on_messaging(msg);
+                }
+            }
         }
     }
 

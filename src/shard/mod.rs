@@ -265,7 +265,7 @@ impl ShardState {
         .await
     }
 
-    fn local_health(&self) -> ShardHealth {
+    pub(super) fn local_health(&self) -> ShardHealth {
         ShardHealth {
             connections: self.connection_count() as u64,
             stale_closed: self.counters.stale_closed.get(),
