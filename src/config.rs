@@ -200,6 +200,10 @@ settings! {
     fsync: String = "batch".to_string();
     /// group-commit window for fsync = batch, in ms (default 2)
     fsync_batch_ms: u64 = 2;
+    /// commands a second each connection may send on average (default 10000)
+    rate_limit_per_s: u64 = 10_000;
+    /// commands a connection may send in a burst (default 20000)
+    rate_limit_burst: u64 = 20_000;
     /// record metrics (true); false skips every update, to measure their cost
     metrics: bool = true;
     /// how often rates, resources and alerts are computed, in ms (default 1000)
@@ -307,6 +311,14 @@ impl Config {
                 self.fsync_batch_ms.to_string(),
                 "expected 0 to 1000",
             ));
+        }
+        if self.rate_limit_per_s == 0 || self.rate_limit_burst == 0 {
+            let key = if self.rate_limit_per_s == 0 {
+                "rate_limit_per_s"
+            } else {
+                "rate_limit_burst"
+            };
+            return Err(invalid(key, "0".into(), "expected at least 1"));
         }
         if self.mailbox_max_msgs == 0 || self.dlq_max_msgs == 0 {
             let key = if self.mailbox_max_msgs == 0 {

@@ -411,3 +411,38 @@ fn pongs_go_out_before_data_queued_in_the_same_read() {
         Some((0x01, b"fragment".to_vec()))
     );
 }
+
+#[test]
+fn commands_over_the_rate_limit_are_refused_and_the_connection_lives() {
+    let server = TestServer::start(&[
+        "--shards",
+        "1",
+        "--rate-limit-per-s",
+        "20",
+        "--rate-limit-burst",
+        "5",
+    ]);
+    let (mut ws, _) = connect_welcomed(&server.url("?user=eager"));
+    for i in 0..30 {
+        ws.send(Message::text(format!(r#"{{"op":"ping","ref":{i}}}"#)))
+            .unwrap();
+    }
+    let answers: Vec<serde_json::Value> = (0..30).map(|_| next_json(&mut ws)).collect();
+    let pongs = answers.iter().filter(|a| a["op"] == "pong").count();
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|a| a["code"] == "rate_limited")
+        .collect();
+    assert_eq!(pongs + limited.len(), 30, "{answers:?}");
+    assert!(
+        (5..=8).contains(&pongs),
+        "the burst, and what refilled: {pongs}"
+    );
+    assert!(
+        limited.iter().all(|a| a["ref"].is_u64()),
+        "refusals keep the ref"
+    );
+    // The budget refills: after a pause the connection is served again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(request(&mut ws, r#"{"op":"ping"}"#), json!({"op":"pong"}));
+}

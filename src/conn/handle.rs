@@ -9,6 +9,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use super::outbox::{OutItem, Outbox, PushOutcome};
+use super::rate_limit::TokenBucket;
 
 /// Send a ping.
 pub const SIGNAL_PING: u8 = 1;
@@ -45,6 +46,8 @@ pub struct ConnHandle {
     last_ping: Cell<Option<Instant>>,
     /// The last ping round trip, in µs (0: none yet).
     last_rtt_us: Cell<u64>,
+    /// The command budget (`rate_limit_per_s`, `rate_limit_burst`).
+    pub rate_limit: RefCell<TokenBucket>,
 }
 
 impl ConnHandle {
@@ -53,9 +56,11 @@ impl ConnHandle {
         user: Rc<str>,
         wants_lz4: bool,
         outbox_max_bytes: usize,
+        rate_limit: TokenBucket,
         now: Instant,
     ) -> Self {
         ConnHandle {
+            rate_limit: RefCell::new(rate_limit),
             id,
             user,
             wants_lz4,

@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod handle;
 pub mod liveness;
 pub mod outbox;
+pub mod rate_limit;
 mod websocket;
 
 pub use handle::ConnHandle;
@@ -261,6 +262,11 @@ async fn upgrade_and_run(
         Rc::from(user.as_str()),
         upgrade.wants_lz4(),
         shard.config.outbox_max_bytes,
+        rate_limit::TokenBucket::new(
+            shard.config.rate_limit_per_s,
+            shard.config.rate_limit_burst,
+            Instant::now(),
+        ),
         Instant::now(),
     ));
     // In protocol mode the connection is announced to its user's home shard

@@ -86,6 +86,14 @@ pub(super) async fn run_session(
         while !ended {
             match session.next_message() {
                 Ok(Some(message)) => {
+                    let is_data = matches!(message, Message::Text(_) | Message::Binary(_));
+                    if is_data
+                        && mode == Mode::Protocol
+                        && !handle.rate_limit.borrow_mut().try_take(Instant::now())
+                    {
+                        shard.refuse_rate_limited(handle, &message);
+                        continue;
+                    }
                     match &message {
                         Message::Text(t) => shard.metrics.count_message_in(t.len() as u64),
                         Message::Binary(b) => shard.metrics.count_message_in(b.len() as u64),

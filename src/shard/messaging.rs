@@ -127,6 +127,28 @@ impl ShardState {
         }
     }
 
+    /// Answers a command dropped by the connection's rate limit.
+    pub fn refuse_rate_limited(&self, handle: &ConnHandle, message: &Message) {
+        // Only the `ref` is read, and only on this (refusal) path.
+        let text = match message {
+            Message::Text(t) => Some(t.as_str()),
+            Message::Binary(b) => protocol::split_binary(b).ok().map(|(h, _)| h),
+            _ => None,
+        };
+        let reference = text
+            .and_then(|t| protocol::decode_command(t).ok())
+            .and_then(|r| r.reference.map(|r| r.get().to_string()));
+        let limit = self.config.rate_limit_per_s;
+        self.reply_error(
+            handle,
+            reference,
+            failure(
+                ErrorCode::RateLimited,
+                format!("over {limit} commands a second: this command was dropped"),
+            ),
+        );
+    }
+
     /// A message id for `/api/*` messages (same scheme).
     pub fn next_api_message_id(&self) -> String {
         self.next_message_id()
