@@ -194,6 +194,8 @@ settings! {
     dlq_max_msgs: usize = 100_000;
     /// bearer token for /api/* and /admin/*; without one they answer loopback only
     admin_token: String = String::new();
+    /// HS256 secret: when set, every WebSocket client needs a JWT (?token= or Authorization: Bearer)
+    auth_secret: String = String::new();
     /// directory of the per-shard logs (default ./ws-uring-data)
     data_dir: String = "./ws-uring-data".to_string();
     /// when logged messages are durable: always, batch or never (default batch)

@@ -10,6 +10,7 @@
 //!   mesh messages shards exchange.
 //! - [`conn`]: one connection's task: HTTP head, routing, the WebSocket loop;
 //!   the sans-IO rules it applies (`commands`, `liveness`).
+//! - [`auth`]: HS256 JWT identities for the upgrade (`auth_secret`).
 //! - [`http`]: request parsing (httparse), responses, router, upgrade checks.
 //! - [`ws`]: tungstenite driven sans-IO over in-memory buffers.
 //! - [`metrics`]: per-shard counters and histograms, resources, alerts,
@@ -26,6 +27,7 @@
 //!
 //! Data flows one way: socket → conn → ws → protocol → conn → socket.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -304,13 +304,14 @@ fn least_connections_avoids_a_stalled_member() {
 
 #[test]
 fn priorities_are_delivered_in_order_after_a_pause() {
-    let server = TestServer::start(&["--shards", "2", "--outbox-max-bytes", "16777216"]);
+    let server = TestServer::start(&["--shards", "2", "--outbox-max-bytes", "67108864"]);
     let mut reader = tiny_buffer_client(&server, "reader");
     let (mut sender, _) = user(&server, "sender");
-    // Fill the reader's socket so later messages wait in its outbox: 8 MB,
-    // twice what the kernel buffers per socket at most (tcp_wmem max 4 MiB).
+    // Fill the reader's socket so later messages wait in its outbox: 24 MB,
+    // six times what the kernel buffers per socket at most (tcp_wmem max
+    // 4 MiB), so the socket stays full however the kernel sizes it.
     let filler = "f".repeat(60 * 1024);
-    for _ in 0..140 {
+    for _ in 0..400 {
         ok(
             &mut sender,
             json!({"op":"send","to":"reader","data":filler,"priority":"low"}),

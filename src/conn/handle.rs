@@ -48,6 +48,8 @@ pub struct ConnHandle {
     last_rtt_us: Cell<u64>,
     /// The command budget (`rate_limit_per_s`, `rate_limit_burst`).
     pub rate_limit: RefCell<TokenBucket>,
+    /// The groups its token lets it join (`None`: any).
+    pub allowed_groups: RefCell<Option<Vec<String>>>,
 }
 
 impl ConnHandle {
@@ -61,6 +63,7 @@ impl ConnHandle {
     ) -> Self {
         ConnHandle {
             rate_limit: RefCell::new(rate_limit),
+            allowed_groups: RefCell::new(None),
             id,
             user,
             wants_lz4,

@@ -194,7 +194,7 @@ async fn upgrade_and_run(
     buffered: Vec<u8>,
     accepted_at: Instant,
 ) {
-    let upgrade = match upgrade::check_upgrade(&head) {
+    let upgrade = match upgrade::check_upgrade(&head, shard.auth.as_ref()) {
         Ok(u) => u,
         Err(response) => {
             shard.metrics.count_handshake_failure();
@@ -269,6 +269,7 @@ async fn upgrade_and_run(
         ),
         Instant::now(),
     ));
+    *handle.allowed_groups.borrow_mut() = upgrade.allowed_groups.clone();
     // In protocol mode the connection is announced to its user's home shard
     // and greeted (`welcome`, the first frame) once the home has it.
     shard.add_conn(handle.clone(), mode == Mode::Protocol);

@@ -2,6 +2,7 @@
 //! subprotocol, resolve the identity, render the 101 response.
 
 use super::{RequestHead, Response};
+use crate::auth::{AuthError, Authenticator};
 use crate::protocol::identity::{self, IdentityError};
 
 /// The subprotocols ws-uring speaks.
@@ -28,8 +29,11 @@ pub struct Upgrade {
     pub accept_key: String,
     /// The subprotocol to echo; `None` when the client offered none we speak.
     pub subprotocol: Option<Subprotocol>,
-    /// The user the client asked to be (`None`: assign `anon-<conn>`).
+    /// The user the client asked to be, or its token names (`None`:
+    /// assign `anon-<conn>`).
     pub user: Option<String>,
+    /// The groups its token lets it join (`None`: any).
+    pub allowed_groups: Option<Vec<String>>,
 }
 
 impl Upgrade {
@@ -55,7 +59,10 @@ impl Upgrade {
 }
 
 /// Checks an upgrade request; the `Err` is the response to send instead.
-pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, Response> {
+pub fn check_upgrade(
+    head: &RequestHead,
+    auth: Option<&Authenticator>,
+) -> Result<Upgrade, Response> {
     if !head.header_has_token("Upgrade", "websocket")
         || !head.header_has_token("Connection", "upgrade")
     {
@@ -77,15 +84,48 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, Response> {
             "Sec-WebSocket-Key must be 16 random bytes in base64",
         ));
     }
-    let user = identity::user_from_query(&head.query).map_err(|e| match e {
+    let asked = identity::user_from_query(&head.query).map_err(|e| match e {
         IdentityError::InvalidUser | IdentityError::DuplicateUser => {
             Response::error(400, &e.to_string())
         }
     })?;
+    let (user, allowed_groups) = match auth {
+        None => (asked, None),
+        Some(auth) => {
+            let unauthorized = |reason: String| {
+                Response::error(401, &reason).with_header("WWW-Authenticate", "Bearer")
+            };
+            let token =
+                token_of(head).ok_or_else(|| unauthorized(AuthError::Missing.to_string()))?;
+            let identity = auth
+                .verify(&token)
+                .map_err(|e| unauthorized(e.to_string()))?;
+            if asked.as_ref().is_some_and(|u| *u != identity.user) {
+                return Err(unauthorized(format!(
+                    "the token is for user {:?}, not the one in ?user=",
+                    identity.user
+                )));
+            }
+            (Some(identity.user), identity.groups)
+        }
+    };
     Ok(Upgrade {
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         subprotocol: choose_subprotocol(head),
         user,
+        allowed_groups,
+    })
+}
+
+/// The JWT of a request: `?token=` or `Authorization: Bearer`.
+fn token_of(head: &RequestHead) -> Option<String> {
+    let from_query = form_urlencoded::parse(head.query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
+    from_query.or_else(|| {
+        head.header("Authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
     })
 }
 
@@ -151,7 +191,7 @@ mod tests {
 
     #[test]
     fn rfc_sample_key() {
-        let up = check_upgrade(&upgrade_head(&[], "")).unwrap();
+        let up = check_upgrade(&upgrade_head(&[], ""), None).unwrap();
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.subprotocol, None);
         assert_eq!(up.user, None);
@@ -166,19 +206,19 @@ mod tests {
             &[("Sec-WebSocket-Protocol", "chat, wsu.v1.lz4, wsu.v1")],
             "",
         );
-        let up = check_upgrade(&h).unwrap();
+        let up = check_upgrade(&h, None).unwrap();
         assert_eq!(up.subprotocol, Some(Subprotocol::V1Lz4));
         assert!(up.wants_lz4());
         assert!(String::from_utf8(up.response_bytes())
             .unwrap()
             .contains("Sec-WebSocket-Protocol: wsu.v1.lz4\r\n"));
         let h = upgrade_head(&[("Sec-WebSocket-Protocol", "chat")], "");
-        assert_eq!(check_upgrade(&h).unwrap().subprotocol, None);
+        assert_eq!(check_upgrade(&h, None).unwrap().subprotocol, None);
     }
 
     #[test]
     fn refusals() {
-        let status = |h: RequestHead| check_upgrade(&h).unwrap_err().status;
+        let status = |h: RequestHead| check_upgrade(&h, None).unwrap_err().status;
         assert_eq!(status(upgrade_head(&[("Upgrade", "h2c")], "")), 400);
         assert_eq!(
             status(upgrade_head(&[("Connection", "keep-alive")], "")),
@@ -197,7 +237,7 @@ mod tests {
 
     #[test]
     fn user_from_query() {
-        let up = check_upgrade(&upgrade_head(&[], "user=alice")).unwrap();
+        let up = check_upgrade(&upgrade_head(&[], "user=alice"), None).unwrap();
         assert_eq!(up.user.as_deref(), Some("alice"));
     }
 }

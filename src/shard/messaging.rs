@@ -182,6 +182,17 @@ impl ShardState {
                 group,
                 weight,
             } => {
+                let allowed = handle.allowed_groups.borrow();
+                if !crate::auth::group_allowed(allowed.as_deref(), &group) {
+                    drop(allowed);
+                    let reason = format!("your token does not allow joining {group:?}");
+                    return self.reply_error(
+                        handle,
+                        reference,
+                        failure(ErrorCode::Forbidden, reason),
+                    );
+                }
+                drop(allowed);
                 {
                     let mut groups = handle.groups.borrow_mut();
                     if !groups.contains(&group) && groups.len() >= GROUPS_PER_CONNECTION_MAX {

@@ -88,6 +88,8 @@ pub struct ShardState {
     pub counters: ShardCounters,
     /// Custom processors, shared by all shards (immutable after start).
     pub processors: Arc<crate::processor::Processors>,
+    /// Checks tokens when `auth_secret` is set.
+    pub auth: Option<crate::auth::Authenticator>,
     /// This shard's metrics: counters, gauges, histograms.
     pub metrics: crate::metrics::ShardMetrics,
     metrics_waiters: RefCell<HashMap<u64, MetricsWaiter>>,
@@ -139,6 +141,8 @@ impl ShardState {
             started_at: start.started_at,
             counters: ShardCounters::default(),
             processors: start.processors.clone(),
+            auth: (!start.config.auth_secret.is_empty())
+                .then(|| crate::auth::Authenticator::new(&start.config.auth_secret)),
             metrics: if start.config.metrics {
                 crate::metrics::ShardMetrics::new()
             } else {
