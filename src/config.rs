@@ -196,6 +196,8 @@ settings! {
     admin_token: String = String::new();
     /// HS256 secret: when set, every WebSocket client needs a JWT (?token= or Authorization: Bearer)
     auth_secret: String = String::new();
+    /// comma-separated browser origins allowed to connect (empty: any); others get 403
+    allowed_origins: String = String::new();
     /// directory of the per-shard logs (default ./ws-uring-data)
     data_dir: String = "./ws-uring-data".to_string();
     /// when logged messages are durable: always, batch or never (default batch)
@@ -491,6 +493,17 @@ impl Config {
             queue_depth_max_msgs: self.alert_queue_depth,
             ..Default::default()
         }
+    }
+
+    /// The browser origins allowed to upgrade (`None`: any).
+    pub fn allowed_origins(&self) -> Option<Vec<String>> {
+        let list: Vec<String> = self
+            .allowed_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        (!list.is_empty()).then_some(list)
     }
 
     /// The admin token, when one is configured.

@@ -92,3 +92,34 @@ fn tokens_decide_who_connects_and_what_they_may_join() {
     );
     assert_eq!(refused("?token=garbage".into()), 401);
 }
+
+#[test]
+fn browsers_from_other_origins_are_refused() {
+    let server = TestServer::start(&[
+        "--shards",
+        "1",
+        "--allowed-origins",
+        "https://app.example, http://127.0.0.1:8080",
+    ]);
+    let with_origin = |origin: &str| {
+        let mut raw = upgrade_request("/ws?user=web");
+        raw.truncate(raw.len() - 2);
+        raw.extend_from_slice(format!("Origin: {origin}\r\n\r\n").as_bytes());
+        http_raw(server.port, &raw).0
+    };
+    assert_eq!(with_origin("https://evil.example"), 403);
+    // Allowed origins upgrade (101, then the connection stays open: read
+    // only the status line).
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut raw = upgrade_request("/ws?user=web");
+    raw.truncate(raw.len() - 2);
+    raw.extend_from_slice(b"Origin: https://app.example\r\n\r\n");
+    std::io::Write::write_all(&mut s, &raw).unwrap();
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 101");
+    // Non-browser clients (no Origin) are not affected.
+    let (_ws, welcome) = connect_welcomed(&server.url("?user=backend"));
+    assert_eq!(welcome["user"], "backend");
+}

@@ -194,7 +194,11 @@ async fn upgrade_and_run(
     buffered: Vec<u8>,
     accepted_at: Instant,
 ) {
-    let upgrade = match upgrade::check_upgrade(&head, shard.auth.as_ref()) {
+    let upgrade = match upgrade::check_upgrade(
+        &head,
+        shard.auth.as_ref(),
+        shard.allowed_origins.as_deref(),
+    ) {
         Ok(u) => u,
         Err(response) => {
             shard.metrics.count_handshake_failure();

@@ -62,6 +62,7 @@ impl Upgrade {
 pub fn check_upgrade(
     head: &RequestHead,
     auth: Option<&Authenticator>,
+    allowed_origins: Option<&[String]>,
 ) -> Result<Upgrade, Response> {
     if !head.header_has_token("Upgrade", "websocket")
         || !head.header_has_token("Connection", "upgrade")
@@ -76,6 +77,17 @@ pub fn check_upgrade(
             Response::error(426, "only WebSocket version 13 is supported")
                 .with_header("Sec-WebSocket-Version", "13"),
         );
+    }
+    // Browsers always send Origin; other clients usually do not, and are
+    // not asked to.
+    if let (Some(allowed), Some(origin)) = (allowed_origins, head.header("Origin")) {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if !allowed.contains(&origin) {
+            return Err(Response::error(
+                403,
+                &format!("origin {origin:?} is not in allowed_origins"),
+            ));
+        }
     }
     let key = head.header("Sec-WebSocket-Key").unwrap_or_default();
     if !is_valid_key(key) {
@@ -191,7 +203,7 @@ mod tests {
 
     #[test]
     fn rfc_sample_key() {
-        let up = check_upgrade(&upgrade_head(&[], ""), None).unwrap();
+        let up = check_upgrade(&upgrade_head(&[], ""), None, None).unwrap();
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.subprotocol, None);
         assert_eq!(up.user, None);
@@ -206,19 +218,19 @@ mod tests {
             &[("Sec-WebSocket-Protocol", "chat, wsu.v1.lz4, wsu.v1")],
             "",
         );
-        let up = check_upgrade(&h, None).unwrap();
+        let up = check_upgrade(&h, None, None).unwrap();
         assert_eq!(up.subprotocol, Some(Subprotocol::V1Lz4));
         assert!(up.wants_lz4());
         assert!(String::from_utf8(up.response_bytes())
             .unwrap()
             .contains("Sec-WebSocket-Protocol: wsu.v1.lz4\r\n"));
         let h = upgrade_head(&[("Sec-WebSocket-Protocol", "chat")], "");
-        assert_eq!(check_upgrade(&h, None).unwrap().subprotocol, None);
+        assert_eq!(check_upgrade(&h, None, None).unwrap().subprotocol, None);
     }
 
     #[test]
     fn refusals() {
-        let status = |h: RequestHead| check_upgrade(&h, None).unwrap_err().status;
+        let status = |h: RequestHead| check_upgrade(&h, None, None).unwrap_err().status;
         assert_eq!(status(upgrade_head(&[("Upgrade", "h2c")], "")), 400);
         assert_eq!(
             status(upgrade_head(&[("Connection", "keep-alive")], "")),
@@ -236,8 +248,22 @@ mod tests {
     }
 
     #[test]
+    fn origins_are_checked_when_listed() {
+        let allowed = vec!["https://app.example".to_string()];
+        let h = upgrade_head(&[("Origin", "https://App.example/")], "");
+        assert!(check_upgrade(&h, None, Some(&allowed)).is_ok());
+        let h = upgrade_head(&[("Origin", "https://evil.example")], "");
+        assert_eq!(
+            check_upgrade(&h, None, Some(&allowed)).unwrap_err().status,
+            403
+        );
+        // No Origin header (not a browser): allowed.
+        assert!(check_upgrade(&upgrade_head(&[], ""), None, Some(&allowed)).is_ok());
+    }
+
+    #[test]
     fn user_from_query() {
-        let up = check_upgrade(&upgrade_head(&[], "user=alice"), None).unwrap();
+        let up = check_upgrade(&upgrade_head(&[], "user=alice"), None, None).unwrap();
         assert_eq!(up.user.as_deref(), Some("alice"));
     }
 }

@@ -90,6 +90,8 @@ pub struct ShardState {
     pub processors: Arc<crate::processor::Processors>,
     /// Checks tokens when `auth_secret` is set.
     pub auth: Option<crate::auth::Authenticator>,
+    /// Browser origins allowed to upgrade (`None`: any).
+    pub allowed_origins: Option<Vec<String>>,
     /// This shard's metrics: counters, gauges, histograms.
     pub metrics: crate::metrics::ShardMetrics,
     metrics_waiters: RefCell<HashMap<u64, MetricsWaiter>>,
@@ -141,6 +143,7 @@ impl ShardState {
             started_at: start.started_at,
             counters: ShardCounters::default(),
             processors: start.processors.clone(),
+            allowed_origins: start.config.allowed_origins(),
             auth: (!start.config.auth_secret.is_empty())
                 .then(|| crate::auth::Authenticator::new(&start.config.auth_secret)),
             metrics: if start.config.metrics {
