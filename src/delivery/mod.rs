@@ -253,13 +253,7 @@ impl ReliableState {
         msg: Arc<MessageParts>,
         now: u64,
     ) -> Option<DeadLetter> {
-        self.log(|s| WalRecord::Upsert {
-            key: mailbox_key(user, &msg.id),
-            entry: DurableEntry::Mailbox {
-                user: user.to_string(),
-                msg: s.stored(&msg),
-            },
-        });
+        self.log(|s| s.mailbox_record(user, &msg));
         if let Some(expires) = msg.expires_unix_ms {
             self.timers.insert(
                 expires,
@@ -323,14 +317,7 @@ impl ReliableState {
         now: u64,
     ) {
         let due = now.saturating_add(self.config.ack_wait_ms(attempt));
-        self.log(|s| WalRecord::Upsert {
-            key: pending_key(&key),
-            entry: DurableEntry::Pending {
-                target: StoredAckTarget::from(&target),
-                msg: s.stored(&msg),
-                attempt,
-            },
-        });
+        self.log(|s| s.pending_record(&key, &target, &msg, attempt));
         let timer = self.timers.insert(due, TimerKind::AckTimeout(key.clone()));
         if let Some(old) = self.pending.insert(
             key,
@@ -375,14 +362,7 @@ impl ReliableState {
 
     /// Holds a message until `due_unix_ms`.
     pub fn schedule(&mut self, scheduled: Scheduled) {
-        self.log(|s| WalRecord::Upsert {
-            key: scheduled_key(&scheduled.msg.id),
-            entry: DurableEntry::Scheduled {
-                target: StoredTarget::from(&scheduled.target),
-                msg: s.stored(&scheduled.msg),
-                due_unix_ms: scheduled.due_unix_ms,
-            },
-        });
+        self.log(|s| s.scheduled_record(&scheduled));
         self.next_scheduled += 1;
         let seq = self.next_scheduled;
         self.timers
@@ -484,17 +464,59 @@ impl ReliableState {
     }
 
     fn log_dead(&mut self, letter: &DeadLetter) {
-        self.log(|s| WalRecord::Upsert {
+        self.log(|s| s.dead_record(letter));
+    }
+
+    fn mailbox_record(&self, user: &str, msg: &MessageParts) -> WalRecord {
+        WalRecord::Upsert {
+            key: mailbox_key(user, &msg.id),
+            entry: DurableEntry::Mailbox {
+                user: user.to_string(),
+                msg: self.stored(msg),
+            },
+        }
+    }
+
+    fn scheduled_record(&self, s: &Scheduled) -> WalRecord {
+        WalRecord::Upsert {
+            key: scheduled_key(&s.msg.id),
+            entry: DurableEntry::Scheduled {
+                target: StoredTarget::from(&s.target),
+                msg: self.stored(&s.msg),
+                due_unix_ms: s.due_unix_ms,
+            },
+        }
+    }
+
+    fn pending_record(
+        &self,
+        key: &PendingKey,
+        target: &AckTarget,
+        msg: &MessageParts,
+        attempt: u32,
+    ) -> WalRecord {
+        WalRecord::Upsert {
+            key: pending_key(key),
+            entry: DurableEntry::Pending {
+                target: StoredAckTarget::from(target),
+                msg: self.stored(msg),
+                attempt,
+            },
+        }
+    }
+
+    fn dead_record(&self, letter: &DeadLetter) -> WalRecord {
+        WalRecord::Upsert {
             key: dead_key(letter.seq),
             entry: DurableEntry::Dead {
                 target: StoredTarget::from(&letter.target),
-                msg: s.stored(&letter.msg),
+                msg: self.stored(&letter.msg),
                 reason: letter.reason.as_str().to_string(),
                 at_unix_ms: letter.at_unix_ms,
                 attempts: letter.attempts,
                 seq: letter.seq,
             },
-        });
+        }
     }
 
     pub fn dlq(&self) -> &DeadLetterQueue {
@@ -512,52 +534,22 @@ impl ReliableState {
 
     /// Every durable fact as it stands, for a log snapshot.
     pub fn durable_entries(&self) -> Vec<WalRecord> {
-        let mut out = Vec::new();
-        for (user, mailbox) in &self.mailboxes {
-            for msg in mailbox.iter() {
-                out.push(WalRecord::Upsert {
-                    key: mailbox_key(user, &msg.id),
-                    entry: DurableEntry::Mailbox {
-                        user: user.clone(),
-                        msg: self.stored(msg),
-                    },
-                });
-            }
-        }
-        for s in self.scheduled.values() {
-            out.push(WalRecord::Upsert {
-                key: scheduled_key(&s.msg.id),
-                entry: DurableEntry::Scheduled {
-                    target: StoredTarget::from(&s.target),
-                    msg: self.stored(&s.msg),
-                    due_unix_ms: s.due_unix_ms,
-                },
-            });
-        }
-        for (key, p) in &self.pending {
-            out.push(WalRecord::Upsert {
-                key: pending_key(key),
-                entry: DurableEntry::Pending {
-                    target: StoredAckTarget::from(&p.target),
-                    msg: self.stored(&p.msg),
-                    attempt: p.attempt,
-                },
-            });
-        }
-        for letter in self.dlq.iter() {
-            out.push(WalRecord::Upsert {
-                key: dead_key(letter.seq),
-                entry: DurableEntry::Dead {
-                    target: StoredTarget::from(&letter.target),
-                    msg: self.stored(&letter.msg),
-                    reason: letter.reason.as_str().to_string(),
-                    at_unix_ms: letter.at_unix_ms,
-                    attempts: letter.attempts,
-                    seq: letter.seq,
-                },
-            });
-        }
-        out
+        let mailboxes = self
+            .mailboxes
+            .iter()
+            .flat_map(|(user, mailbox)| mailbox.iter().map(move |msg| (user, msg)))
+            .map(|(user, msg)| self.mailbox_record(user, msg));
+        let scheduled = self.scheduled.values().map(|s| self.scheduled_record(s));
+        let pending = self
+            .pending
+            .iter()
+            .map(|(key, p)| self.pending_record(key, &p.target, &p.msg, p.attempt));
+        let dead = self.dlq.iter().map(|letter| self.dead_record(letter));
+        mailboxes
+            .chain(scheduled)
+            .chain(pending)
+            .chain(dead)
+            .collect()
     }
 
     /// Rebuilds the state from a replayed log (the live entries, in log

@@ -106,8 +106,7 @@ pub fn unix_ms() -> u64 {
 impl ShardState {
     /// Handles one data message from a connection of this shard.
     pub fn handle_message(self: &Rc<Self>, handle: &ConnHandle, message: Message, mode: Mode) {
-        let shard = self.clone();
-        let mut next_id = || shard.next_message_id();
+        let mut next_id = || self.next_message_id();
         let mut ctx = CommandContext {
             user: &handle.user,
             max_message_bytes: self.config.max_message_bytes,
@@ -782,8 +781,6 @@ impl ShardState {
                 snapshot,
                 view,
             } => self.collect_metrics_reply(request_id, snapshot, view),
-            // These normally arrive through `on_mesh`; handled here too so
-            // no path can panic on them.
             MeshMsg::Shutdown => self.begin_shutdown(),
             MeshMsg::HealthQuery { from, request_id } => {
                 let reply = MeshMsg::HealthReply {

@@ -62,10 +62,13 @@ pub struct ShardStart {
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
 
-type MetricsWaiter = LocalSender<(
+/// Where the answers to a request this shard waits on arrive, by request id.
+type Waiters<T> = RefCell<HashMap<u64, LocalSender<T>>>;
+
+type MetricsAnswer = (
     Box<crate::metrics::ShardSnapshot>,
     Option<Box<observe::MetricsView>>,
-)>;
+);
 
 /// Counters this shard owns (read by `/health`; the metrics issue adds more).
 #[derive(Debug, Default)]
@@ -94,8 +97,8 @@ pub struct ShardState {
     pub allowed_origins: Option<Vec<String>>,
     /// This shard's metrics: counters, gauges, histograms.
     pub metrics: crate::metrics::ShardMetrics,
-    metrics_waiters: RefCell<HashMap<u64, MetricsWaiter>>,
-    connections_waiters: RefCell<HashMap<u64, LocalSender<Vec<mesh::ConnectionView>>>>,
+    metrics_waiters: Waiters<MetricsAnswer>,
+    connections_waiters: Waiters<Vec<mesh::ConnectionView>>,
     /// Shard 0 only: interval rates, alerts, export.
     interval: RefCell<Option<observe::IntervalState>>,
     resources: Option<observe::SharedResources>,
@@ -119,7 +122,7 @@ pub struct ShardState {
     timer_wake_at: Cell<u64>,
     timer_woken: Cell<bool>,
     timer_waker: Cell<Option<Waker>>,
-    dlq_waiters: RefCell<HashMap<u64, reliable::DlqWaiter>>,
+    dlq_waiters: Waiters<reliable::DlqAnswer>,
     /// When logged changes count as durable.
     fsync: crate::store::FsyncMode,
     /// Journal records written (and synced per `fsync`) so far.
@@ -128,8 +131,7 @@ pub struct ShardState {
     wal_waker: Cell<Option<Waker>>,
     wal_closing: Cell<bool>,
     wal_done: Cell<bool>,
-    health_waiters: RefCell<HashMap<u64, LocalSender<ShardHealth>>>,
-    next_request_id: Cell<u64>,
+    health_waiters: Waiters<ShardHealth>,
 }
 
 impl ShardState {
@@ -185,7 +187,6 @@ impl ShardState {
             wal_closing: Cell::new(false),
             wal_done: Cell::new(true),
             health_waiters: RefCell::new(HashMap::new()),
-            next_request_id: Cell::new(0),
         }
     }
 
@@ -290,59 +291,68 @@ impl ShardState {
         if self.shard_count == 1 {
             return total;
         }
-        let request_id = self.next_request_id.get();
-        self.next_request_id.set(request_id + 1);
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(self.shard_count);
-        self.health_waiters.borrow_mut().insert(request_id, tx);
-        for peer in (0..self.shard_count).filter(|p| *p != self.id) {
-            let query = MeshMsg::HealthQuery {
-                from: self.id,
-                request_id,
-            };
-            self.outgoing.send(peer, query);
+        let from = self.id;
+        let peers = (0..self.shard_count).filter(|p| *p != from);
+        let answers = self
+            .ask_shards(
+                &self.health_waiters,
+                peers,
+                HEALTH_QUERY_TIMEOUT,
+                |request_id| MeshMsg::HealthQuery { from, request_id },
+            )
+            .await;
+        for h in &answers {
+            total.health.add(h);
         }
+        total.shards_answered += answers.len();
+        total
+    }
+
+    /// A fresh id for a request this shard waits on.
+    pub(super) fn new_request_id(&self) -> u64 {
+        let mut m = self.messaging.borrow_mut();
+        m.next_request_id += 1;
+        m.next_request_id
+    }
+
+    /// Asks `shards` one question each (`make` builds it around the request
+    /// id) and collects their answers, which arrive in `waiters`, for at
+    /// most `timeout`: shards that do not answer in time are left out.
+    pub(super) async fn ask_shards<T>(
+        &self,
+        waiters: &Waiters<T>,
+        shards: impl Iterator<Item = usize>,
+        timeout: Duration,
+        make: impl Fn(u64) -> MeshMsg,
+    ) -> Vec<T> {
+        let request_id = self.new_request_id();
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(self.shard_count);
+        waiters.borrow_mut().insert(request_id, tx);
+        let mut asked = 0;
+        for shard in shards {
+            asked += 1;
+            self.to_shard(shard, make(request_id));
+        }
+        let mut answers = Vec::with_capacity(asked);
         let collect = async {
-            while total.shards_answered < self.shard_count {
+            while answers.len() < asked {
                 match rx.recv().await {
-                    Some(h) => {
-                        total.health.add(&h);
-                        total.shards_answered += 1;
-                    }
+                    Some(a) => answers.push(a),
                     None => break,
                 }
             }
         };
         future::or(collect, async {
-            Timer::new(HEALTH_QUERY_TIMEOUT).await;
+            Timer::new(timeout).await;
         })
         .await;
-        self.health_waiters.borrow_mut().remove(&request_id);
-        total
+        waiters.borrow_mut().remove(&request_id);
+        answers
     }
 
     /// Handles one message from another shard.
-    fn on_mesh(self: &Rc<Self>, msg: MeshMsg) {
-        match msg {
-            MeshMsg::Batch(batch) => {
-                for msg in batch {
-                    self.on_mesh(msg);
-                }
-            }
-            MeshMsg::Shutdown => self.begin_shutdown(),
-            MeshMsg::HealthQuery { from, request_id } => {
-                let reply = MeshMsg::HealthReply {
-                    request_id,
-                    health: self.local_health(),
-                };
-                self.outgoing.send(from, reply);
-            }
-            MeshMsg::HealthReply { request_id, health } => {
-                if let Some(tx) = self.health_waiters.borrow().get(&request_id) {
-                    let _ = tx.try_send(health);
-                }
-            }
-            other => self.on_messaging(other),
-        }
+    fn on_mesh(&self, msg: MeshMsg) {
+        self.on_messaging(msg);
     }
 
     /// Tells every other shard to shut down.

@@ -7,7 +7,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
 use glommio::timer::Timer;
 
 use super::mesh::MeshMsg;
@@ -112,37 +111,23 @@ impl ShardState {
 
     /// Every shard's snapshot (and shard 0's interval view).
     async fn gather_metrics(&self) -> (Vec<ShardSnapshot>, MetricsView) {
-        let request_id = {
-            let mut m = self.messaging.borrow_mut();
-            m.next_request_id += 1;
-            m.next_request_id
-        };
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(self.shard_count);
-        self.metrics_waiters.borrow_mut().insert(request_id, tx);
         let from = self.id;
-        for shard in 0..self.shard_count {
-            self.to_shard(shard, MeshMsg::MetricsQuery { from, request_id });
-        }
-        let mut snapshots = Vec::with_capacity(self.shard_count);
+        let answers = self
+            .ask_shards(
+                &self.metrics_waiters,
+                0..self.shard_count,
+                METRICS_QUERY_TIMEOUT,
+                |request_id| MeshMsg::MetricsQuery { from, request_id },
+            )
+            .await;
         let mut view = MetricsView::default();
-        let collect = async {
-            while snapshots.len() < self.shard_count {
-                match rx.recv().await {
-                    Some((snapshot, shard_view)) => {
-                        snapshots.push(*snapshot);
-                        if let Some(v) = shard_view {
-                            view = *v;
-                        }
-                    }
-                    None => break,
-                }
+        let mut snapshots = Vec::with_capacity(answers.len());
+        for (snapshot, shard_view) in answers {
+            snapshots.push(*snapshot);
+            if let Some(v) = shard_view {
+                view = *v;
             }
-        };
-        future::or(collect, async {
-            Timer::new(METRICS_QUERY_TIMEOUT).await;
-        })
-        .await;
-        self.metrics_waiters.borrow_mut().remove(&request_id);
+        }
         (snapshots, view)
     }
 
@@ -257,36 +242,17 @@ impl ShardState {
 
     /// Every shard's connections.
     pub async fn connection_views(&self) -> Vec<super::mesh::ConnectionView> {
-        let request_id = {
-            let mut m = self.messaging.borrow_mut();
-            m.next_request_id += 1;
-            m.next_request_id
-        };
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(self.shard_count);
-        self.connections_waiters.borrow_mut().insert(request_id, tx);
         let from = self.id;
-        for shard in 0..self.shard_count {
-            self.to_shard(shard, MeshMsg::ConnectionsQuery { from, request_id });
-        }
-        let mut all = Vec::new();
-        let mut answered = 0;
-        let collect = async {
-            while answered < self.shard_count {
-                match rx.recv().await {
-                    Some(part) => {
-                        all.extend(part);
-                        answered += 1;
-                    }
-                    None => break,
-                }
-            }
-        };
-        future::or(collect, async {
-            Timer::new(METRICS_QUERY_TIMEOUT).await;
-        })
-        .await;
-        self.connections_waiters.borrow_mut().remove(&request_id);
-        all
+        self.ask_shards(
+            &self.connections_waiters,
+            0..self.shard_count,
+            METRICS_QUERY_TIMEOUT,
+            |request_id| MeshMsg::ConnectionsQuery { from, request_id },
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

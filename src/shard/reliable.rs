@@ -8,7 +8,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::future;
-use glommio::channels::local_channel::LocalSender;
 use glommio::timer::Timer;
 
 use super::mesh::{DeadLetterView, MeshMsg};
@@ -287,31 +286,13 @@ impl ShardState {
 
     /// Asks every shard (this one included) and collects the answers.
     async fn ask_all_shards(&self, make: impl Fn(u64) -> MeshMsg) -> Vec<DlqAnswer> {
-        let request_id = {
-            let mut m = self.messaging.borrow_mut();
-            m.next_request_id += 1;
-            m.next_request_id
-        };
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(self.shard_count);
-        self.dlq_waiters.borrow_mut().insert(request_id, tx);
-        for shard in 0..self.shard_count {
-            self.to_shard(shard, make(request_id));
-        }
-        let mut answers = Vec::new();
-        let collect = async {
-            while answers.len() < self.shard_count {
-                match rx.recv().await {
-                    Some(a) => answers.push(a),
-                    None => break,
-                }
-            }
-        };
-        future::or(collect, async {
-            Timer::new(DLQ_QUERY_TIMEOUT).await;
-        })
-        .await;
-        self.dlq_waiters.borrow_mut().remove(&request_id);
-        answers
+        self.ask_shards(
+            &self.dlq_waiters,
+            0..self.shard_count,
+            DLQ_QUERY_TIMEOUT,
+            make,
+        )
+        .await
     }
 
     /// Every shard's dead letters, oldest first, and how many were evicted.
@@ -354,6 +335,3 @@ impl ShardState {
             .sum()
     }
 }
-
-/// Sender half for DLQ answers (stored per request).
-pub(super) type DlqWaiter = LocalSender<DlqAnswer>;
