@@ -21,6 +21,8 @@ pub const SIGNAL_SHUTDOWN: u8 = 4;
 pub const SIGNAL_OUTBOX: u8 = 8;
 /// Close with 1008: the outbox stayed over its bound.
 pub const SIGNAL_SLOW: u8 = 16;
+/// Close with 1008: the user is at `max_connections_per_user`.
+pub const SIGNAL_USER_LIMIT: u8 = 32;
 
 /// Most groups one connection may be in.
 pub const GROUPS_PER_CONNECTION_MAX: usize = 1024;

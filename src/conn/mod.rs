@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod endpoints;
 pub mod handle;
+pub mod ip_limit;
 pub mod liveness;
 pub mod outbox;
 pub mod rate_limit;
@@ -14,13 +15,13 @@ mod websocket;
 pub use handle::ConnHandle;
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_lite::{future, AsyncRead, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
@@ -40,6 +41,11 @@ const REQUEST_BODY_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Most bytes drained while lingering.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
+/// A byte stream a connection is served over: the TCP stream itself, or
+/// TLS on top of it.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
+
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
     let accepted_at = Instant::now();
@@ -49,7 +55,56 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
     // Small frames must leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
 
+    if let Some(limiter) = &shard.ip_limiter {
+        if !limiter.try_admit(peer.ip(), accepted_at) {
+            log::debug!("{peer}: refused: over ip_connections_per_s");
+            shard.metrics.count_refused_ip_rate();
+            if shard.tls.is_none() {
+                let response = Response::error(429, "too many new connections from your address")
+                    .with_header("Retry-After", "1");
+                respond_and_close(&shard, &mut stream, &response).await;
+            }
+            // Over TLS the refusal costs no handshake: the socket just closes.
+            return;
+        }
+    }
+
     let timeout = Duration::from_millis(shard.config.handshake_timeout_ms);
+    match shard.tls.clone() {
+        None => serve_transport(shard, stream, peer, accepted_at, timeout).await,
+        Some(acceptor) => {
+            let accepted = future::or(async { Some(acceptor.accept(stream).await) }, async {
+                Timer::new(timeout).await;
+                None
+            })
+            .await;
+            match accepted {
+                Some(Ok(tls)) => {
+                    let left = timeout.saturating_sub(accepted_at.elapsed());
+                    serve_transport(shard, tls, peer, accepted_at, left).await;
+                }
+                Some(Err(e)) => {
+                    log::debug!("{peer}: TLS handshake failed: {e}");
+                    shard.metrics.count_handshake_failure();
+                }
+                None => {
+                    log::debug!("{peer}: TLS handshake timed out");
+                    shard.metrics.count_handshake_failure();
+                }
+            }
+        }
+    }
+}
+
+/// Serves the HTTP request (and the WebSocket after an upgrade) over
+/// `stream`; `timeout` is what is left of `handshake_timeout_ms`.
+async fn serve_transport<S: Transport>(
+    shard: Rc<ShardState>,
+    mut stream: S,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    timeout: Duration,
+) {
     let head = future::or(
         async { Some(read_request_head(&shard, &mut stream).await) },
         async {
@@ -103,9 +158,9 @@ enum HeadError {
 
 /// Reads until a complete request head; returns it with every byte read so
 /// far (frames a client sent right behind its upgrade request included).
-async fn read_request_head(
+async fn read_request_head<S: Transport>(
     shard: &ShardState,
-    stream: &mut TcpStream,
+    stream: &mut S,
 ) -> Result<(RequestHead, Vec<u8>), HeadError> {
     let mut buffered = Vec::new();
     let head = loop {
@@ -136,9 +191,9 @@ async fn read_request_head(
 }
 
 /// One read through the shard's buffer, appended to `into`.
-async fn read_via_shard_buffer(
+async fn read_via_shard_buffer<S: Transport>(
     shard: &ShardState,
-    stream: &mut TcpStream,
+    stream: &mut S,
     into: &mut Vec<u8>,
 ) -> io::Result<usize> {
     future::poll_fn(|cx| {
@@ -155,7 +210,7 @@ async fn read_via_shard_buffer(
 }
 
 /// Sends a plain HTTP response, then closes gracefully.
-async fn respond_and_close(shard: &ShardState, stream: &mut TcpStream, response: &Response) {
+async fn respond_and_close<S: Transport>(shard: &ShardState, stream: &mut S, response: &Response) {
     if stream.write_all(&response.to_bytes()).await.is_ok() {
         linger_and_close(shard, stream).await;
     }
@@ -163,9 +218,9 @@ async fn respond_and_close(shard: &ShardState, stream: &mut TcpStream, response:
 
 /// Half-closes, then reads (and discards) until the peer closes or
 /// `LINGER` passes, so our last bytes are not lost to a reset.
-async fn linger_and_close(shard: &ShardState, stream: &mut TcpStream) {
-    let _ = stream.flush().await;
-    let _ = stream.shutdown(Shutdown::Write).await;
+async fn linger_and_close<S: Transport>(shard: &ShardState, stream: &mut S) {
+    // A half-close: TCP sends FIN (after TLS's close_notify); reads go on.
+    let _ = stream.close().await;
     let drain = async {
         let mut drained = 0;
         while drained < LINGER_MAX_BYTES {
@@ -186,9 +241,9 @@ async fn linger_and_close(shard: &ShardState, stream: &mut TcpStream) {
     future::or(drain, deadline).await;
 }
 
-async fn upgrade_and_run(
+async fn upgrade_and_run<S: Transport>(
     shard: &Rc<ShardState>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     head: RequestHead,
     buffered: Vec<u8>,

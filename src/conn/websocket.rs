@@ -8,13 +8,14 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{future, AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::future;
 use glommio::timer::Timer;
 use tungstenite::Message;
 
 use super::commands::Mode;
-use super::handle::{ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW};
+use super::handle::{
+    ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW, SIGNAL_USER_LIMIT,
+};
 use crate::shard::ShardState;
 use crate::ws::WsSession;
 
@@ -58,9 +59,9 @@ impl Pending {
     }
 }
 
-pub(super) async fn run_session(
+pub(super) async fn run_session<S: super::Transport>(
     shard: &Rc<ShardState>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     session: &mut WsSession,
     handle: &ConnHandle,
     mode: Mode,
@@ -144,7 +145,9 @@ pub(super) async fn run_session(
             }
             Wake::Deadline => return end(stale),
             Wake::Signals(signals) => {
-                if signals & SIGNAL_SLOW != 0 && session.is_open() {
+                if signals & SIGNAL_USER_LIMIT != 0 && session.is_open() {
+                    session.close(1008, "too many connections for this user");
+                } else if signals & SIGNAL_SLOW != 0 && session.is_open() {
                     shard.count_slow_consumer();
                     shard.metrics.count_slow_consumer_closed();
                     session.close(1008, "slow consumer: outgoing queue over its bound");
@@ -217,9 +220,9 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
 
 /// Waits for input (fed into the session), write progress, a signal, or the
 /// close deadline.
-async fn wait_for_wake(
+async fn wait_for_wake<S: super::Transport>(
     shard: &ShardState,
-    stream: &mut TcpStream,
+    stream: &mut S,
     session: &mut WsSession,
     handle: &ConnHandle,
     pending: &Pending,

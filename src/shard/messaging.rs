@@ -612,6 +612,26 @@ impl ShardState {
     pub(super) fn on_messaging(&self, msg: MeshMsg) {
         match msg {
             MeshMsg::UserAttach { user, at, reply } => {
+                let limit = self.config.max_connections_per_user;
+                let count = self.directory.borrow().user_connection_count(&user);
+                if limit > 0 && count >= limit {
+                    if let Some(reply) = reply {
+                        let reason = format!(
+                            "user {user} already has {count} connections (max_connections_per_user)"
+                        );
+                        self.to_shard(
+                            reply.shard,
+                            MeshMsg::Done {
+                                request_id: reply.request_id,
+                                result: Err(Failure {
+                                    code: ErrorCode::Forbidden,
+                                    reason,
+                                }),
+                            },
+                        );
+                    }
+                    return;
+                }
                 self.directory.borrow_mut().attach_user(&user, at);
                 if let Some(reply) = reply {
                     self.to_shard(
@@ -1002,7 +1022,17 @@ impl ShardState {
             return;
         };
         let frame = match (request.kind, result) {
-            (PendingKind::Welcome(welcome), _) => welcome,
+            (PendingKind::Welcome(welcome), Ok(())) => welcome,
+            (PendingKind::Welcome(_), Err(f)) => {
+                // The user's home refused the connection: no welcome, close.
+                log::debug!("connection {}: {}", request.conn, f.reason);
+                self.metrics.count_refused_user_limit();
+                let handle = self.conns.borrow().get(&request.conn).cloned();
+                if let Some(handle) = handle {
+                    handle.raise(crate::conn::handle::SIGNAL_USER_LIMIT);
+                }
+                return;
+            }
             (PendingKind::Membership { reference }, Ok(())) => {
                 text_frame(&protocol::encode_ok(Some(&reference), None, None))
             }

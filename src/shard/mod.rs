@@ -58,6 +58,10 @@ pub struct ShardStart {
     pub resources: Option<observe::SharedResources>,
     /// Where shard 0 sends each interval's figures for `--metrics-export`.
     pub export_tx: Option<std::sync::mpsc::Sender<observe::ExportLine>>,
+    /// Terminates TLS when `tls_cert`/`tls_key` are set (shared config).
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// The per-IP new-connection budget every shard shares.
+    pub ip_limiter: Option<Arc<crate::conn::ip_limit::IpConnectionLimiter>>,
     /// Told this shard's mesh id once it accepts connections.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -95,6 +99,10 @@ pub struct ShardState {
     pub auth: Option<crate::auth::Authenticator>,
     /// Browser origins allowed to upgrade (`None`: any).
     pub allowed_origins: Option<Vec<String>>,
+    /// Terminates TLS when configured.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// The per-IP new-connection budget (shared by every shard).
+    pub ip_limiter: Option<Arc<crate::conn::ip_limit::IpConnectionLimiter>>,
     /// This shard's metrics: counters, gauges, histograms.
     pub metrics: crate::metrics::ShardMetrics,
     metrics_waiters: Waiters<MetricsAnswer>,
@@ -146,6 +154,8 @@ impl ShardState {
             counters: ShardCounters::default(),
             processors: start.processors.clone(),
             allowed_origins: start.config.allowed_origins(),
+            tls: start.tls.clone(),
+            ip_limiter: start.ip_limiter.clone(),
             auth: (!start.config.auth_secret.is_empty())
                 .then(|| crate::auth::Authenticator::new(&start.config.auth_secret)),
             metrics: if start.config.metrics {
