@@ -52,6 +52,9 @@ pub struct ConnHandle {
     pub rate_limit: RefCell<TokenBucket>,
     /// The groups its token lets it join (`None`: any).
     pub allowed_groups: RefCell<Option<Vec<String>>>,
+    /// Its user's home holds the rest of a mailbox until this connection
+    /// has written the batch it was sent.
+    pub mailbox_paused: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -66,6 +69,7 @@ impl ConnHandle {
         ConnHandle {
             rate_limit: RefCell::new(rate_limit),
             allowed_groups: RefCell::new(None),
+            mailbox_paused: Cell::new(false),
             id,
             user,
             wants_lz4,

@@ -22,6 +22,15 @@ use crate::ws::WsSession;
 /// Most outbox bytes put into one write: a connection with a deep queue
 /// yields the shard after this much, so it cannot starve the others.
 pub const WRITE_BATCH_MAX_BYTES: usize = 64 * 1024;
+/// Empty write buffers a shard keeps for reuse; a connection holds one only
+/// while it has bytes waiting for the socket.
+pub const SPARE_WRITE_BUFFERS_MAX: usize = 256;
+
+thread_local! {
+    /// This shard's empty write buffers (a shard is one thread).
+    static SPARE_WRITE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// How a WebSocket session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +131,8 @@ pub(super) async fn run_session<S: super::Transport>(
         if pending.is_done() && ended {
             return end(stale);
         }
+        // Nothing in progress: idle connections keep no tungstenite state.
+        session.rest();
 
         match wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await {
             Wake::Input => {}
@@ -133,6 +144,7 @@ pub(super) async fn run_session<S: super::Transport>(
                 pending.written += n;
                 if from_outbox > 0 {
                     handle.outbox.borrow_mut().wrote(from_outbox);
+                    shard.mailbox_written(handle);
                 }
             }
             Wake::PeerGone => {
@@ -181,6 +193,11 @@ pub(super) async fn run_session<S: super::Transport>(
 /// session is open (a closed session takes none: nothing follows a close).
 fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pending: &mut Pending) {
     pending.bytes.clear();
+    if pending.bytes.capacity() == 0 {
+        if let Some(spare) = SPARE_WRITE_BUFFERS.with(|b| b.borrow_mut().pop()) {
+            pending.bytes = spare;
+        }
+    }
     pending.written = 0;
     pending.from_outbox = 0;
     session.append_output(&mut pending.bytes);
@@ -213,8 +230,17 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
             shard.anycast_done(&group, handle.id, 1);
         }
     }
-    if pending.bytes.capacity() > 4 * WRITE_BATCH_MAX_BYTES && pending.bytes.is_empty() {
-        pending.bytes = Vec::new();
+    if pending.bytes.is_empty() {
+        // Nothing to write: the buffer goes back to the shard, unless huge.
+        let buffer = std::mem::take(&mut pending.bytes);
+        if buffer.capacity() <= 4 * WRITE_BATCH_MAX_BYTES {
+            SPARE_WRITE_BUFFERS.with(|b| {
+                let mut spare = b.borrow_mut();
+                if spare.len() < SPARE_WRITE_BUFFERS_MAX {
+                    spare.push(buffer);
+                }
+            });
+        }
     }
 }
 

@@ -140,6 +140,8 @@ pub struct ShardState {
     wal_closing: Cell<bool>,
     wal_done: Cell<bool>,
     health_waiters: Waiters<ShardHealth>,
+    /// Restored mailbox messages still to hand to their users' homes.
+    handoffs: RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
 }
 
 impl ShardState {
@@ -197,6 +199,7 @@ impl ShardState {
             wal_closing: Cell::new(false),
             wal_done: Cell::new(true),
             health_waiters: RefCell::new(HashMap::new()),
+            handoffs: RefCell::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -437,6 +440,7 @@ pub async fn run(start: ShardStart) {
         })
         .detach();
     }
+    shard.hand_off_foreign_mailboxes();
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
     glommio::spawn_local(shard.clone().run_timers()).detach();
     if shard.id == 0 {
