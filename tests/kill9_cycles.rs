@@ -12,13 +12,12 @@
 //! kill too ("pile" users are drained only after the 5th and 10th kill, or
 //! only after the 10th).
 //!
-//! Asserted (modes `always` and `batch`, whose contract is "`ok` means on
-//! disk"): every `(recipient, id)` answered `ok` reaches its recipient, at
-//! least once, with its own data; nothing arrives that was never sent;
-//! the server restarts every time; after the last drain no mailbox,
-//! schedule, pending ack or dead letter is left over. Mode `never` makes no
-//! promise across a crash: its run asserts the same except loss, and
-//! reports the losses.
+//! Asserted in every `fsync` mode (`always` and `batch`: "`ok` means on
+//! disk"; `never`: "`ok` means written to the kernel", which a process
+//! crash cannot undo): every `(recipient, id)` answered `ok` reaches its
+//! recipient, at least once, with its own data; nothing arrives that was
+//! never sent; the server restarts every time; after the last drain no
+//! mailbox, schedule, pending ack or dead letter is left over.
 //!
 //! `KILL9_CYCLES=N` and `KILL9_SEED=S` change the run (defaults 10 and a
 //! fixed seed); figures are printed (`-- --nocapture`).
@@ -84,18 +83,16 @@ fn kill9_cycles_fsync_batch() {
 fn kill9_cycles_fsync_never() {
     run_mode(Mode {
         fsync: "never",
-        lossless: false,
+        lossless: true,
         cross_home_members: false,
     });
 }
 
 /// The same cycles with group members homed on another shard than their
-/// group. Fails today: a `publish` copy waiting for a member's ack is
-/// restored into a mailbox on the *group's* home shard, but mailboxes are
-/// only delivered by the *user's* home shard (see docs/DURABILITY.md,
-/// "Known defect"). Un-ignore when that is fixed.
+/// group: a `publish` copy waiting for a member's ack is restored on the
+/// *group's* home shard and must reach the *user's* home shard, which
+/// delivers mailboxes (docs/DURABILITY.md, defect 1, fixed).
 #[test]
-#[ignore = "known defect: publish copies of members homed elsewhere are stranded after a restart"]
 fn kill9_cycles_fsync_always_members_homed_elsewhere() {
     run_mode(Mode {
         fsync: "always",
@@ -107,7 +104,6 @@ fn kill9_cycles_fsync_always_members_homed_elsewhere() {
 /// The defect above in its smallest form: one `publish` with `ack:true`, one
 /// member homed on the other shard, no ack, `kill -9`, restart.
 #[test]
-#[ignore = "known defect: publish copies of members homed elsewhere are stranded after a restart"]
 fn publish_copy_for_member_homed_elsewhere_survives_kill_9() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = DataDir(fresh_data_dir());
@@ -142,13 +138,10 @@ fn publish_copy_for_member_homed_elsewhere_survives_kill_9() {
 }
 
 /// A mailbox larger than the outbox bound, after `kill -9` and a restart:
-/// the mailbox is pushed into the new connection's outbox in one go after
-/// `welcome`, so with the default 1 MiB bound most of 3 MB of messages
-/// without `ack` are dropped (the connection is closed with 1008, or `low`
-/// ones are dropped), although each was answered `ok` `held:mailbox`.
-/// Fails today (see docs/DURABILITY.md, "Known defects").
+/// it must arrive whole, in batches the outbox can take, although 3 MB of
+/// messages without `ack` far exceed the default 1 MiB bound
+/// (docs/DURABILITY.md, defect 2, fixed).
 #[test]
-#[ignore = "known defect: a mailbox larger than outbox_max_bytes is partly lost at welcome"]
 fn mailbox_larger_than_the_outbox_survives_kill_9_and_reconnect() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const N: u64 = 3000;
