@@ -140,6 +140,11 @@ pub struct Args {
     #[argh(option, default = "3000")]
     pub slack_ms: u64,
 
+    /// run the attacks this many times, one round after the other, to see
+    /// that the server's memory does not creep (default 1)
+    #[argh(option, default = "1")]
+    pub rounds: u32,
+
     /// hard cap on the whole run, seconds (default 150)
     #[argh(option, default = "150")]
     pub time_limit_s: u64,
@@ -212,6 +217,7 @@ impl Args {
             },
             slack: Duration::from_millis(self.slack_ms),
             time_limit: Duration::from_secs(self.time_limit_s.max(1)),
+            rounds: self.rounds.max(1),
             slowloris: Slowloris {
                 sockets: pick(self.slowloris, 5000, 5000),
                 interval: Duration::from_millis(self.slowloris_interval_ms),

@@ -9,7 +9,12 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn row(out: &mut String, t: &Tally) {
+fn row(out: &mut String, t: &Tally, rounds: usize) {
+    let name = if rounds > 1 {
+        format!("{} #{}", t.mode, t.round)
+    } else {
+        t.mode.clone()
+    };
     let timing = if t.disconnect.count > 0 {
         format!(
             "{}/{}/{} ms",
@@ -21,7 +26,7 @@ fn row(out: &mut String, t: &Tally) {
     let _ = writeln!(
         out,
         "{:<20} {:>6}  {:<6} {:<18} {}",
-        t.mode,
+        name,
         t.clients,
         if t.pass { "PASS" } else { "FAIL" },
         timing,
@@ -41,10 +46,23 @@ pub fn table(report: &Report) -> String {
         "{:<20} {:>6}  {:<6} {:<18} outcomes",
         "attack", "count", "result", "ended min/p50/max"
     );
+    let rounds = report.rounds.len();
     for t in &report.attacks {
-        row(&mut out, t);
+        row(&mut out, t, rounds);
     }
-    row(&mut out, &report.aftermath);
+    row(&mut out, &report.aftermath, 1);
+    for r in &report.rounds {
+        if let (Some(peak), Some(end)) = (r.server_rss_peak_bytes, r.server_rss_end_bytes) {
+            let _ = writeln!(
+                out,
+                "round {}: {:.1} s, server RSS peak {}, end {}",
+                r.round,
+                r.wall_ms as f64 / 1000.0,
+                mib(peak),
+                mib(end)
+            );
+        }
+    }
     if let Some(rss) = report.server_rss {
         let _ = writeln!(
             out,

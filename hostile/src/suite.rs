@@ -57,6 +57,8 @@ pub struct Plan {
     pub limits: ServerLimits,
     pub slack: Duration,
     pub time_limit: Duration,
+    /// The attacks run this many times over, one round after the other.
+    pub rounds: u32,
     pub slowloris: Slowloris,
     pub random: RandomBytes,
     pub oversize: Oversize,
@@ -76,6 +78,8 @@ pub struct Report {
     pub wall_ms: u64,
     pub limits: LimitsJson,
     pub attacks: Vec<Tally>,
+    /// Each round's duration and the server's RSS during it.
+    pub rounds: Vec<RoundJson>,
     /// `/health` and a fresh client's echo after all attacks.
     pub aftermath: Tally,
     /// Server RSS over the whole run, when its pid was given.
@@ -93,6 +97,14 @@ pub struct LimitsJson {
     pub slow_consumer_grace_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub slack_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RoundJson {
+    pub round: u32,
+    pub wall_ms: u64,
+    pub server_rss_peak_bytes: Option<u64>,
+    pub server_rss_end_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -139,87 +151,39 @@ async fn run_on_executor(ctx: Rc<Ctx>, plan: Plan, started_unix_ms: u64) -> Resu
     }
     let rss_start = plan.server_pid.and_then(net::rss_bytes);
     let rss_peak = Rc::new(std::cell::Cell::new(rss_start.unwrap_or(0)));
+    let round_peak = Rc::new(std::cell::Cell::new(0));
     let rss_watch = plan.server_pid.map(|pid| {
         let peak = Rc::clone(&rss_peak);
+        let round_peak = Rc::clone(&round_peak);
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(Duration::from_millis(500)).await;
                 if let Some(rss) = net::rss_bytes(pid) {
                     peak.set(peak.get().max(rss));
+                    round_peak.set(round_peak.get().max(rss));
                 }
             }
         })
     });
 
-    let has = |m: Mode| plan.modes.contains(&m);
-    let slack = plan.slack;
-    // Slowloris runs through the first two phases: its sockets cost the
-    // server little memory and no admission slot.
-    let slow = has(Mode::Slowloris).then(|| {
-        let cfg = plan.slowloris.clone();
-        let cap = cfg.ramp + ctx.limits.handshake_timeout + 3 * slack + Duration::from_secs(5);
-        spawn_after(
-            Duration::ZERO,
-            one(capped(
-                "slowloris",
-                cap,
-                slowloris::run(Rc::clone(&ctx), cfg),
-            )),
-        )
-    });
-    // Phase 1: the attacks that hold memory by design (partial messages,
-    // full outboxes) or misbehave briefly.
-    let mut phase1 = Vec::new();
-    if has(Mode::Random) {
-        let cfg = plan.random.clone();
-        let cap = cfg.ramp + ctx.limits.handshake_timeout + 3 * slack + Duration::from_secs(15);
-        let work = random::run(Rc::clone(&ctx), cfg);
-        phase1.push(spawn_after(
-            Duration::from_millis(500),
-            capped_many("random", cap, work),
-        ));
-    }
-    if has(Mode::Oversize) {
-        let cfg = plan.oversize.clone();
-        let cap = cfg.ramp + 3 * slack + Duration::from_secs(15);
-        let work = capped("oversize", cap, oversize::run(Rc::clone(&ctx), cfg));
-        phase1.push(spawn_after(Duration::from_secs(1), one(work)));
-    }
-    if has(Mode::Fragment) {
-        let cfg = plan.fragment.clone();
-        let pace =
-            Duration::from_secs_f64(ctx.limits.max_message_bytes as f64 / cfg.bytes_per_s as f64);
-        let cap = cfg.ramp + 2 * pace + 3 * slack + Duration::from_secs(15);
-        let work = capped("fragment", cap, fragment::run(Rc::clone(&ctx), cfg));
-        phase1.push(spawn_after(Duration::from_secs(1), one(work)));
-    }
-    if has(Mode::NeverRead) {
-        let cfg = plan.never_read.clone();
-        let cap = Duration::from_secs(90) + 3 * slack;
-        let work = capped("never-read", cap, never_read::run(Rc::clone(&ctx), cfg));
-        phase1.push(spawn_after(Duration::from_millis(1500), one(work)));
-    }
     let mut attacks = Vec::new();
-    for task in phase1 {
-        attacks.extend(task.await);
+    let mut rounds = Vec::new();
+    for round in 1..=plan.rounds {
+        let round_started = Instant::now();
+        round_peak.set(plan.server_pid.and_then(net::rss_bytes).unwrap_or(0));
+        let mut tallies = one_round(&ctx, &plan).await;
+        for t in &mut tallies {
+            t.round = round;
+        }
+        attacks.extend(tallies);
+        let rss_end = plan.server_pid.and_then(net::rss_bytes);
+        rounds.push(RoundJson {
+            round,
+            wall_ms: round_started.elapsed().as_millis() as u64,
+            server_rss_peak_bytes: rss_end.map(|end| round_peak.get().max(end)),
+            server_rss_end_bytes: rss_end,
+        });
     }
-    // Phase 2: ping floods, alone but for slowloris, so that the server's
-    // memory growth during it is theirs.
-    if has(Mode::PingFlood) {
-        let cfg = plan.ping_flood.clone();
-        let cap = cfg.ramp + cfg.duration + 3 * slack + Duration::from_secs(15);
-        attacks.extend(capped_many("ping-flood", cap, ping_flood::run(Rc::clone(&ctx), cfg)).await);
-    }
-    if let Some(task) = slow {
-        attacks.extend(task.await);
-    }
-    // Phase 3: the flood fills every admission slot, so it runs last.
-    if has(Mode::Flood) {
-        let cfg = plan.flood.clone();
-        let cap = cfg.ramp + cfg.hold + 4 * slack + Duration::from_secs(30);
-        attacks.push(capped("flood", cap, flood::run(Rc::clone(&ctx), cfg)).await);
-    }
-    attacks.sort_by_key(|t| order(&t.mode));
 
     let aftermath = aftermath(&ctx).await;
     drop(rss_watch);
@@ -252,10 +216,86 @@ async fn run_on_executor(ctx: Rc<Ctx>, plan: Plan, started_unix_ms: u64) -> Resu
             slack_ms: ctx.slack.as_millis() as u64,
         },
         attacks,
+        rounds,
         aftermath,
         server_rss,
         pass,
     })
+}
+
+/// One round: slowloris throughout; phase 1 the attacks that hold memory
+/// by design; phase 2 the ping floods; phase 3 the flood.
+async fn one_round(ctx: &Rc<Ctx>, plan: &Plan) -> Vec<Tally> {
+    let has = |m: Mode| plan.modes.contains(&m);
+    let slack = plan.slack;
+    // Slowloris runs through the first two phases: its sockets cost the
+    // server little memory and no admission slot.
+    let slow = has(Mode::Slowloris).then(|| {
+        let cfg = plan.slowloris.clone();
+        let cap = cfg.ramp + ctx.limits.handshake_timeout + 3 * slack + Duration::from_secs(5);
+        spawn_after(
+            Duration::ZERO,
+            one(capped(
+                "slowloris",
+                cap,
+                slowloris::run(Rc::clone(ctx), cfg),
+            )),
+        )
+    });
+    // Phase 1: the attacks that hold memory by design (partial messages,
+    // full outboxes) or misbehave briefly.
+    let mut phase1 = Vec::new();
+    if has(Mode::Random) {
+        let cfg = plan.random.clone();
+        let cap = cfg.ramp + ctx.limits.handshake_timeout + 3 * slack + Duration::from_secs(15);
+        let work = random::run(Rc::clone(ctx), cfg);
+        phase1.push(spawn_after(
+            Duration::from_millis(500),
+            capped_many("random", cap, work),
+        ));
+    }
+    if has(Mode::Oversize) {
+        let cfg = plan.oversize.clone();
+        let cap = cfg.ramp + 3 * slack + Duration::from_secs(15);
+        let work = capped("oversize", cap, oversize::run(Rc::clone(ctx), cfg));
+        phase1.push(spawn_after(Duration::from_secs(1), one(work)));
+    }
+    if has(Mode::Fragment) {
+        let cfg = plan.fragment.clone();
+        let pace =
+            Duration::from_secs_f64(ctx.limits.max_message_bytes as f64 / cfg.bytes_per_s as f64);
+        let cap = cfg.ramp + 2 * pace + 3 * slack + Duration::from_secs(15);
+        let work = capped("fragment", cap, fragment::run(Rc::clone(ctx), cfg));
+        phase1.push(spawn_after(Duration::from_secs(1), one(work)));
+    }
+    if has(Mode::NeverRead) {
+        let cfg = plan.never_read.clone();
+        let cap = Duration::from_secs(90) + 3 * slack;
+        let work = capped("never-read", cap, never_read::run(Rc::clone(ctx), cfg));
+        phase1.push(spawn_after(Duration::from_millis(1500), one(work)));
+    }
+    let mut attacks = Vec::new();
+    for task in phase1 {
+        attacks.extend(task.await);
+    }
+    // Phase 2: ping floods, alone but for slowloris, so that the server's
+    // memory growth during it is theirs.
+    if has(Mode::PingFlood) {
+        let cfg = plan.ping_flood.clone();
+        let cap = cfg.ramp + cfg.duration + 3 * slack + Duration::from_secs(15);
+        attacks.extend(capped_many("ping-flood", cap, ping_flood::run(Rc::clone(ctx), cfg)).await);
+    }
+    if let Some(task) = slow {
+        attacks.extend(task.await);
+    }
+    // Phase 3: the flood fills every admission slot, so it runs last.
+    if has(Mode::Flood) {
+        let cfg = plan.flood.clone();
+        let cap = cfg.ramp + cfg.hold + 4 * slack + Duration::from_secs(30);
+        attacks.push(capped("flood", cap, flood::run(Rc::clone(ctx), cfg)).await);
+    }
+    attacks.sort_by_key(|t| order(&t.mode));
+    attacks
 }
 
 /// Runs `work` as its own task after `delay`.

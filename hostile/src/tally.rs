@@ -70,6 +70,8 @@ impl Spread {
 #[derive(Debug, Clone, Serialize)]
 pub struct Tally {
     pub mode: String,
+    /// Which round of the run (1 when there is one).
+    pub round: u32,
     /// What the server is documented to do, and the setting that says so.
     pub expected: String,
     pub clients: u64,
@@ -99,6 +101,7 @@ impl Tally {
         }
         Tally {
             mode: mode.to_string(),
+            round: 1,
             expected: expected.into(),
             clients: ends.len() as u64,
             outcomes,
