@@ -9,8 +9,10 @@
 # documented, the server is not healthy afterwards, or its RSS peak is over
 # the stated bound. Loopback only; everything stops by itself.
 #
-# Usage: scripts/hostile.sh [--quick] [--no-build] [--out DIR]
-#   --quick     CI size: smaller attacks, shorter run (about 40 s)
+# Usage: scripts/hostile.sh [--quick] [--control] [--no-build] [--out DIR]
+#   --quick     CI size: one round, fewer attackers (about 35 s)
+#   --control   the same run without the attacks: the good clients' figures
+#               on this machine as it is now, to compare with (shared cores)
 #   --no-build  use the binaries already in target/release
 #   --out DIR   keep the logs and JSON there (default: a fresh /tmp dir)
 # Environment: GOOD_RATE (good clients' total msg/s, default 5000),
@@ -21,14 +23,16 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
 QUICK=0
+CONTROL=0
 BUILD=1
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
+        --control) CONTROL=1 ;;
         --no-build) BUILD=0 ;;
         --out) OUT="${2:?--out needs a directory}"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "hostile.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -145,19 +149,23 @@ timeout $((GOOD_SECONDS + 60)) "$BIN/loadgen" --url "$URL" --scenario moderate \
 LOADGEN_PID=$!
 sleep 4   # the moderate scenario's 3 s ramp-up: all good clients connected
 
-echo "==> attacks (hostile ${HOSTILE_FLAGS[*]:-full})"
 HOSTILE_RC=0
-timeout $((HOSTILE_LIMIT_S + 15)) "$BIN/hostile" --url "$URL" "${HOSTILE_FLAGS[@]}" \
-    --server-pid "$SERVER_PID" --time-limit-s "$HOSTILE_LIMIT_S" \
-    --slowloris "$SLOWLORIS" --random "$RANDOM_CLIENTS" --fragment "$FRAGMENT" \
-    --never-read "$NEVER_READ" \
-    --max-connections "$MAX_CONNECTIONS" --max-message-bytes "$MAX_MESSAGE_BYTES" \
-    --handshake-timeout-ms "$HANDSHAKE_TIMEOUT_MS" --outbox-max-bytes "$OUTBOX_MAX_BYTES" \
-    --slow-consumer-grace-ms "$SLOW_CONSUMER_GRACE_MS" \
-    --shutdown-timeout-ms "$SHUTDOWN_TIMEOUT_MS" \
-    --output "$WORK/hostile.json" >"$WORK/hostile.log" 2>&1 || HOSTILE_RC=$?
-# 0 and 1 are verdicts (summarised below); anything else is the tool failing.
-case "$HOSTILE_RC" in 0|1) ;; *) cat "$WORK/hostile.log" ;; esac
+if [ "$CONTROL" = 1 ]; then
+    echo "==> control run: no attacks"
+else
+    echo "==> attacks (hostile ${HOSTILE_FLAGS[*]:-full})"
+    timeout $((HOSTILE_LIMIT_S + 15)) "$BIN/hostile" --url "$URL" "${HOSTILE_FLAGS[@]}" \
+        --server-pid "$SERVER_PID" --time-limit-s "$HOSTILE_LIMIT_S" \
+        --slowloris "$SLOWLORIS" --random "$RANDOM_CLIENTS" --fragment "$FRAGMENT" \
+        --never-read "$NEVER_READ" \
+        --max-connections "$MAX_CONNECTIONS" --max-message-bytes "$MAX_MESSAGE_BYTES" \
+        --handshake-timeout-ms "$HANDSHAKE_TIMEOUT_MS" --outbox-max-bytes "$OUTBOX_MAX_BYTES" \
+        --slow-consumer-grace-ms "$SLOW_CONSUMER_GRACE_MS" \
+        --shutdown-timeout-ms "$SHUTDOWN_TIMEOUT_MS" \
+        --output "$WORK/hostile.json" >"$WORK/hostile.log" 2>&1 || HOSTILE_RC=$?
+    # 0 and 1 are verdicts (summarised below); anything else is the tool failing.
+    case "$HOSTILE_RC" in 0|1) ;; *) cat "$WORK/hostile.log" ;; esac
+fi
 
 LOADGEN_RC=0
 wait "$LOADGEN_PID" || LOADGEN_RC=$?
@@ -186,10 +194,11 @@ SAMPLER_PID=""
 # --- summary ----------------------------------------------------------------
 set +e
 python3 - "$WORK" "$HOSTILE_RC" "$LOADGEN_RC" "$CHECK_RC" "$ALIVE" "$HEALTH" \
-    "$P99_LIMIT_MS" "$RSS_BOUND_BYTES" <<'EOF'
+    "$P99_LIMIT_MS" "$RSS_BOUND_BYTES" "$CONTROL" <<'EOF'
 import json, os, sys
 
-work, hostile_rc, loadgen_rc, check_rc, alive, health, p99_limit_ms, rss_bound = sys.argv[1:9]
+work, hostile_rc, loadgen_rc, check_rc, alive, health, p99_limit_ms, rss_bound, control = sys.argv[1:10]
+control = control == "1"
 hostile_rc, loadgen_rc, check_rc, alive = int(hostile_rc), int(loadgen_rc), int(check_rc), alive == "1"
 p99_limit_ms, rss_bound = float(p99_limit_ms), int(rss_bound)
 failures = []
@@ -202,13 +211,16 @@ def load(name):
         failures.append(f"{name}: {e}")
         return None
 
-hostile = load("hostile.json")
+hostile = None if control else load("hostile.json")
 good = load("good.json")
 after = load("after.json")
 MiB = 1024 * 1024
 
 print()
-print(f"{'attack':<20} {'count':>6}  {'result':<6} {'ended min/p50/max ms':<22} outcome")
+if control:
+    print("control run: no attacks")
+else:
+    print(f"{'attack':<20} {'count':>6}  {'result':<6} {'ended min/p50/max ms':<22} outcome")
 if hostile:
     several = len(hostile["rounds"]) > 1
     for t in hostile["attacks"]:
