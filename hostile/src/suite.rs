@@ -177,6 +177,9 @@ async fn run_on_executor(ctx: Rc<Ctx>, plan: Plan, started_unix_ms: u64) -> Resu
         }
         attacks.extend(tallies);
         let rss_end = plan.server_pid.and_then(net::rss_bytes);
+        if let Some(end) = rss_end {
+            rss_peak.set(rss_peak.get().max(end));
+        }
         rounds.push(RoundJson {
             round,
             wall_ms: round_started.elapsed().as_millis() as u64,
