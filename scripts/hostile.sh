@@ -16,7 +16,8 @@
 #   --no-build  use the binaries already in target/release
 #   --out DIR   keep the logs and JSON there (default: a fresh /tmp dir)
 # Environment: GOOD_RATE (good clients' total msg/s, default 5000),
-#   RSS_BOUND_MIB (override the computed RSS bound).
+#   RSS_BOUND_MIB (override the computed RSS bound), WS_URING_BIN (another
+#   server binary to attack, e.g. a branch's build).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
         --control) CONTROL=1 ;;
         --no-build) BUILD=0 ;;
         --out) OUT="${2:?--out needs a directory}"; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "hostile.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -104,12 +105,14 @@ BIN="$REPO_ROOT/target/release"
 for b in ws-uring loadgen hostile; do
     [ -x "$BIN/$b" ] || { echo "hostile.sh: $BIN/$b missing (drop --no-build)" >&2; exit 1; }
 done
+SERVER_BIN="${WS_URING_BIN:-$BIN/ws-uring}"
+[ -x "$SERVER_BIN" ] || { echo "hostile.sh: $SERVER_BIN is not executable" >&2; exit 1; }
 
 echo "==> machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)"
 echo "==> work dir $WORK"
 
 # --- the server -------------------------------------------------------------
-RUST_LOG=info "$BIN/ws-uring" --host 127.0.0.1 --port 0 --data-dir "$WORK/data" \
+RUST_LOG=info "$SERVER_BIN" --host 127.0.0.1 --port 0 --data-dir "$WORK/data" \
     --max-connections "$MAX_CONNECTIONS" --max-message-bytes "$MAX_MESSAGE_BYTES" \
     --handshake-timeout-ms "$HANDSHAKE_TIMEOUT_MS" --outbox-max-bytes "$OUTBOX_MAX_BYTES" \
     --slow-consumer-grace-ms "$SLOW_CONSUMER_GRACE_MS" \
@@ -128,7 +131,7 @@ if [ -z "$PORT" ]; then
     exit 1
 fi
 URL="ws://127.0.0.1:$PORT/ws"
-echo "==> server pid $SERVER_PID on $URL (max_connections $MAX_CONNECTIONS)"
+echo "==> server $SERVER_BIN, pid $SERVER_PID, on $URL (max_connections $MAX_CONNECTIONS)"
 
 # RSS every 500 ms: "<ms since start> <VmRSS kB>".
 (
