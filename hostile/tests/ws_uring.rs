@@ -3,9 +3,9 @@
 //! tool told the server's true limits (every verdict must pass), once told
 //! wrong ones (the verdicts that depend on them must fail: the checks can).
 //!
-//! The ping flood runs with readers only: non-reading ping floods make the
-//! server hold their pongs without bound today (docs/HOSTILE.md, "Known
-//! defects"); `scripts/hostile.sh` runs that attack.
+//! The ping flood runs with readers only here: telling kernel buffering
+//! from server memory needs a non-reader to send more than 16 MiB, longer
+//! than this test should take; `scripts/hostile.sh` runs that attack.
 //!
 //! The server binary is `$WS_URING_BIN`, else the newest of
 //! `target/{release,debug}/ws-uring` (`cargo test --workspace` builds it).

@@ -1087,7 +1087,9 @@ impl ShardState {
             return;
         };
         if let PendingKind::Handoff { user, id } = request.kind {
-            self.reliable.borrow_mut().remove_mailbox_message(&user, &id);
+            self.reliable
+                .borrow_mut()
+                .remove_mailbox_message(&user, &id);
             self.kick_wal();
             self.hand_off_next();
         }

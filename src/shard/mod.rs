@@ -141,7 +141,8 @@ pub struct ShardState {
     wal_done: Cell<bool>,
     health_waiters: Waiters<ShardHealth>,
     /// Restored mailbox messages still to hand to their users' homes.
-    handoffs: RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
+    handoffs:
+        RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
 }
 
 impl ShardState {

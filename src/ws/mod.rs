@@ -631,8 +631,7 @@ mod tests {
         };
         let mut total_messages = 0;
         for _round in 0..200 {
-            let mut client =
-                WebSocket::from_raw_socket(MemStream::default(), Role::Client, None);
+            let mut client = WebSocket::from_raw_socket(MemStream::default(), Role::Client, None);
             for _ in 0..1 + next(6) {
                 match next(4) {
                     0 => client.write(Message::text("t".repeat(next(300) as usize))),

@@ -117,6 +117,8 @@ pub async fn run(ctx: Rc<Ctx>, cfg: PingFlood) -> Vec<Tally> {
             (2 * KERNEL_ALLOWANCE_BYTES) >> 20
         ),
     );
+    /// RSS changes this small are allocator noise, not held pongs.
+    const RSS_NOISE_BYTES: u64 = 4 << 20;
     if let Some((start, peak)) = rss {
         // Beyond what the kernel can hold, pongs for non-readers must not
         // turn into server memory: fail when the server grew by more than
@@ -125,8 +127,10 @@ pub async fn run(ctx: Rc<Ctx>, cfg: PingFlood) -> Vec<Tally> {
             accepted.saturating_sub(non_readers.len() as u64 * KERNEL_ALLOWANCE_BYTES);
         let growth = peak.saturating_sub(start);
         t_quiet.figure("server_rss_growth_bytes", growth);
+        // Below a few MiB, RSS moves with the allocator and the server's
+        // own pools whatever the clients do: not evidence either way.
         t_quiet.require(
-            beyond_kernel == 0 || growth < beyond_kernel / 2,
+            beyond_kernel == 0 || growth < (beyond_kernel / 2).max(RSS_NOISE_BYTES),
             format!(
                 "server RSS grew {} MiB while {} non-reading clients had it accept {} MiB of pings \
                  ({} MiB past what the kernel can buffer): pongs are held without bound",
