@@ -27,7 +27,7 @@ MAX_SECONDS="${FUZZ_MAX_SECONDS:-14400}"
 INPUT_TIMEOUT_S=10
 WORK="fuzz/target/corpus-work"
 
-usage() { sed -n '2,16p' "$0"; }
+usage() { sed -n '2,15p' "$0"; }
 
 case "$MODE" in
     smoke) ;;

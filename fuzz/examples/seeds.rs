@@ -19,11 +19,14 @@ use ws_uring::store::record::{
 };
 use ws_uring_fuzz::{ALLOWED_ORIGIN, AUTH_SECRET, PROCESSOR_OP};
 
+/// Named inputs of one target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
 }
 
-fn commands() -> Vec<(&'static str, Vec<u8>)> {
+fn commands() -> Seeds {
     let text = [
         ("ping", r#"{"op":"ping","t":123,"ref":1}"#.to_string()),
         ("ping-bare", r#"{"op":"ping"}"#.into()),
@@ -62,8 +65,7 @@ fn commands() -> Vec<(&'static str, Vec<u8>)> {
         ("not-object", "[1,2]".into()),
         ("delay-and-at", r#"{"op":"send","to":"b","data":1,"delay_ms":5,"at":9}"#.into()),
     ];
-    let mut out: Vec<(&str, Vec<u8>)> =
-        text.into_iter().map(|(n, t)| (n, t.into_bytes())).collect();
+    let mut out: Seeds = text.into_iter().map(|(n, t)| (n, t.into_bytes())).collect();
     out.extend(binary_frames());
     out
 }
@@ -75,7 +77,7 @@ fn frame(header: &str, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn binary_frames() -> Vec<(&'static str, Vec<u8>)> {
+fn binary_frames() -> Seeds {
     let big: Vec<u8> = (0..3000u32).map(|i| (i % 7) as u8).collect();
     vec![
         (
@@ -108,7 +110,7 @@ fn token(claims: serde_json::Value) -> String {
     .expect("HS256 signs")
 }
 
-fn http_requests() -> Vec<(&'static str, Vec<u8>)> {
+fn http_requests() -> Seeds {
     let upgrade = |target: &str, extra: &str| {
         format!(
             "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8765\r\nUpgrade: websocket\r\n\
@@ -186,7 +188,7 @@ fn parts(body: MessageBody, priority: Priority) -> MessageParts {
     }
 }
 
-fn wal_logs() -> Vec<(&'static str, Vec<u8>)> {
+fn wal_logs() -> Seeds {
     let json = StoredMsg::from_parts(
         &parts(MessageBody::Json(r#"{"text":"hi"}"#.into()), Priority::High),
         1024,
@@ -268,7 +270,7 @@ fn wal_logs() -> Vec<(&'static str, Vec<u8>)> {
         }
         out
     };
-    let mut out: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut out: Seeds = Vec::new();
     let names = [
         "mailbox",
         "scheduled-lz4",
@@ -298,7 +300,7 @@ fn main() {
     let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let mut command_seeds = commands();
     command_seeds.sort();
-    let sets: [(&str, Vec<(&str, Vec<u8>)>); 4] = [
+    let sets: [(&str, Seeds); 4] = [
         ("command", command_seeds),
         ("binary_header", binary_frames()),
         ("http_request", http_requests()),

@@ -7,6 +7,7 @@
 //! Only ws-uring's public API and its own dependencies are used, so the
 //! file compiles the same in both places.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -161,10 +162,29 @@ pub fn read_frame(frame: &[u8]) -> Message {
     message
 }
 
-fn json_object(text: &str) -> serde_json::Map<String, Value> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => map,
-        other => panic!("not a JSON object: {text:?} ({other:?})"),
+/// A JSON object as a client reads it: the syntax checked, the values kept
+/// as raw JSON text. (Not serde_json's `Value`: JSON numbers have no range,
+/// and the server forwards the client's `data` and `ref` verbatim, so
+/// `1e400` or a 300-digit `ref` are valid in events.)
+struct Event(BTreeMap<String, Box<RawValue>>);
+
+impl Event {
+    fn parse(text: &str) -> Event {
+        match serde_json::from_str(text) {
+            Ok(map) => Event(map),
+            Err(e) => panic!("not a JSON object: {text:?} ({e})"),
+        }
+    }
+
+    /// A field's raw JSON text.
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|r| r.get())
+    }
+
+    /// A string field's value.
+    fn str(&self, key: &str) -> Option<String> {
+        self.raw(key)
+            .and_then(|r| serde_json::from_str::<String>(r).ok())
     }
 }
 
@@ -427,16 +447,16 @@ fn check_error_event(e: &CommandError) {
         "error reason of {} bytes",
         e.reason.len()
     );
-    let event = json_object(&protocol::encode_error(e));
-    assert_eq!(event.get("op"), Some(&Value::from("error")));
-    assert_eq!(event.get("code"), Some(&Value::from(e.code.as_str())));
-    assert_eq!(event.get("reason"), Some(&Value::from(e.reason.as_str())));
+    let event = Event::parse(&protocol::encode_error(e));
+    assert_eq!(event.str("op").as_deref(), Some("error"));
+    assert_eq!(event.str("code").as_deref(), Some(e.code.as_str()));
+    assert_eq!(event.str("reason").as_deref(), Some(e.reason.as_str()));
     match &e.reference {
         Some(r) => {
             assert!(is_valid_ref(r), "error carries invalid ref {r}");
-            assert!(same_json(r, &event["ref"]));
+            assert_eq!(event.raw("ref"), Some(r.as_str()), "ref not verbatim");
         }
-        None => assert_eq!(event.get("ref"), Some(&Value::Null)),
+        None => assert_eq!(event.raw("ref"), Some("null")),
     }
 }
 
@@ -448,20 +468,20 @@ fn check_action(action: &Action, binary_payload: Option<&[u8]>, from_processor: 
     match action {
         Action::Reply(frame) => match read_frame(frame) {
             Message::Text(t) => {
-                let event = json_object(&t);
-                let op = event.get("op").and_then(Value::as_str).expect("an op");
+                let event = Event::parse(&t);
+                let op = event.str("op").expect("an op");
                 assert!(
-                    ["pong", "echo", "error", "ok"].contains(&op),
+                    ["pong", "echo", "error", "ok"].contains(&op.as_str()),
                     "unexpected reply {op}"
                 );
                 if op == "error" && !from_processor {
-                    let reason = event.get("reason").and_then(Value::as_str).unwrap_or("");
+                    let reason = event.str("reason").unwrap_or_default();
                     assert!(!reason.is_empty() && reason.len() <= ERROR_REASON_MAX_BYTES);
                 }
             }
             Message::Binary(b) => {
                 let (header, payload) = protocol::split_binary(&b).expect("a binary reply splits");
-                assert_eq!(json_object(header).get("op"), Some(&Value::from("echo")));
+                assert_eq!(Event::parse(header).str("op").as_deref(), Some("echo"));
                 let sent = binary_payload.expect("a binary reply to a binary frame");
                 assert_eq!(payload, sent, "binary echo changed the payload");
             }
@@ -544,18 +564,18 @@ fn check_msg_frames(envelope: &ws_uring::routing::Envelope) {
     for wants_lz4 in [false, true] {
         match (read_frame(&envelope.frame_for(wants_lz4)), &parts.body) {
             (Message::Text(t), MessageBody::Json(data)) => {
-                let event = json_object(&t);
-                assert_eq!(event.get("op"), Some(&Value::from("msg")));
-                assert_eq!(event.get("id"), Some(&Value::from(parts.id.as_str())));
-                assert_eq!(event.get("from"), Some(&Value::from(USER)));
-                let data_value = event.get("data").expect("msg carries data");
-                assert!(same_json(data, data_value), "msg data differs from {data}");
+                let event = Event::parse(&t);
+                assert_eq!(event.str("op").as_deref(), Some("msg"));
+                assert_eq!(event.str("id").as_ref(), Some(&parts.id));
+                assert_eq!(event.str("from").as_deref(), Some(USER));
+                // The sender's JSON, byte for byte.
+                assert_eq!(event.raw("data"), Some(data.as_str()), "msg data changed");
             }
             (Message::Binary(b), MessageBody::Binary { payload, .. }) => {
                 let (header, sent) = protocol::split_binary(&b).expect("a msg frame splits");
-                let header = json_object(header);
-                assert_eq!(header.get("op"), Some(&Value::from("msg")));
-                if header.get("lz4") == Some(&Value::Bool(true)) {
+                let header = Event::parse(header);
+                assert_eq!(header.str("op").as_deref(), Some("msg"));
+                if header.raw("lz4") == Some("true") {
                     assert!(wants_lz4, "lz4 frame for a client without wsu.v1.lz4");
                     let plain = compress::decompress(sent, usize::MAX).expect("our lz4 decodes");
                     assert_eq!(&plain[..], &payload[..]);
@@ -792,7 +812,7 @@ pub fn check_response(response: &Response) {
     assert_eq!(length, bytes.len() - head_len);
     assert_eq!(&bytes[head_len..], &response.body[..]);
     if response.status >= 400 {
-        json_object(std::str::from_utf8(&response.body).expect("UTF-8 error body"));
+        Event::parse(std::str::from_utf8(&response.body).expect("UTF-8 error body"));
     }
 }
 
