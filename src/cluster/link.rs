@@ -418,6 +418,8 @@ pub trait SubscriberEvents {
     fn on_published(&self, payload: Bytes);
     /// Subscribed (again): other nodes can reach this one from now on.
     fn on_subscribed(&self);
+    /// The subscription was lost: other nodes cannot reach this one.
+    fn on_unsubscribed(&self);
     fn stopping(&self) -> bool;
 }
 
@@ -485,6 +487,7 @@ pub async fn run_subscriber<E: SubscriberEvents>(
                 }
             }
         };
+        events.on_unsubscribed();
         if events.stopping() {
             return;
         }

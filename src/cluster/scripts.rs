@@ -9,7 +9,7 @@
 //! the mailbox Stream (and delivers it).
 
 /// The scripts, in the order `Script` indexes them.
-pub const ALL: [&str; 4] = [SEND_USER, ATTACH, PUBLISH_GROUP, ANYCAST];
+pub const ALL: [&str; 5] = [SEND_USER, ATTACH, PUBLISH_GROUP, ANYCAST, STORE];
 
 /// A script by index into the loaded SHAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,7 @@ pub enum Script {
     Attach = 1,
     PublishGroup = 2,
     Anycast = 3,
+    Store = 4,
 }
 
 /// `send` to a user, cluster-wide.
@@ -161,4 +162,21 @@ while #nodes > 0 do
   table.remove(nodes, best)
 end
 return {'none', strategy}
+"#;
+
+/// Keeps a message in a user's mailbox Stream (bounded: a full Stream
+/// gives up its oldest entry, returned to be dead-lettered).
+///
+/// KEYS: mailbox Stream. ARGV: rkyv `StoredMsg`, the bound.
+/// Returns `{entry id, evicted StoredMsg or ""}`.
+pub const STORE: &str = r#"
+local evicted = ''
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #oldest > 0 then
+    evicted = oldest[1][2][2]
+    redis.call('XDEL', KEYS[1], oldest[1][1])
+  end
+end
+return {redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]), evicted}
 "#;

@@ -114,11 +114,12 @@ impl ShardState {
             Fired::Expired(id) => {
                 log::debug!("shard {}: message {id} expired in a mailbox", self.id)
             }
+            Fired::StreamAckTimeout { key, pending } => self.cluster_stream_timeout(key, pending),
         }
     }
 
     /// Delivers again after an ack timeout, as attempt `attempt`.
-    fn redeliver(&self, key: PendingKey, pending: PendingAck, attempt: u32, now: u64) {
+    pub(super) fn redeliver(&self, key: PendingKey, pending: PendingAck, attempt: u32, now: u64) {
         let envelope = Arc::new(Envelope::new(
             (*pending.msg).clone(),
             attempt,
@@ -132,18 +133,22 @@ impl ShardState {
                     .borrow()
                     .user_conns_by_shard(&user, self.shard_count);
                 if by_shard.iter().all(Vec::is_empty) {
-                    // The user went offline: back to the mailbox.
-                    self.reliable
-                        .borrow_mut()
-                        .store_offline(&user, pending.msg, now);
+                    // The user went offline: back to the mailbox (one kept
+                    // in a Redis Stream is still there).
+                    if pending.stream.is_none() {
+                        self.reliable
+                            .borrow_mut()
+                            .store_offline(&user, pending.msg, now);
+                    }
                     return;
                 }
-                self.reliable.borrow_mut().track(
+                self.reliable.borrow_mut().track_with(
                     key,
                     pending.msg,
                     AckTarget::User(user),
                     attempt,
                     now,
+                    pending.stream,
                 );
                 let parts = by_shard
                     .into_iter()
@@ -182,6 +187,7 @@ impl ShardState {
                     .borrow_mut()
                     .track(key, pending.msg, target, attempt, now);
                 if let Some(at) = picked {
+                    self.note_outstanding(&group);
                     let group = Some(Arc::from(group.as_str()));
                     self.fan_out_to_one(&envelope, at, group, origin, None);
                 }
@@ -278,6 +284,7 @@ impl ShardState {
                     origin,
                     reply: None,
                     deliver_at_unix_ms: None,
+                    arrived: None,
                 },
             );
         }
