@@ -175,6 +175,7 @@ pub fn encode_command(args: &[Bytes], out: &mut BytesMut) {
 struct Conn {
     stream: TcpStream,
     rx: BytesMut,
+    chunk: Vec<u8>,
 }
 
 impl Conn {
@@ -186,6 +187,7 @@ impl Conn {
         let mut conn = Conn {
             stream,
             rx: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            chunk: vec![0; READ_CHUNK_BYTES],
         };
         if let Some(password) = &addr.password {
             let mut args = vec![Bytes::from_static(b"AUTH")];
@@ -230,20 +232,13 @@ impl Conn {
                     ))
                 }
             }
-            let start = self.rx.len();
-            self.rx.resize(start + READ_CHUNK_BYTES, 0);
-            let n = self.stream.read(&mut self.rx[start..]).await;
-            match n {
-                Ok(0) => {
-                    self.rx.truncate(start);
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                Ok(n) => self.rx.truncate(start + n),
-                Err(e) => {
-                    self.rx.truncate(start);
-                    return Err(e);
-                }
+            // Read into a scratch buffer: a read cancelled by a timeout
+            // must leave `rx` holding only whole bytes from Redis.
+            let n = self.stream.read(&mut self.chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
+            self.rx.extend_from_slice(&self.chunk[..n]);
         }
     }
 }
