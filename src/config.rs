@@ -349,7 +349,11 @@ impl Config {
         }
         if !self.cluster_redis.is_empty() {
             if let Err(reason) = crate::cluster::RedisAddr::parse(&self.cluster_redis) {
-                return Err(invalid("cluster_redis", self.cluster_redis.clone(), &reason));
+                return Err(invalid(
+                    "cluster_redis",
+                    self.cluster_redis.clone(),
+                    &reason,
+                ));
             }
         }
         if !self.node_id.is_empty() {

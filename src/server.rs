@@ -278,12 +278,15 @@ fn cluster_start(config: &Config) -> Result<Option<Arc<ClusterStart>>, ServerErr
         return Ok(None);
     }
     let addr = crate::cluster::RedisAddr::parse(&config.cluster_redis).map_err(|e| {
-        ServerError::Cluster(format!("invalid cluster_redis {:?}: {e}", config.cluster_redis))
+        ServerError::Cluster(format!(
+            "invalid cluster_redis {:?}: {e}",
+            config.cluster_redis
+        ))
     })?;
     let sock = addr.resolve().map_err(ServerError::Cluster)?;
     let data_dir = (!config.no_persist).then(|| std::path::Path::new(&config.data_dir));
-    let node = crate::cluster::resolve_node_id(&config.node_id, data_dir)
-        .map_err(ServerError::Cluster)?;
+    let node =
+        crate::cluster::resolve_node_id(&config.node_id, data_dir).map_err(ServerError::Cluster)?;
     if data_dir.is_none() && config.node_id.is_empty() {
         log::warn!(
             "cluster node id {node} is new on every start without a data directory: set node_id to keep it"

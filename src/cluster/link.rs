@@ -166,7 +166,8 @@ pub trait LinkEvents<T> {
 
 /// Encodes one command as a RESP array of bulk strings.
 pub fn encode_command(args: &[Bytes], out: &mut BytesMut) {
-    let frames: Vec<BorrowedFrame<'_>> = args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
+    let frames: Vec<BorrowedFrame<'_>> =
+        args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
     extend_encode_borrowed(out, &BorrowedFrame::Array(&frames), false)
         .expect("RESP encoding into a growable buffer cannot fail");
 }
@@ -198,8 +199,11 @@ impl Conn {
             conn.call(&args).await?;
         }
         if addr.db != 0 {
-            conn.call(&[Bytes::from_static(b"SELECT"), Bytes::from(addr.db.to_string())])
-                .await?;
+            conn.call(&[
+                Bytes::from_static(b"SELECT"),
+                Bytes::from(addr.db.to_string()),
+            ])
+            .await?;
         }
         Ok(conn)
     }
@@ -210,7 +214,10 @@ impl Conn {
         encode_command(args, &mut out);
         self.write(&out).await.map_err(|e| e.to_string())?;
         match self.read_frame().await.map_err(|e| e.to_string())? {
-            BytesFrame::Error(e) => Err(format!("Redis refused {:?}: {e}", String::from_utf8_lossy(&args[0]))),
+            BytesFrame::Error(e) => Err(format!(
+                "Redis refused {:?}: {e}",
+                String::from_utf8_lossy(&args[0])
+            )),
             frame => Ok(frame),
         }
     }
@@ -299,7 +306,11 @@ pub async fn run_link<T, E: LinkEvents<T>>(
     }
 }
 
-async fn connect_and_load<T>(link: &Link<T>, addr: &RedisAddr, sock: SocketAddr) -> Result<Conn, String> {
+async fn connect_and_load<T>(
+    link: &Link<T>,
+    addr: &RedisAddr,
+    sock: SocketAddr,
+) -> Result<Conn, String> {
     let mut conn = Conn::open(addr, sock).await?;
     let mut shas = Vec::with_capacity(scripts::ALL.len());
     for script in scripts::ALL {
@@ -432,8 +443,11 @@ pub async fn run_subscriber<E: SubscriberEvents>(
     while !events.stopping() {
         let subscribed = async {
             let mut conn = Conn::open(&addr, sock).await?;
-            conn.call(&[Bytes::from_static(b"SUBSCRIBE"), Bytes::from(channel.clone())])
-                .await?;
+            conn.call(&[
+                Bytes::from_static(b"SUBSCRIBE"),
+                Bytes::from(channel.clone()),
+            ])
+            .await?;
             Ok::<Conn, String>(conn)
         }
         .await;
@@ -566,11 +580,20 @@ mod tests {
     #[test]
     fn commands_encode_as_resp_arrays() {
         let mut out = BytesMut::new();
-        encode_command(&[Bytes::from_static(b"SET"), Bytes::from_static(b"k"), Bytes::from_static(b"v\r\n")], &mut out);
+        encode_command(
+            &[
+                Bytes::from_static(b"SET"),
+                Bytes::from_static(b"k"),
+                Bytes::from_static(b"v\r\n"),
+            ],
+            &mut out,
+        );
         assert_eq!(&out[..], b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n");
         let (frame, used) = decode(&out).unwrap().unwrap();
         assert_eq!(used, out.len());
-        assert!(matches!(frame, redis_protocol::resp2::types::OwnedFrame::Array(a) if a.len() == 3));
+        assert!(
+            matches!(frame, redis_protocol::resp2::types::OwnedFrame::Array(a) if a.len() == 3)
+        );
     }
 
     #[test]
@@ -593,7 +616,10 @@ mod tests {
                 ]),
             ])
         };
-        let got = reply::stream_entries(BytesFrame::Array(vec![entry(b"1-0", b"a"), entry(b"2-0", b"b")]));
+        let got = reply::stream_entries(BytesFrame::Array(vec![
+            entry(b"1-0", b"a"),
+            entry(b"2-0", b"b"),
+        ]));
         assert_eq!(got.len(), 2);
         assert_eq!(&got[1].0[..], b"2-0");
         assert_eq!(&got[1].1[..], b"b");

@@ -93,10 +93,12 @@ impl RedisAddr {
     /// Parses a `redis://` URL; the error says what is wrong and what is
     /// expected.
     pub fn parse(url: &str) -> Result<RedisAddr, String> {
-        const EXPECTED: &str = "expected redis://HOST:PORT, redis://HOST:PORT/DB or redis://:PASSWORD@HOST:PORT";
+        const EXPECTED: &str =
+            "expected redis://HOST:PORT, redis://HOST:PORT/DB or redis://:PASSWORD@HOST:PORT";
         let rest = url.strip_prefix("redis://").ok_or_else(|| {
             if url.starts_with("rediss://") {
-                "TLS (rediss://) is not supported yet; use redis:// on a private network".to_string()
+                "TLS (rediss://) is not supported yet; use redis:// on a private network"
+                    .to_string()
             } else {
                 format!("the scheme must be redis://; {EXPECTED}")
             }
@@ -215,7 +217,8 @@ pub fn resolve_node_id(configured: &str, data_dir: Option<&Path>) -> Result<Stri
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let id = text.trim().to_string();
-            check_node_id(&id).map_err(|e| format!("{}: bad node id {id:?}: {e}", path.display()))?;
+            check_node_id(&id)
+                .map_err(|e| format!("{}: bad node id {id:?}: {e}", path.display()))?;
             Ok(id)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -242,7 +245,11 @@ mod tests {
         assert_eq!(a.password.as_deref(), Some("s3cret"));
         assert_eq!(a.username, None);
         assert_eq!(a.db, 2);
-        assert_eq!(a.to_string(), "redis://localhost:6379/2", "no password in logs");
+        assert_eq!(
+            a.to_string(),
+            "redis://localhost:6379/2",
+            "no password in logs"
+        );
         let a = RedisAddr::parse("redis://app:pw@[::1]:7000").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 7000));
         assert_eq!(a.username.as_deref(), Some("app"));

@@ -110,7 +110,10 @@ pub enum Fired {
     /// No ack in time for a delivery kept in a Redis Stream: the glue
     /// checks it was not acked on another node, then asks
     /// [`ReliableState::decide_timeout`].
-    StreamAckTimeout { key: PendingKey, pending: PendingAck },
+    StreamAckTimeout {
+        key: PendingKey,
+        pending: PendingAck,
+    },
 }
 
 /// What happens after an ack timeout.

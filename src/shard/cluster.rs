@@ -143,7 +143,10 @@ pub(super) enum Then {
         reply: Option<ReplyTo>,
     },
     /// Is the Stream entry of a timed-out delivery still there?
-    StreamCheck { key: PendingKey, pending: PendingAck },
+    StreamCheck {
+        key: PendingKey,
+        pending: PendingAck,
+    },
     /// A message for an offline user went to its Redis mailbox.
     Store {
         user: String,
@@ -557,7 +560,10 @@ impl ShardState {
                 vec![arg("HSET"), arg(key.clone()), self.node_arg(), arg(value)],
                 Then::Ignore,
             );
-            self.redis(vec![arg("PEXPIRE"), arg(key), self.presence_ttl_arg()], then);
+            self.redis(
+                vec![arg("PEXPIRE"), arg(key), self.presence_ttl_arg()],
+                then,
+            );
         }
     }
 
@@ -738,10 +744,7 @@ impl ShardState {
             }
         }
         if moved > 0 {
-            log::info!(
-                "shard {}: moved {moved} mailbox messages to Redis",
-                self.id
-            );
+            log::info!("shard {}: moved {moved} mailbox messages to Redis", self.id);
             self.kick_wal();
         }
     }
@@ -781,7 +784,13 @@ impl ShardState {
     }
 
     /// A command that needed Redis failed: tell the sender.
-    fn cluster_failed(&self, reply: Option<ReplyTo>, origin: ConnRef, e: LinkError, local_parts: u32) {
+    fn cluster_failed(
+        &self,
+        reply: Option<ReplyTo>,
+        origin: ConnRef,
+        e: LinkError,
+        local_parts: u32,
+    ) {
         let code = match e {
             LinkError::Full => ErrorCode::Overloaded,
             LinkError::Down | LinkError::Redis(_) => ErrorCode::ClusterUnavailable,
@@ -895,7 +904,8 @@ impl ShardState {
                     Err(e) => {
                         // Redis is gone: this node's own members still serve.
                         if self.directory.borrow().member_count(&group) > 0 {
-                            return self.anycast_here(&group, envelope, origin, reply, lsn_before, None);
+                            return self
+                                .anycast_here(&group, envelope, origin, reply, lsn_before, None);
                         }
                         return self.cluster_failed(reply, origin, e, 0);
                     }
@@ -903,7 +913,9 @@ impl ShardState {
                 let kind = reply::bytes(&items[0]).unwrap_or_default();
                 let strategy = reply::bytes(&items[1]).and_then(|s| wire::strategy_named(&s));
                 match &kind[..] {
-                    b"self" => self.anycast_here(&group, envelope, origin, reply, lsn_before, strategy),
+                    b"self" => {
+                        self.anycast_here(&group, envelope, origin, reply, lsn_before, strategy)
+                    }
                     b"remote" => self.routed(lsn_before, reply, 1, Held::No),
                     _ => {
                         let f = failure(

@@ -15,12 +15,12 @@ use tungstenite::Message;
 
 use super::mesh::{Arrived, Failure, Held, MeshMsg, ReplyTo};
 use super::ShardState;
+use crate::cluster::wire::RemoteReply;
 use crate::conn::commands::{self, Action, CommandContext, Mode};
 use crate::conn::handle::GROUPS_PER_CONNECTION_MAX;
 use crate::conn::outbox::{Lane, OutItem, PushOutcome};
 use crate::conn::ConnHandle;
 use crate::delivery::{AckTarget, PendingKey, Scheduled};
-use crate::cluster::wire::RemoteReply;
 use crate::protocol::{self, CommandError, ErrorCode};
 use crate::routing::{home_shard, ConnRef, Envelope, Target};
 use crate::ws::{encode_frame, OPCODE_TEXT};
@@ -74,7 +74,9 @@ pub(super) enum PendingKind {
 
 #[derive(Debug)]
 pub(super) enum RouteAnswer {
-    Conn { reference: String },
+    Conn {
+        reference: String,
+    },
     Api(LocalSender<RouteOutcome>),
     /// Cluster mode: another node waits for the count.
     Remote(RemoteReply),
