@@ -53,7 +53,9 @@ fn latency(sender_url: &str, receiver_url: &str, tag: &str) -> (f64, f64) {
     // Warm the path (presence, scripts, connections).
     for _ in 0..100 {
         sender
-            .send(Message::text(format!("{{\"op\":\"send\",\"to\":\"{receiver_name}\",\"data\":0}}")))
+            .send(Message::text(format!(
+                "{{\"op\":\"send\",\"to\":\"{receiver_name}\",\"data\":0}}"
+            )))
             .unwrap();
         next_text(&mut receiver);
     }
@@ -61,7 +63,9 @@ fn latency(sender_url: &str, receiver_url: &str, tag: &str) -> (f64, f64) {
     for i in 0..SAMPLES {
         let t = Instant::now();
         sender
-            .send(Message::text(format!("{{\"op\":\"send\",\"to\":\"{receiver_name}\",\"data\":{i}}}")))
+            .send(Message::text(format!(
+                "{{\"op\":\"send\",\"to\":\"{receiver_name}\",\"data\":{i}}}"
+            )))
             .unwrap();
         let m = next_text(&mut receiver);
         samples.push(t.elapsed());
@@ -86,10 +90,14 @@ fn throughput(sender_url: &str, receiver_url: &str, tag: &str, total: u64) -> f6
         let received = received.clone();
         senders.push(std::thread::spawn(move || {
             let mut ws = connect(&url, &format!("bench-tp-sender-{tag_s}-{s}", tag_s = to));
-            let text = format!("{{\"op\":\"send\",\"to\":\"{to}\",\"data\":\"0123456789abcdef0123456789abcdef\"}}");
+            let text = format!(
+                "{{\"op\":\"send\",\"to\":\"{to}\",\"data\":\"0123456789abcdef0123456789abcdef\"}}"
+            );
             for sent in 0..per_sender {
                 // Keep at most WINDOW of ours in flight (shared estimate).
-                while sent * SENDERS as u64 > received.load(Ordering::Relaxed) + WINDOW * SENDERS as u64 {
+                while sent * SENDERS as u64
+                    > received.load(Ordering::Relaxed) + WINDOW * SENDERS as u64
+                {
                     std::thread::sleep(Duration::from_micros(50));
                 }
                 ws.send(Message::text(text.clone())).unwrap();
@@ -112,8 +120,14 @@ fn throughput(sender_url: &str, receiver_url: &str, tag: &str, total: u64) -> f6
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let a = args.get(1).cloned().unwrap_or_else(|| "ws://127.0.0.1:8001/ws".into());
-    let b = args.get(2).cloned().unwrap_or_else(|| "ws://127.0.0.1:8002/ws".into());
+    let a = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "ws://127.0.0.1:8001/ws".into());
+    let b = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "ws://127.0.0.1:8002/ws".into());
     let total: u64 = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(20_000);
     let (same50, same99) = latency(&a, &a, "same");
     let (cross50, cross99) = latency(&a, &b, "cross");

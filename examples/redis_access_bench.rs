@@ -151,7 +151,7 @@ fn bench_link(addr: &RedisAddr, n: usize) -> (Vec<Duration>, f64) {
         for i in 0..ROUND_TRIPS {
             let before = counter.done.get();
             let t = Instant::now();
-            link.command(publish_args(i), i).ok().expect("queued");
+            link.command(publish_args(i), i).expect("queued");
             counter.until(|c| c.done.get() > before).await;
             rtt.borrow_mut().push(t.elapsed());
         }
@@ -161,9 +161,7 @@ fn bench_link(addr: &RedisAddr, n: usize) -> (Vec<Duration>, f64) {
         let mut queued = 0;
         while queued < n {
             while queued < n && link.queued() < LINK_QUEUE_MAX_OPS {
-                link.command(publish_args(queued), queued)
-                    .ok()
-                    .expect("queued");
+                link.command(publish_args(queued), queued).expect("queued");
                 queued += 1;
             }
             let target = start_done + queued;
