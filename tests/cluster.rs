@@ -506,6 +506,49 @@ fn nodes_recover_when_redis_restarts() {
 }
 
 #[test]
+fn a_single_nodes_mailboxes_move_to_redis_when_it_joins_a_cluster() {
+    let redis = Redis::start();
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    // A single node keeps an offline message in its own log...
+    let mut single = TestServer::start(&["--shards", "2", "--data-dir", &dir_arg]);
+    let mut alice = user(&single, "alice");
+    let answer = ok(
+        &mut alice,
+        json!({"op":"send","to":"erin","data":"kept","ack":true}),
+    );
+    assert_eq!(answer["held"], "mailbox", "{answer}");
+    drop(alice);
+    single.signal(libc::SIGTERM);
+    assert!(single.wait_exit(WAIT).success());
+    drop(single);
+    // ... restarted as a cluster node, it moves it to Redis, so erin gets
+    // it on another node.
+    let url = redis.url();
+    let joined = TestServer::start(&[
+        "--shards",
+        "2",
+        "--data-dir",
+        &dir_arg,
+        "--cluster-redis",
+        &url,
+    ]);
+    let other = node(&redis);
+    wait_redis_up(&[&joined, &other]);
+    let deadline = Instant::now() + WAIT;
+    while redis.command("XLEN wsu:mbox:erin") != ":1" {
+        assert!(Instant::now() < deadline, "the mailbox did not move to Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut erin = user(&other, "erin");
+    let m = next_json(&mut erin);
+    assert_eq!((m["op"].as_str(), m["data"].as_str()), (Some("msg"), Some("kept")));
+    assert_eq!(m["ack"], true);
+    drop(joined);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_cluster_redis_urls_stop_the_server_with_a_clear_error() {
     for (url, says) in [
         ("http://127.0.0.1:6379", "redis://"),

@@ -36,7 +36,8 @@ use std::path::Path;
 pub const KEY_PREFIX: &str = "wsu:";
 /// Pub/sub channel prefix: a node listens on `wsu:node:<id>`.
 pub const NODE_CHANNEL_PREFIX: &str = "wsu:node:";
-/// The set of node ids that ever registered (pruned of expired ones).
+/// The set of registered node ids (a node leaves it at graceful shutdown;
+/// `wsu:node:<id>` existing tells whether a member is alive).
 pub const NODES_KEY: &str = "wsu:nodes";
 /// Longest node id.
 pub const NODE_ID_MAX_CHARS: usize = 64;

@@ -733,7 +733,9 @@ impl ShardState {
     fn migrate_mailboxes(&self) {
         let now = unix_ms();
         let mut moved = 0;
-        for user in self.reliable.borrow().mailbox_users() {
+        // (Collected first: the loop body borrows `reliable` mutably.)
+        let users = self.reliable.borrow().mailbox_users();
+        for user in users {
             if moved >= MIGRATE_PER_TICK_MAX_MSGS {
                 break;
             }
