@@ -198,6 +198,16 @@ settings! {
     auth_secret: String = String::new();
     /// comma-separated browser origins allowed to connect (empty: any); others get 403
     allowed_origins: String = String::new();
+    /// PEM certificate chain: with tls_key, the port speaks only TLS (wss:// and https://)
+    tls_cert: String = String::new();
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for tls_cert
+    tls_key: String = String::new();
+    /// new TCP connections a second per client IP (IPv6: per /64), 0 = unlimited; over it HTTP 429 (default 0)
+    ip_connections_per_s: u64 = 0;
+    /// new TCP connections per client IP in a burst (default 2 x ip_connections_per_s)
+    ip_connections_burst: u64 = 0;
+    /// live WebSocket connections per user, 0 = unlimited; over it close 1008 (default 0)
+    max_connections_per_user: usize = 0;
     /// directory of the per-shard logs (default ./ws-uring-data)
     data_dir: String = "./ws-uring-data".to_string();
     /// when logged messages are durable: always, batch or never (default batch)
@@ -331,6 +341,32 @@ impl Config {
                 "rate_limit_burst"
             };
             return Err(invalid(key, "0".into(), "expected at least 1"));
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            let (key, value) = if self.tls_cert.is_empty() {
+                ("tls_key", self.tls_key.clone())
+            } else {
+                ("tls_cert", self.tls_cert.clone())
+            };
+            return Err(invalid(
+                key,
+                value,
+                "tls_cert and tls_key must be given together",
+            ));
+        }
+        if self.ip_connections_burst > crate::conn::ip_limit::IP_BURST_MAX {
+            return Err(invalid(
+                "ip_connections_burst",
+                self.ip_connections_burst.to_string(),
+                &format!("expected at most {}", crate::conn::ip_limit::IP_BURST_MAX),
+            ));
+        }
+        if self.ip_connections_burst > 0 && self.ip_connections_per_s == 0 {
+            return Err(invalid(
+                "ip_connections_burst",
+                self.ip_connections_burst.to_string(),
+                "needs ip_connections_per_s above 0",
+            ));
         }
         if self.mailbox_max_msgs == 0 || self.dlq_max_msgs == 0 {
             let key = if self.mailbox_max_msgs == 0 {
@@ -545,6 +581,23 @@ impl Config {
     /// Whether this node is part of a cluster (`cluster_redis` set).
     pub fn is_cluster(&self) -> bool {
         !self.cluster_redis.is_empty() && !self.echo
+    }
+
+    /// The per-IP new-connection budget as (per second, burst), when limited.
+    pub fn ip_connection_limit(&self) -> Option<(u64, u64)> {
+        (self.ip_connections_per_s > 0).then(|| {
+            let burst = if self.ip_connections_burst > 0 {
+                self.ip_connections_burst
+            } else {
+                self.ip_connections_per_s.saturating_mul(2)
+            };
+            (self.ip_connections_per_s, burst)
+        })
+    }
+
+    /// The certificate and key files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<(&str, &str)> {
+        (!self.tls_cert.is_empty()).then_some((self.tls_cert.as_str(), self.tls_key.as_str()))
     }
 
     /// The admin token, when one is configured.

@@ -45,6 +45,7 @@ pub mod routing;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

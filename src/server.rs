@@ -46,6 +46,8 @@ pub enum ServerError {
     #[error("shard {shard} crashed")]
     ShardCrashed { shard: usize },
     #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cluster: {0}")]
     Cluster(String),
@@ -111,6 +113,15 @@ impl Server {
             crate::store::prepare_data_dir(std::path::Path::new(&config.data_dir), shards)?;
         }
         let cluster = cluster_start(&config)?;
+        let tls = match config.tls_files() {
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+            None => None,
+        };
+        let ip_limiter = config.ip_connection_limit().map(|(per_s, burst)| {
+            Arc::new(crate::conn::ip_limit::IpConnectionLimiter::new(
+                per_s, burst,
+            ))
+        });
         let (listeners, local_addr) = bind_listeners(config.bind_addr(), shards)?;
 
         let shutdown_flag = Arc::new(AtomicBool::new(false));
@@ -147,6 +158,8 @@ impl Server {
                 processors: self.processors.clone(),
                 resources: Some(resources.clone()),
                 export_tx: export_tx.clone(),
+                tls: tls.clone(),
+                ip_limiter: ip_limiter.clone(),
                 ready: ready_tx.clone(),
                 cluster: cluster.clone(),
             };
@@ -176,10 +189,15 @@ impl Server {
             }
         }
         log::info!(
-            "listening on {local_addr} ({shards} shard{}, {} mode, path {})",
+            "listening on {local_addr} ({shards} shard{}, {} mode, path {}{})",
             if shards == 1 { "" } else { "s" },
             if config.echo { "echo" } else { "protocol" },
-            config.path
+            config.path,
+            if config.tls_files().is_some() {
+                ", TLS only: wss:// and https://"
+            } else {
+                ""
+            }
         );
 
         let mut crashed = None;

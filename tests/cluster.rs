@@ -537,12 +537,18 @@ fn a_single_nodes_mailboxes_move_to_redis_when_it_joins_a_cluster() {
     wait_redis_up(&[&joined, &other]);
     let deadline = Instant::now() + WAIT;
     while redis.command("XLEN wsu:mbox:erin") != ":1" {
-        assert!(Instant::now() < deadline, "the mailbox did not move to Redis");
+        assert!(
+            Instant::now() < deadline,
+            "the mailbox did not move to Redis"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut erin = user(&other, "erin");
     let m = next_json(&mut erin);
-    assert_eq!((m["op"].as_str(), m["data"].as_str()), (Some("msg"), Some("kept")));
+    assert_eq!(
+        (m["op"].as_str(), m["data"].as_str()),
+        (Some("msg"), Some("kept"))
+    );
     assert_eq!(m["ack"], true);
     drop(joined);
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,6 +21,8 @@ pub const SIGNAL_SHUTDOWN: u8 = 4;
 pub const SIGNAL_OUTBOX: u8 = 8;
 /// Close with 1008: the outbox stayed over its bound.
 pub const SIGNAL_SLOW: u8 = 16;
+/// Close with 1008: the user is at `max_connections_per_user`.
+pub const SIGNAL_USER_LIMIT: u8 = 32;
 
 /// Most groups one connection may be in.
 pub const GROUPS_PER_CONNECTION_MAX: usize = 1024;
@@ -50,6 +52,9 @@ pub struct ConnHandle {
     pub rate_limit: RefCell<TokenBucket>,
     /// The groups its token lets it join (`None`: any).
     pub allowed_groups: RefCell<Option<Vec<String>>>,
+    /// Its user's home holds the rest of a mailbox until this connection
+    /// has written the batch it was sent.
+    pub mailbox_paused: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -64,6 +69,7 @@ impl ConnHandle {
         ConnHandle {
             rate_limit: RefCell::new(rate_limit),
             allowed_groups: RefCell::new(None),
+            mailbox_paused: Cell::new(false),
             id,
             user,
             wants_lz4,

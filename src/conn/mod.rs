@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod endpoints;
 pub mod handle;
+pub mod ip_limit;
 pub mod liveness;
 pub mod outbox;
 pub mod rate_limit;
@@ -14,13 +15,13 @@ mod websocket;
 pub use handle::ConnHandle;
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_lite::{future, AsyncRead, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
@@ -40,6 +41,11 @@ const REQUEST_BODY_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Most bytes drained while lingering.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
+/// A byte stream a connection is served over: the TCP stream itself, or
+/// TLS on top of it.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
+
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
     let accepted_at = Instant::now();
@@ -49,7 +55,87 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
     // Small frames must leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
 
+    if let Some(limiter) = &shard.ip_limiter {
+        if !limiter.try_admit(peer.ip(), accepted_at) {
+            log::debug!("{peer}: refused: over ip_connections_per_s");
+            shard.metrics.count_refused_ip_rate();
+            if shard.tls.is_none() {
+                let response = Response::error(429, "too many new connections from your address")
+                    .with_header("Retry-After", "1");
+                respond_and_close(&shard, &mut stream, &response).await;
+            }
+            // Over TLS the refusal costs no handshake: the socket just closes.
+            return;
+        }
+    }
+
     let timeout = Duration::from_millis(shard.config.handshake_timeout_ms);
+    match shard.tls.clone() {
+        None => serve_transport(shard, stream, peer, accepted_at, timeout).await,
+        Some(acceptor) => {
+            // Boxed: the handshake state is large and short-lived, and the
+            // connection's own future should not carry its size for life.
+            let accepted = Box::pin(future::or(
+                async { Some(acceptor.accept(stream).await) },
+                async {
+                    Timer::new(timeout).await;
+                    None
+                },
+            ))
+            .await;
+            match accepted {
+                Some(Ok(tls)) => {
+                    let left = timeout.saturating_sub(accepted_at.elapsed());
+                    serve_transport(shard, Box::new(tls), peer, accepted_at, left).await;
+                }
+                Some(Err(e)) => {
+                    log::debug!("{peer}: TLS handshake failed: {e}");
+                    shard.metrics.count_handshake_failure();
+                }
+                None => {
+                    log::debug!("{peer}: TLS handshake timed out");
+                    shard.metrics.count_handshake_failure();
+                }
+            }
+        }
+    }
+}
+
+/// Serves the HTTP request (and the WebSocket after an upgrade) over
+/// `stream`; `timeout` is what is left of `handshake_timeout_ms`.
+async fn serve_transport<S: Transport + 'static>(
+    shard: Rc<ShardState>,
+    stream: S,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    timeout: Duration,
+) {
+    // The WebSocket phase is a task of its own: this one, sized for the
+    // request phase (HTTP parsing, endpoints, TLS), ends here, and an idle
+    // connection keeps only what `run_upgraded` holds.
+    if let Some(upgraded) = handle_request(&shard, stream, peer, accepted_at, timeout).await {
+        glommio::spawn_local(run_upgraded(shard, upgraded)).detach();
+    }
+}
+
+/// A connection past its 101 response.
+struct Upgraded<S> {
+    stream: S,
+    session: WsSession,
+    handle: Rc<ConnHandle>,
+    mode: Mode,
+    peer: SocketAddr,
+}
+
+/// Reads and answers the request; an upgrade returns the connection.
+async fn handle_request<S: Transport>(
+    shard: &Rc<ShardState>,
+    mut stream: S,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    timeout: Duration,
+) -> Option<Upgraded<S>> {
+    let shard = shard.clone();
     let head = future::or(
         async { Some(read_request_head(&shard, &mut stream).await) },
         async {
@@ -62,34 +148,38 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
         None => {
             log::debug!("{peer}: handshake timed out");
             shard.metrics.count_handshake_failure();
-            return;
+            return None;
         }
-        Some(Err(HeadError::Closed)) => return,
+        Some(Err(HeadError::Closed)) => return None,
         Some(Err(HeadError::Io(e))) => {
             log::debug!("{peer}: read failed during handshake: {e}");
-            return;
+            return None;
         }
         Some(Err(HeadError::Refused(response))) => {
             respond_and_close(&shard, &mut stream, &response).await;
-            return;
+            return None;
         }
         Some(Err(HeadError::Http(e))) => {
             respond_and_close(&shard, &mut stream, &Response::error(400, &e.to_string())).await;
-            return;
+            return None;
         }
         Some(Ok(parsed)) => parsed,
     };
 
     match router::route(&head, &shard.config.path) {
-        Route::Respond(response) => respond_and_close(&shard, &mut stream, &response).await,
+        Route::Respond(response) => {
+            respond_and_close(&shard, &mut stream, &response).await;
+            None
+        }
         Route::Serve(Endpoint::WebSocket) => {
-            upgrade_and_run(&shard, stream, peer, head, buffered, accepted_at).await;
+            upgrade(&shard, stream, peer, head, buffered, accepted_at).await
         }
         Route::Serve(endpoint) => {
             let body_len = http::body_length(&head, usize::MAX).unwrap_or(0);
             let body = &buffered[head.head_len..head.head_len + body_len];
             let response = endpoints::serve(&shard, endpoint, &head, body, peer).await;
             respond_and_close(&shard, &mut stream, &response).await;
+            None
         }
     }
 }
@@ -103,9 +193,9 @@ enum HeadError {
 
 /// Reads until a complete request head; returns it with every byte read so
 /// far (frames a client sent right behind its upgrade request included).
-async fn read_request_head(
+async fn read_request_head<S: Transport>(
     shard: &ShardState,
-    stream: &mut TcpStream,
+    stream: &mut S,
 ) -> Result<(RequestHead, Vec<u8>), HeadError> {
     let mut buffered = Vec::new();
     let head = loop {
@@ -136,9 +226,9 @@ async fn read_request_head(
 }
 
 /// One read through the shard's buffer, appended to `into`.
-async fn read_via_shard_buffer(
+async fn read_via_shard_buffer<S: Transport>(
     shard: &ShardState,
-    stream: &mut TcpStream,
+    stream: &mut S,
     into: &mut Vec<u8>,
 ) -> io::Result<usize> {
     future::poll_fn(|cx| {
@@ -155,7 +245,7 @@ async fn read_via_shard_buffer(
 }
 
 /// Sends a plain HTTP response, then closes gracefully.
-async fn respond_and_close(shard: &ShardState, stream: &mut TcpStream, response: &Response) {
+async fn respond_and_close<S: Transport>(shard: &ShardState, stream: &mut S, response: &Response) {
     if stream.write_all(&response.to_bytes()).await.is_ok() {
         linger_and_close(shard, stream).await;
     }
@@ -163,9 +253,9 @@ async fn respond_and_close(shard: &ShardState, stream: &mut TcpStream, response:
 
 /// Half-closes, then reads (and discards) until the peer closes or
 /// `LINGER` passes, so our last bytes are not lost to a reset.
-async fn linger_and_close(shard: &ShardState, stream: &mut TcpStream) {
-    let _ = stream.flush().await;
-    let _ = stream.shutdown(Shutdown::Write).await;
+async fn linger_and_close<S: Transport>(shard: &ShardState, stream: &mut S) {
+    // A half-close: TCP sends FIN (after TLS's close_notify); reads go on.
+    let _ = stream.close().await;
     let drain = async {
         let mut drained = 0;
         while drained < LINGER_MAX_BYTES {
@@ -186,14 +276,15 @@ async fn linger_and_close(shard: &ShardState, stream: &mut TcpStream) {
     future::or(drain, deadline).await;
 }
 
-async fn upgrade_and_run(
+/// Checks and answers an upgrade request; registers the connection.
+async fn upgrade<S: Transport>(
     shard: &Rc<ShardState>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     head: RequestHead,
     buffered: Vec<u8>,
     accepted_at: Instant,
-) {
+) -> Option<Upgraded<S>> {
     let upgrade = match upgrade::check_upgrade(
         &head,
         shard.auth.as_ref(),
@@ -202,12 +293,14 @@ async fn upgrade_and_run(
         Ok(u) => u,
         Err(response) => {
             shard.metrics.count_handshake_failure();
-            return respond_and_close(shard, &mut stream, &response).await;
+            respond_and_close(shard, &mut stream, &response).await;
+            return None;
         }
     };
     if shard.is_shutting_down() {
         let response = Response::error(503, "server is shutting down");
-        return respond_and_close(shard, &mut stream, &response).await;
+        respond_and_close(shard, &mut stream, &response).await;
+        return None;
     }
     let admission = match shard.registry.admit() {
         Ok(a) => a,
@@ -215,7 +308,8 @@ async fn upgrade_and_run(
             log::debug!("{peer}: refused: {e}");
             shard.metrics.count_handshake_failure();
             let response = Response::error(503, &format!("server full: {e}"));
-            return respond_and_close(shard, &mut stream, &response).await;
+            respond_and_close(shard, &mut stream, &response).await;
+            return None;
         }
     };
     let requested_user = upgrade.user.clone();
@@ -230,7 +324,8 @@ async fn upgrade_and_run(
         Err(e) => {
             log::error!("{peer}: cannot register connection: {e}");
             let response = Response::error(503, "connection table exhausted");
-            return respond_and_close(shard, &mut stream, &response).await;
+            respond_and_close(shard, &mut stream, &response).await;
+            return None;
         }
     };
     let user = upgrade
@@ -247,7 +342,7 @@ async fn upgrade_and_run(
     } else {
         Mode::Protocol
     };
-    let mut session = WsSession::new(shard.config.max_message_bytes, &buffered[head.head_len..]);
+    let session = WsSession::new(shard.config.max_message_bytes, &buffered[head.head_len..]);
     // The request is not needed past this point: free it before the
     // connection settles into its (possibly long) idle life.
     drop(buffered);
@@ -255,7 +350,7 @@ async fn upgrade_and_run(
     if let Err(e) = stream.write_all(&upgrade.response_bytes()).await {
         log::debug!("{peer}: write failed during upgrade: {e}");
         shard.registry.remove(conn_id);
-        return;
+        return None;
     }
     shard
         .metrics
@@ -277,11 +372,36 @@ async fn upgrade_and_run(
     // In protocol mode the connection is announced to its user's home shard
     // and greeted (`welcome`, the first frame) once the home has it.
     shard.add_conn(handle.clone(), mode == Mode::Protocol);
-    let outcome = websocket::run_session(shard, &mut stream, &mut session, &handle, mode).await;
+    Some(Upgraded {
+        stream,
+        session,
+        handle,
+        mode,
+        peer,
+    })
+}
+
+/// The WebSocket phase, to the end of the connection.
+async fn run_upgraded<S: Transport>(shard: Rc<ShardState>, mut upgraded: Upgraded<S>) {
+    // Fields are used in place: moving them out would keep two copies in
+    // this future, which every idle connection holds.
+    let shard = &shard;
+    let outcome = websocket::run_session(
+        shard,
+        &mut upgraded.stream,
+        &mut upgraded.session,
+        &upgraded.handle,
+        upgraded.mode,
+    )
+    .await;
     let stale = outcome == websocket::Outcome::Stale;
     if outcome != websocket::Outcome::PeerGone {
-        linger_and_close(shard, &mut stream).await;
+        linger_and_close(shard, &mut upgraded.stream).await;
     }
-    shard.remove_conn(&handle, stale);
-    log::debug!("{peer}: connection {conn_id} closed ({outcome:?})");
+    shard.remove_conn(&upgraded.handle, stale);
+    log::debug!(
+        "{}: connection {} closed ({outcome:?})",
+        upgraded.peer,
+        upgraded.handle.id
+    );
 }

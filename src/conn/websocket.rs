@@ -8,19 +8,29 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{future, AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::future;
 use glommio::timer::Timer;
 use tungstenite::Message;
 
 use super::commands::Mode;
-use super::handle::{ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW};
+use super::handle::{
+    ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW, SIGNAL_USER_LIMIT,
+};
 use crate::shard::ShardState;
 use crate::ws::WsSession;
 
 /// Most outbox bytes put into one write: a connection with a deep queue
 /// yields the shard after this much, so it cannot starve the others.
 pub const WRITE_BATCH_MAX_BYTES: usize = 64 * 1024;
+/// Empty write buffers a shard keeps for reuse; a connection holds one only
+/// while it has bytes waiting for the socket.
+pub const SPARE_WRITE_BUFFERS_MAX: usize = 256;
+
+thread_local! {
+    /// This shard's empty write buffers (a shard is one thread).
+    static SPARE_WRITE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// How a WebSocket session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +68,9 @@ impl Pending {
     }
 }
 
-pub(super) async fn run_session(
+pub(super) async fn run_session<S: super::Transport>(
     shard: &Rc<ShardState>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     session: &mut WsSession,
     handle: &ConnHandle,
     mode: Mode,
@@ -121,6 +131,8 @@ pub(super) async fn run_session(
         if pending.is_done() && ended {
             return end(stale);
         }
+        // Nothing in progress: idle connections keep no tungstenite state.
+        session.rest();
 
         match wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await {
             Wake::Input => {}
@@ -132,6 +144,7 @@ pub(super) async fn run_session(
                 pending.written += n;
                 if from_outbox > 0 {
                     handle.outbox.borrow_mut().wrote(from_outbox);
+                    shard.mailbox_written(handle);
                 }
             }
             Wake::PeerGone => {
@@ -144,7 +157,9 @@ pub(super) async fn run_session(
             }
             Wake::Deadline => return end(stale),
             Wake::Signals(signals) => {
-                if signals & SIGNAL_SLOW != 0 && session.is_open() {
+                if signals & SIGNAL_USER_LIMIT != 0 && session.is_open() {
+                    session.close(1008, "too many connections for this user");
+                } else if signals & SIGNAL_SLOW != 0 && session.is_open() {
                     shard.count_slow_consumer();
                     shard.metrics.count_slow_consumer_closed();
                     session.close(1008, "slow consumer: outgoing queue over its bound");
@@ -178,6 +193,11 @@ pub(super) async fn run_session(
 /// session is open (a closed session takes none: nothing follows a close).
 fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pending: &mut Pending) {
     pending.bytes.clear();
+    if pending.bytes.capacity() == 0 {
+        if let Some(spare) = SPARE_WRITE_BUFFERS.with(|b| b.borrow_mut().pop()) {
+            pending.bytes = spare;
+        }
+    }
     pending.written = 0;
     pending.from_outbox = 0;
     session.append_output(&mut pending.bytes);
@@ -210,16 +230,25 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
             shard.anycast_done(&group, handle.id, 1);
         }
     }
-    if pending.bytes.capacity() > 4 * WRITE_BATCH_MAX_BYTES && pending.bytes.is_empty() {
-        pending.bytes = Vec::new();
+    if pending.bytes.is_empty() {
+        // Nothing to write: the buffer goes back to the shard, unless huge.
+        let buffer = std::mem::take(&mut pending.bytes);
+        if buffer.capacity() <= 4 * WRITE_BATCH_MAX_BYTES {
+            SPARE_WRITE_BUFFERS.with(|b| {
+                let mut spare = b.borrow_mut();
+                if spare.len() < SPARE_WRITE_BUFFERS_MAX {
+                    spare.push(buffer);
+                }
+            });
+        }
     }
 }
 
 /// Waits for input (fed into the session), write progress, a signal, or the
 /// close deadline.
-async fn wait_for_wake(
+async fn wait_for_wake<S: super::Transport>(
     shard: &ShardState,
-    stream: &mut TcpStream,
+    stream: &mut S,
     session: &mut WsSession,
     handle: &ConnHandle,
     pending: &Pending,

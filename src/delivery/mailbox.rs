@@ -59,6 +59,28 @@ impl Mailbox {
         self.lanes.iter_mut().flat_map(|l| l.drain(..)).collect()
     }
 
+    /// Takes messages in delivery order until their `size` adds up to
+    /// `max_bytes` (always at least one, if any).
+    pub fn take_batch(
+        &mut self,
+        max_bytes: usize,
+        size: impl Fn(&MessageParts) -> usize,
+    ) -> Vec<Arc<MessageParts>> {
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        for lane in &mut self.lanes {
+            while let Some(front) = lane.front() {
+                let next = size(front);
+                if !taken.is_empty() && bytes + next > max_bytes {
+                    return taken;
+                }
+                bytes += next;
+                taken.push(lane.pop_front().expect("front exists"));
+            }
+        }
+        taken
+    }
+
     /// Removes a message by id; returns it.
     pub fn remove(&mut self, id: &str) -> Option<Arc<MessageParts>> {
         for l in &mut self.lanes {
@@ -96,6 +118,21 @@ mod tests {
 
     fn ids(v: &[Arc<MessageParts>]) -> Vec<&str> {
         v.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn batches_follow_delivery_order_and_the_byte_budget() {
+        let mut m = Mailbox::default();
+        m.push(msg("n1", Priority::Normal, 1), 10);
+        m.push(msg("c1", Priority::Critical, 2), 10);
+        m.push(msg("n2", Priority::Normal, 3), 10);
+        m.push(msg("l1", Priority::Low, 4), 10);
+        let size = |_: &MessageParts| 100;
+        assert_eq!(ids(&m.take_batch(250, size)), ["c1", "n1"]);
+        assert_eq!(ids(&m.take_batch(50, size)), ["n2"], "at least one");
+        assert_eq!(ids(&m.take_batch(1000, size)), ["l1"]);
+        assert!(m.is_empty());
+        assert!(m.take_batch(1000, size).is_empty());
     }
 
     #[test]

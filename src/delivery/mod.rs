@@ -315,6 +315,69 @@ impl ReliableState {
         deliverable
     }
 
+    /// Takes the first messages of `user`'s mailbox, up to `max_bytes` of
+    /// them (at least one), logging their removal like `take_mailbox`.
+    /// Also says whether more are left.
+    pub fn take_mailbox_batch(
+        &mut self,
+        user: &str,
+        now: u64,
+        max_bytes: usize,
+    ) -> (Vec<Arc<MessageParts>>, bool) {
+        let Some(mailbox) = self.mailboxes.get_mut(user) else {
+            return (Vec::new(), false);
+        };
+        let batch = mailbox.take_batch(max_bytes, MessageParts::size_bytes);
+        let more = !mailbox.is_empty();
+        if !more {
+            self.mailboxes.remove(user);
+        }
+        let mut deliverable = Vec::with_capacity(batch.len());
+        for msg in batch {
+            self.log_remove(mailbox_key(user, &msg.id));
+            if msg.expires_unix_ms.is_some_and(|t| t <= now) {
+                self.dead_letter(
+                    msg,
+                    Target::User(user.to_string()),
+                    DeadReason::Expired,
+                    0,
+                    now,
+                );
+            } else {
+                deliverable.push(msg);
+            }
+        }
+        (deliverable, more)
+    }
+
+    /// Every mailbox message of the users `foreign` picks (those homed on
+    /// another shard: restored from deliveries this shard tracked).
+    pub fn foreign_mailbox_messages(
+        &self,
+        foreign: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Arc<MessageParts>)> {
+        self.mailboxes
+            .iter()
+            .filter(|(user, _)| foreign(user))
+            .flat_map(|(user, mailbox)| mailbox.iter().map(move |m| (user.clone(), m.clone())))
+            .collect()
+    }
+
+    /// Removes one message from `user`'s mailbox (logged); whether it was there.
+    pub fn remove_mailbox_message(&mut self, user: &str, id: &str) -> bool {
+        let Some(mailbox) = self.mailboxes.get_mut(user) else {
+            return false;
+        };
+        let removed = mailbox.remove(id).is_some();
+        if mailbox.is_empty() {
+            self.mailboxes.remove(user);
+        }
+        if removed {
+            self.log_remove(mailbox_key(user, id));
+        }
+        removed
+    }
+
     /// Messages waiting in `user`'s mailbox.
     pub fn mailbox_len(&self, user: &str) -> usize {
         self.mailboxes.get(user).map_or(0, Mailbox::len)

@@ -200,6 +200,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         504 => "Gateway Timeout",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",

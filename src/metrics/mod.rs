@@ -65,11 +65,13 @@ pub enum Counter {
     ConnectionsOpened,
     ConnectionsClosed,
     HandshakeFailures,
+    RefusedIpRate,
+    RefusedUserLimit,
 }
 
 impl Counter {
     /// How many counters there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     /// Every counter, in export order.
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::MessagesIn,
@@ -82,6 +84,8 @@ impl Counter {
         Counter::ConnectionsOpened,
         Counter::ConnectionsClosed,
         Counter::HandshakeFailures,
+        Counter::RefusedIpRate,
+        Counter::RefusedUserLimit,
     ];
 
     /// The name used in every export format (Prometheus adds `wsuring_` and `_total`).
@@ -97,6 +101,8 @@ impl Counter {
             Counter::ConnectionsOpened => "connections_opened",
             Counter::ConnectionsClosed => "connections_closed",
             Counter::HandshakeFailures => "handshake_failures",
+            Counter::RefusedIpRate => "refused_ip_rate",
+            Counter::RefusedUserLimit => "refused_user_limit",
         }
     }
 
@@ -118,6 +124,12 @@ impl Counter {
             Counter::ConnectionsClosed => "WebSocket connections closed, for any reason.",
             Counter::HandshakeFailures => {
                 "Connections that failed or timed out before the upgrade completed."
+            }
+            Counter::RefusedIpRate => {
+                "TCP connections refused (HTTP 429) for exceeding ip_connections_per_s."
+            }
+            Counter::RefusedUserLimit => {
+                "WebSocket connections closed with 1008 over max_connections_per_user."
             }
         }
     }
@@ -378,6 +390,16 @@ impl ShardMetrics {
     /// A connection failed or timed out before its upgrade completed.
     pub fn count_handshake_failure(&self) {
         self.add(Counter::HandshakeFailures, 1);
+    }
+
+    /// A connection was refused over its IP's new-connection budget.
+    pub fn count_refused_ip_rate(&self) {
+        self.add(Counter::RefusedIpRate, 1);
+    }
+
+    /// A connection was closed over its user's connection limit.
+    pub fn count_refused_user_limit(&self) {
+        self.add(Counter::RefusedUserLimit, 1);
     }
 
     /// Live connections on this shard (also raises the peak).

@@ -75,6 +75,11 @@ pub enum MeshMsg {
     },
     /// To a user's home: `at` closed.
     UserDetach { user: String, at: ConnRef },
+    /// From a user's home to the shard of connection `conn`: a mailbox
+    /// batch was sent and more waits; ask for it once the outbox is empty.
+    MailboxPaused { conn: u64 },
+    /// To a user's home: connection `at` has written its mailbox batch.
+    MailboxMore { user: String, at: ConnRef },
     /// To a group's home: `at` joins with `weight`.
     GroupJoin {
         group: String,

@@ -70,6 +70,9 @@ pub(super) enum PendingKind {
         reported: u32,
         delivered: u64,
     },
+    /// A restored mailbox message handed to its user's home: removed here
+    /// once the home has it durably.
+    Handoff { user: String, id: String },
 }
 
 #[derive(Debug)]
@@ -634,6 +637,26 @@ impl ShardState {
     pub(super) fn on_messaging(&self, msg: MeshMsg) {
         match msg {
             MeshMsg::UserAttach { user, at, reply } => {
+                let limit = self.config.max_connections_per_user;
+                let count = self.directory.borrow().user_connection_count(&user);
+                if limit > 0 && count >= limit {
+                    if let Some(reply) = reply {
+                        let reason = format!(
+                            "user {user} already has {count} connections (max_connections_per_user)"
+                        );
+                        self.to_shard(
+                            reply.shard,
+                            MeshMsg::Done {
+                                request_id: reply.request_id,
+                                result: Err(Failure {
+                                    code: ErrorCode::Forbidden,
+                                    reason,
+                                }),
+                            },
+                        );
+                    }
+                    return;
+                }
                 self.directory.borrow_mut().attach_user(&user, at);
                 // Cluster mode: presence in Redis first, then the same.
                 if self.cluster_attach(&user, at, reply) {
@@ -654,6 +677,40 @@ impl ShardState {
             MeshMsg::UserDetach { user, at } => {
                 self.directory.borrow_mut().detach_user(&user, at);
                 self.cluster_detached(&user);
+                // A mailbox drain may have been going to `at`: carry it on
+                // with another connection of the user, if there is one.
+                if self.reliable.borrow().mailbox_len(&user) > 0 {
+                    let next = self
+                        .directory
+                        .borrow()
+                        .user_conns_by_shard(&user, self.shard_count)
+                        .into_iter()
+                        .enumerate()
+                        .find_map(|(shard, conns)| {
+                            conns.first().map(|&conn| ConnRef { shard, conn })
+                        });
+                    if let Some(next) = next {
+                        self.deliver_mailbox(&user, next);
+                    }
+                }
+            }
+            MeshMsg::MailboxPaused { conn } => {
+                let handle = self.conns.borrow().get(&conn).cloned();
+                if let Some(handle) = handle {
+                    handle.mailbox_paused.set(true);
+                    self.mailbox_written(&handle);
+                }
+            }
+            MeshMsg::MailboxMore { user, at } => {
+                let attached = self
+                    .directory
+                    .borrow()
+                    .user_conns_by_shard(&user, self.shard_count)
+                    .get(at.shard)
+                    .is_some_and(|conns| conns.contains(&at.conn));
+                if attached {
+                    self.deliver_mailbox(&user, at);
+                }
             }
             MeshMsg::GroupJoin {
                 group,
@@ -742,6 +799,9 @@ impl ShardState {
                         },
                     );
                 }
+            }
+            MeshMsg::Routed { request_id, .. } if self.is_handoff(request_id) => {
+                self.handoff_done(request_id);
             }
             MeshMsg::Routed {
                 request_id,
@@ -953,8 +1013,11 @@ impl ShardState {
                     .directory
                     .borrow()
                     .user_conns_by_shard(user, self.shard_count);
-                if by_shard.iter().all(Vec::is_empty) {
-                    // Offline: the mailbox, delivered after the next welcome.
+                // Offline, or online with a mailbox still being drained (a
+                // new message waits its turn behind the stored ones).
+                let draining = self.reliable.borrow().mailbox_len(user) > 0;
+                if draining || by_shard.iter().all(Vec::is_empty) {
+                    // The mailbox, delivered after the next welcome.
                     let msg = Arc::new(envelope.parts.clone());
                     self.reliable.borrow_mut().store_offline(user, msg, now);
                     self.wake_timers();
@@ -1077,13 +1140,63 @@ impl ShardState {
         }
     }
 
+    fn is_handoff(&self, request_id: u64) -> bool {
+        matches!(
+            self.messaging.borrow().pending.get(&request_id),
+            Some(PendingRequest {
+                kind: PendingKind::Handoff { .. },
+                ..
+            })
+        )
+    }
+
+    /// Tracks a restored message handed to its user's home (`None` when
+    /// too many requests are pending: it stays here until the next start).
+    pub(super) fn wait_for_handoff(&self, user: &str, id: &str) -> Option<ReplyTo> {
+        let kind = PendingKind::Handoff {
+            user: user.to_string(),
+            id: id.to_string(),
+        };
+        self.wait_for(API_CONN, Some(kind))
+    }
+
+    /// The home has the handed-off message durably: forget it here.
+    fn handoff_done(&self, request_id: u64) {
+        let Some(request) = self.messaging.borrow_mut().pending.remove(&request_id) else {
+            return;
+        };
+        if let PendingKind::Handoff { user, id } = request.kind {
+            self.reliable
+                .borrow_mut()
+                .remove_mailbox_message(&user, &id);
+            self.kick_wal();
+            self.hand_off_next();
+        }
+    }
+
     /// Completes a pending request and answers its connection (or caller).
     pub(super) fn finish(&self, request_id: u64, result: Result<(), Failure>) {
         let Some(request) = self.messaging.borrow_mut().pending.remove(&request_id) else {
             return;
         };
         let frame = match (request.kind, result) {
-            (PendingKind::Welcome(welcome), _) => welcome,
+            (PendingKind::Handoff { user, id }, _) => {
+                // It stays here and is handed off again at the next start.
+                log::warn!("shard {}: handing {id} to {user}'s home failed", self.id);
+                self.hand_off_next();
+                return;
+            }
+            (PendingKind::Welcome(welcome), Ok(())) => welcome,
+            (PendingKind::Welcome(_), Err(f)) => {
+                // The user's home refused the connection: no welcome, close.
+                log::debug!("connection {}: {}", request.conn, f.reason);
+                self.metrics.count_refused_user_limit();
+                let handle = self.conns.borrow().get(&request.conn).cloned();
+                if let Some(handle) = handle {
+                    handle.raise(crate::conn::handle::SIGNAL_USER_LIMIT);
+                }
+                return;
+            }
             (PendingKind::Membership { reference }, Ok(())) => {
                 text_frame(&protocol::encode_ok(Some(&reference), None, None))
             }

@@ -59,6 +59,10 @@ pub struct ShardStart {
     pub resources: Option<observe::SharedResources>,
     /// Where shard 0 sends each interval's figures for `--metrics-export`.
     pub export_tx: Option<std::sync::mpsc::Sender<observe::ExportLine>>,
+    /// Terminates TLS when `tls_cert`/`tls_key` are set (shared config).
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// The per-IP new-connection budget every shard shares.
+    pub ip_limiter: Option<Arc<crate::conn::ip_limit::IpConnectionLimiter>>,
     /// Told this shard's mesh id once it accepts connections.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
     /// Cluster mode: the node id and where Redis is.
@@ -98,6 +102,10 @@ pub struct ShardState {
     pub auth: Option<crate::auth::Authenticator>,
     /// Browser origins allowed to upgrade (`None`: any).
     pub allowed_origins: Option<Vec<String>>,
+    /// Terminates TLS when configured.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// The per-IP new-connection budget (shared by every shard).
+    pub ip_limiter: Option<Arc<crate::conn::ip_limit::IpConnectionLimiter>>,
     /// This shard's metrics: counters, gauges, histograms.
     pub metrics: crate::metrics::ShardMetrics,
     metrics_waiters: Waiters<MetricsAnswer>,
@@ -137,6 +145,9 @@ pub struct ShardState {
     health_waiters: Waiters<ShardHealth>,
     /// Cluster mode: this shard's Redis link and cluster chores.
     cluster: Option<cluster::ClusterShard>,
+    /// Restored mailbox messages still to hand to their users' homes.
+    handoffs:
+        RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
 }
 
 impl ShardState {
@@ -151,6 +162,8 @@ impl ShardState {
             counters: ShardCounters::default(),
             processors: start.processors.clone(),
             allowed_origins: start.config.allowed_origins(),
+            tls: start.tls.clone(),
+            ip_limiter: start.ip_limiter.clone(),
             auth: (!start.config.auth_secret.is_empty())
                 .then(|| crate::auth::Authenticator::new(&start.config.auth_secret)),
             metrics: if start.config.metrics {
@@ -197,6 +210,7 @@ impl ShardState {
             wal_done: Cell::new(true),
             health_waiters: RefCell::new(HashMap::new()),
             cluster: start.cluster.clone().map(cluster::ClusterShard::new),
+            handoffs: RefCell::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -441,6 +455,7 @@ pub async fn run(start: ShardStart) {
         })
         .detach();
     }
+    shard.hand_off_foreign_mailboxes();
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
     shard.start_cluster_tasks();
     glommio::spawn_local(shard.clone().run_timers()).detach();

@@ -36,11 +36,12 @@ pub(super) struct DurableWaiters {
 
 impl ShardState {
     /// Sends `msg` to `shard` once every record journaled so far is
-    /// durable (at once without persistence or with `fsync = never`).
+    /// durable: synced (`fsync` always or batch) or at least written to the
+    /// kernel (`never`: survives a crash of the process, not of the OS); at
+    /// once without persistence.
     pub(super) fn when_durable(&self, lsn_before: u64, shard: usize, msg: MeshMsg) {
         let lsn = self.reliable.borrow().journal_lsn();
-        let must_wait =
-            lsn > lsn_before && lsn > self.durable_lsn.get() && self.fsync != FsyncMode::Never;
+        let must_wait = lsn > lsn_before && lsn > self.durable_lsn.get();
         if must_wait {
             self.durable_waiters
                 .borrow_mut()

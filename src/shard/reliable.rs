@@ -13,6 +13,10 @@ use glommio::timer::Timer;
 use super::mesh::{DeadLetterView, MeshMsg};
 use super::messaging::{unix_ms, API_CONN};
 use super::ShardState;
+
+/// Restored mailbox messages handed to their home shard at once; each
+/// reply sends the next.
+const HANDOFFS_IN_FLIGHT_MAX: usize = 256;
 use crate::delivery::dlq::DeadReason;
 use crate::delivery::{AckTarget, AfterTimeout, Fired, PendingAck, PendingKey};
 use crate::routing::{home_shard, ConnRef, Envelope, Target};
@@ -196,10 +200,17 @@ impl ShardState {
         self.wake_timers();
     }
 
-    /// Delivers a user's mailbox to its new connection `at`.
+    /// Delivers a user's mailbox to its connection `at`, a batch of at
+    /// most half an outbox at a time: the connection asks for the next one
+    /// (`MailboxMore`) once it has written this one, so a mailbox larger
+    /// than the outbox bound is neither dropped nor refused.
     pub(super) fn deliver_mailbox(&self, user: &str, at: ConnRef) {
         let now = unix_ms();
-        let msgs = self.reliable.borrow_mut().take_mailbox(user, now);
+        let batch_bytes = (self.config.outbox_max_bytes / 2).max(1);
+        let (msgs, more) = self
+            .reliable
+            .borrow_mut()
+            .take_mailbox_batch(user, now, batch_bytes);
         if msgs.is_empty() {
             return;
         }
@@ -220,7 +231,89 @@ impl ShardState {
             }
             self.fan_out_to_one(&envelope, at, None, origin, None);
         }
+        if more {
+            // Behind the batch on the same channel: it arrives after it.
+            self.to_shard(at.shard, MeshMsg::MailboxPaused { conn: at.conn });
+        }
         self.wake_timers();
+    }
+
+    /// At start-up: mailbox messages of users homed elsewhere (restored
+    /// from deliveries this shard tracked for group members) go to their
+    /// user's home, which delivers them when the user connects. Each one
+    /// is removed here only once the home has logged it, so a crash in
+    /// between delivers it twice at worst, never loses it.
+    pub(super) fn hand_off_foreign_mailboxes(&self) {
+        if self.cluster.is_some() {
+            // Cluster mode moves every mailbox of this shard to the users'
+            // Redis mailboxes instead (`migrate_mailboxes`), whatever their
+            // home.
+            return;
+        }
+        let (id, shards) = (self.id, self.shard_count);
+        let strays = self
+            .reliable
+            .borrow()
+            .foreign_mailbox_messages(|user| home_shard(user, shards) != id);
+        if strays.is_empty() {
+            return;
+        }
+        log::info!(
+            "shard {}: handing {} restored mailbox messages to their users' home shards",
+            self.id,
+            strays.len()
+        );
+        self.handoffs.borrow_mut().extend(strays);
+        for _ in 0..HANDOFFS_IN_FLIGHT_MAX {
+            self.hand_off_next();
+        }
+    }
+
+    /// Sends the next queued hand-off, if any.
+    pub(super) fn hand_off_next(&self) {
+        let Some((user, msg)) = self.handoffs.borrow_mut().pop_front() else {
+            return;
+        };
+        let Some(reply) = self.wait_for_handoff(&user, &msg.id) else {
+            // Too many requests pending: it stays here, handed off next start.
+            return;
+        };
+        let envelope = Arc::new(Envelope::new(
+            (*msg).clone(),
+            1,
+            self.config.compress_min_bytes,
+        ));
+        self.to_shard(
+            home_shard(&user, self.shard_count),
+            MeshMsg::Route {
+                target: Target::User(user),
+                envelope,
+                origin: self.origin_here(),
+                reply: Some(reply),
+                deliver_at_unix_ms: None,
+                arrived: None,
+            },
+        );
+    }
+
+    /// On a connection's shard: once a paused mailbox batch is written,
+    /// asks the user's home for the next.
+    pub(crate) fn mailbox_written(&self, handle: &crate::conn::ConnHandle) {
+        if handle.mailbox_paused.get() && handle.outbox.borrow().bytes() == 0 {
+            handle.mailbox_paused.set(false);
+            let home = home_shard(&handle.user, self.shard_count);
+            let at = ConnRef {
+                shard: self.id,
+                conn: handle.id,
+            };
+            self.to_shard(
+                home,
+                MeshMsg::MailboxMore {
+                    user: handle.user.to_string(),
+                    at,
+                },
+            );
+        }
     }
 
     pub(super) fn answer_dlq_query(&self, from: usize, request_id: u64) {

@@ -5,6 +5,7 @@
 //! Frames written between two socket writes accumulate in one buffer, so a
 //! burst of replies costs one `send` ("write many frames, flush once").
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 
 use tungstenite::error::{CapacityError, Error as WsError};
@@ -95,14 +96,46 @@ pub enum SessionEnd {
     Failed { code: u16, reason: String },
 }
 
+/// Most resting tungstenite states a shard keeps for reuse. Only the
+/// connections busy in one wake-up hold one, so a few suffice.
+pub const RESTING_SESSIONS_MAX: usize = 256;
+
+thread_local! {
+    /// This shard's tungstenite states not in use, with their message cap.
+    /// (A shard is one thread: thread-local is shard-local.)
+    static RESTING: RefCell<Vec<(usize, Box<WebSocket<MemStream>>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
 /// One WebSocket connection's protocol state.
+///
+/// Between messages a connection needs none of tungstenite's state: when
+/// every byte fed so far formed whole frames, no fragmented message is open,
+/// the session is open and its output was taken, tungstenite is exactly as
+/// a fresh session would be. Then `rest` hands it to a shard-wide pool and
+/// the connection keeps only its frame boundary tracker; the next `feed`
+/// takes one back. An idle connection holds no tungstenite buffers at all.
 pub struct WsSession {
-    ws: WebSocket<MemStream>,
+    ws: Option<Box<WebSocket<MemStream>>>,
+    frames: FrameTracker,
+    max_message_bytes: usize,
 }
 
 impl WsSession {
     /// A server-side session; `leftover` is what arrived after the HTTP head.
     pub fn new(max_message_bytes: usize, leftover: &[u8]) -> Self {
+        let mut session = WsSession {
+            ws: None,
+            frames: FrameTracker::default(),
+            max_message_bytes,
+        };
+        if !leftover.is_empty() {
+            session.feed(leftover);
+        }
+        session
+    }
+
+    fn fresh(max_message_bytes: usize) -> Box<WebSocket<MemStream>> {
         let config = WebSocketConfig::default()
             .read_buffer_size(SESSION_READ_CHUNK_BYTES)
             // Frames collect in tungstenite's own buffer until `take_output`,
@@ -111,23 +144,76 @@ impl WsSession {
             .write_buffer_size(usize::MAX / 2)
             .max_message_size(Some(max_message_bytes))
             .max_frame_size(Some(max_message_bytes));
-        let mut stream = MemStream::default();
-        stream.inbound.extend_from_slice(leftover);
-        WsSession {
-            ws: WebSocket::from_raw_socket(stream, Role::Server, Some(config)),
+        Box::new(WebSocket::from_raw_socket(
+            MemStream::default(),
+            Role::Server,
+            Some(config),
+        ))
+    }
+
+    /// The tungstenite state, taken from the pool if resting.
+    fn ws(&mut self) -> &mut WebSocket<MemStream> {
+        let max = self.max_message_bytes;
+        self.ws.get_or_insert_with(|| {
+            RESTING
+                .with(|pool| {
+                    let mut pool = pool.borrow_mut();
+                    let at = pool.iter().rposition(|(m, _)| *m == max)?;
+                    Some(pool.swap_remove(at).1)
+                })
+                .unwrap_or_else(|| Self::fresh(max))
+        })
+    }
+
+    /// Whether the tungstenite state is in the pool (nothing in progress).
+    pub fn is_resting(&self) -> bool {
+        self.ws.is_none()
+    }
+
+    /// Returns the tungstenite state to the shard's pool if nothing is in
+    /// progress (see the type's docs); the session stays usable.
+    pub fn rest(&mut self) {
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
+        let stream = ws.get_ref();
+        let idle = self.frames.at_message_boundary()
+            && ws.can_write()
+            && stream.inbound_pos == stream.inbound.len()
+            && stream.outbound.is_empty();
+        if !idle {
+            return;
         }
+        let mut ws = self.ws.take().expect("checked above");
+        let stream = ws.get_mut();
+        stream.inbound.clear();
+        stream.inbound_pos = 0;
+        if stream.inbound.capacity() > IDLE_BUFFER_KEEP_BYTES {
+            stream.inbound = Vec::new();
+        }
+        let max = self.max_message_bytes;
+        RESTING.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < RESTING_SESSIONS_MAX {
+                pool.push((max, ws));
+            }
+        });
     }
 
     /// Appends bytes read from the socket.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.ws.get_mut().inbound.extend_from_slice(bytes);
+        self.frames.feed(bytes);
+        self.ws().get_mut().inbound.extend_from_slice(bytes);
     }
 
     /// The next complete message, `Ok(None)` when more input is needed.
     /// Pings are answered and closes replied to automatically. On a
     /// protocol violation the close frame is queued and the end returned.
     pub fn next_message(&mut self) -> Result<Option<Message>, SessionEnd> {
-        match self.ws.read() {
+        let Some(ws) = self.ws.as_mut() else {
+            return Ok(None);
+        };
+        match ws.read() {
             Ok(message) => Ok(Some(message)),
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Err(SessionEnd::Closed),
@@ -137,38 +223,43 @@ impl WsSession {
 
     /// Queues a message; it is written out by the next `take_output`.
     pub fn send(&mut self, message: Message) -> Result<(), SessionEnd> {
-        match self.ws.write(message) {
+        let ws = self.ws();
+        match ws.write(message) {
             Ok(()) => Ok(()),
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Err(SessionEnd::Closed),
             // Writing after our close is a no-op for the caller, not a fault.
-            Err(WsError::Protocol(_)) if !self.ws.can_write() => Err(SessionEnd::Closed),
+            Err(WsError::Protocol(_)) if !ws.can_write() => Err(SessionEnd::Closed),
             Err(e) => Err(self.fail(e)),
         }
     }
 
     /// Starts the close handshake with `code` (no-op once closing).
     pub fn close(&mut self, code: u16, reason: &str) {
-        if self.ws.can_write() {
+        if self.is_open() {
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.to_string().into(),
             };
             // Errors here mean the session is already closed: nothing to send.
-            let _ = self.ws.close(Some(frame));
+            let _ = self.ws().close(Some(frame));
         }
     }
 
     /// Whether we may still send data frames.
     pub fn is_open(&self) -> bool {
-        self.ws.can_write()
+        // A resting session is an open one with nothing in progress.
+        self.ws.as_ref().is_none_or(|ws| ws.can_write())
     }
 
     /// Appends all bytes tungstenite queued for the socket (control frames,
     /// close replies, messages given to `send`) to `out`.
     pub fn append_output(&mut self, out: &mut Vec<u8>) {
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
         // Moves tungstenite's buffered frames into the MemStream.
-        let _ = self.ws.flush();
-        let stream = self.ws.get_mut();
+        let _ = ws.flush();
+        let stream = ws.get_mut();
         if out.is_empty() {
             std::mem::swap(out, &mut stream.outbound);
         } else {
@@ -199,6 +290,74 @@ impl WsSession {
         log::debug!("failing WebSocket connection with {code}: {error}");
         self.close(code, &reason);
         SessionEnd::Failed { code, reason }
+    }
+}
+
+/// Where a stream of client frames stands, from their headers alone: in a
+/// header, in a payload, or between frames; and whether a fragmented
+/// message is open. Sans-IO, a few bytes per connection.
+#[derive(Debug, Default, Clone)]
+pub struct FrameTracker {
+    header: [u8; 14],
+    header_len: u8,
+    payload_left: u64,
+    in_fragmented_message: bool,
+}
+
+impl FrameTracker {
+    /// Follows `bytes`, the next part of the client's stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = (bytes.len() as u64).min(self.payload_left);
+                self.payload_left -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            let len = self.header_len as usize;
+            let needed = self.header_needed();
+            let n = (needed - len).min(bytes.len());
+            self.header[len..len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n as u8;
+            bytes = &bytes[n..];
+            if self.header_len as usize == self.header_needed() {
+                self.complete_header();
+            }
+        }
+    }
+
+    /// Whether every byte so far belongs to a whole frame and no
+    /// fragmented message is open.
+    pub fn at_message_boundary(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.in_fragmented_message
+    }
+
+    /// Header bytes needed, as far as what arrived tells.
+    fn header_needed(&self) -> usize {
+        if self.header_len < 2 {
+            return 2;
+        }
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + extended + mask
+    }
+
+    fn complete_header(&mut self) {
+        let (fin, opcode) = (self.header[0] & 0x80 != 0, self.header[0] & 0x0f);
+        self.payload_left = match self.header[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => u64::from_be_bytes(self.header[2..10].try_into().expect("8 bytes")),
+            short => u64::from(short),
+        };
+        // Control frames (0x8..) may sit inside a fragmented message.
+        if opcode & 0x08 == 0 {
+            self.in_fragmented_message = !fin;
+        }
+        self.header_len = 0;
     }
 }
 
@@ -333,5 +492,179 @@ mod tests {
             decode_server_output(&out),
             vec![Message::Pong(vec![7u8].into())]
         );
+    }
+
+    #[test]
+    fn frame_tracker_knows_message_boundaries() {
+        let frames = client_bytes(vec![
+            Message::text("x".repeat(10)),
+            Message::binary(vec![7u8; 300]),
+            Message::binary(vec![1u8; 70_000]),
+            Message::Ping(vec![1u8].into()),
+        ]);
+        // Byte by byte: a boundary exactly at the end of each frame.
+        let mut t = FrameTracker::default();
+        let mut boundaries = 0;
+        for b in &frames {
+            t.feed(std::slice::from_ref(b));
+            boundaries += t.at_message_boundary() as usize;
+        }
+        assert_eq!(boundaries, 4);
+        assert!(t.at_message_boundary());
+        // In any other split, the same verdict at the end.
+        let mut t = FrameTracker::default();
+        for chunk in frames.chunks(77) {
+            t.feed(chunk);
+        }
+        assert!(t.at_message_boundary());
+        t.feed(&frames[..frames.len() - 1]);
+        assert!(!t.at_message_boundary(), "one byte short");
+    }
+
+    #[test]
+    fn frame_tracker_follows_fragmented_messages() {
+        // Text "ab" as two fragments with a ping in between (masked, key 0).
+        let start = [0x01u8, 0x81, 0, 0, 0, 0, b'a'];
+        let ping = [0x89u8, 0x80, 0, 0, 0, 0];
+        let end = [0x80u8, 0x81, 0, 0, 0, 0, b'b'];
+        let mut t = FrameTracker::default();
+        t.feed(&start);
+        assert!(!t.at_message_boundary(), "the message is open");
+        t.feed(&ping);
+        assert!(!t.at_message_boundary(), "a ping does not close it");
+        t.feed(&end);
+        assert!(t.at_message_boundary());
+        // And tungstenite agrees, with the session resting in between.
+        let mut s = WsSession::new(1024, &[]);
+        s.feed(&start);
+        assert_eq!(s.next_message(), Ok(None));
+        s.rest();
+        assert!(!s.is_resting(), "a fragment is buffered inside tungstenite");
+        s.feed(&ping);
+        assert!(matches!(s.next_message(), Ok(Some(Message::Ping(_)))));
+        assert_eq!(s.next_message(), Ok(None));
+        let mut out = Vec::new();
+        s.take_output(&mut out);
+        s.rest();
+        assert!(!s.is_resting());
+        s.feed(&end);
+        assert_eq!(s.next_message(), Ok(Some(Message::text("ab"))));
+        assert_eq!(s.next_message(), Ok(None));
+        s.rest();
+        assert!(s.is_resting());
+    }
+
+    #[test]
+    fn a_resting_session_serves_on_as_a_fresh_one() {
+        let mut s = WsSession::new(1024, &[]);
+        assert!(s.is_resting(), "nothing fed yet");
+        assert!(s.is_open());
+        let bytes = client_bytes(vec![Message::text("one"), Message::Ping(vec![5u8].into())]);
+        // Half a frame: not at rest.
+        s.feed(&bytes[..4]);
+        assert_eq!(s.next_message(), Ok(None));
+        s.rest();
+        assert!(!s.is_resting());
+        s.feed(&bytes[4..]);
+        assert_eq!(s.next_message(), Ok(Some(Message::text("one"))));
+        assert!(matches!(s.next_message(), Ok(Some(Message::Ping(_)))));
+        assert_eq!(s.next_message(), Ok(None));
+        // The pong is still to be taken: not at rest.
+        s.rest();
+        assert!(!s.is_resting());
+        let mut out = Vec::new();
+        s.take_output(&mut out);
+        assert_eq!(
+            decode_server_output(&out),
+            vec![Message::Pong(vec![5u8].into())]
+        );
+        s.rest();
+        assert!(s.is_resting());
+        // Sending wakes it; so does input, and a violation still closes.
+        s.send(Message::text("out")).unwrap();
+        s.take_output(&mut out);
+        assert_eq!(decode_server_output(&out), vec![Message::text("out")]);
+        s.rest();
+        s.feed(&client_bytes(vec![Message::text("x".repeat(2000))]));
+        assert!(matches!(
+            s.next_message(),
+            Err(SessionEnd::Failed { code: 1009, .. })
+        ));
+        s.rest();
+        assert!(!s.is_resting(), "a closed session never rests");
+        assert!(!s.is_open());
+    }
+
+    #[test]
+    fn resting_between_any_split_changes_nothing() {
+        // Random messages (fragmented ones and pings among them), fed in
+        // random chunks, resting whenever possible: the messages and the
+        // output are those of a session that never rests.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut total_messages = 0;
+        for _round in 0..200 {
+            let mut client = WebSocket::from_raw_socket(MemStream::default(), Role::Client, None);
+            for _ in 0..1 + next(6) {
+                match next(4) {
+                    0 => client.write(Message::text("t".repeat(next(300) as usize))),
+                    1 => client.write(Message::binary(vec![9u8; next(70_000) as usize])),
+                    2 => client.write(Message::Ping(vec![1u8, 2].into())),
+                    _ => {
+                        // A text message in three fragments, a ping inside.
+                        let frames = [
+                            (0x01u8, &b"ab"[..]),
+                            (0x89, &b"p"[..]),
+                            (0x00, &b"cd"[..]),
+                            (0x80, &b"ef"[..]),
+                        ];
+                        for (first, payload) in frames {
+                            let raw = crate::ws::tests::masked(first, payload);
+                            client.get_mut().outbound.extend_from_slice(&raw);
+                        }
+                        Ok(())
+                    }
+                }
+                .unwrap();
+                client.flush().unwrap();
+            }
+            let bytes = std::mem::take(&mut client.get_mut().outbound);
+            let mut resting = WsSession::new(1 << 20, &[]);
+            let mut plain = WsSession::new(1 << 20, &bytes);
+            let mut got = (vec![], vec![]);
+            let mut out = (vec![], vec![]);
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = (1 + next(5000) as usize).min(bytes.len() - at);
+                resting.feed(&bytes[at..at + n]);
+                at += n;
+                while let Some(m) = resting.next_message().unwrap() {
+                    got.0.push(m);
+                }
+                resting.append_output(&mut out.0);
+                resting.rest();
+            }
+            while let Some(m) = plain.next_message().unwrap() {
+                got.1.push(m);
+            }
+            plain.append_output(&mut out.1);
+            assert_eq!(got.0, got.1);
+            assert_eq!(out.0, out.1);
+            assert!(resting.is_resting(), "all whole messages: at rest");
+            total_messages += got.0.len();
+        }
+        assert!(total_messages > 500, "{total_messages} messages checked");
+    }
+
+    /// A masked client frame (mask key 0).
+    pub(super) fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        frame
     }
 }
