@@ -59,6 +59,7 @@ step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --release -- -D warnings
 # Release build: the same binary then serves Autobahn without a second build.
 step "cargo test" cargo test --workspace --release
+step "hostile clients" scripts/hostile.sh --quick
 step "client examples" scripts/examples-test.sh
 step "dashboard in chromium" scripts/dashboard-test.sh
 step "browser demo" scripts/browser-test.sh

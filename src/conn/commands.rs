@@ -298,7 +298,10 @@ fn processor_route(
         reference: None,
         target,
         envelope: Arc::new(Envelope::new(parts, 1, ctx.compress_min_bytes)),
-        deliver_at_unix_ms: delay_ms.filter(|d| *d > 0).map(|d| ctx.now_unix_ms + d),
+        // A processor may pass on any delay a client gave it.
+        deliver_at_unix_ms: delay_ms
+            .filter(|d| *d > 0)
+            .map(|d| ctx.now_unix_ms.saturating_add(d)),
     }
 }
 
@@ -671,6 +674,48 @@ mod tests {
         match action {
             Some(Action::Reply(f)) => match decode_frame(&f) {
                 Message::Text(t) => assert!(t.contains("unknown_op")),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn processor_delays_saturate_instead_of_overflowing() {
+        // Found while fuzzing the command path with a processor that passes
+        // the client's `delay_ms` on: `now + delay` overflowed (a panic with
+        // overflow checks, a delivery time in the past without them).
+        let mut processors = Processors::default();
+        processors
+            .register(
+                "later",
+                std::sync::Arc::new(|req: &ProcessorRequest<'_>, ctx: &mut ProcessorContext| {
+                    let delay = req.command["delay_ms"].as_u64().unwrap();
+                    ctx.schedule_send("bob", json!(1), crate::protocol::Priority::Normal, delay);
+                }),
+            )
+            .unwrap();
+        let mut next = || "p1".to_string();
+        let mut ctx = CommandContext {
+            user: "carol",
+            max_message_bytes: 1 << 20,
+            compress_min_bytes: 1024,
+            now_unix_ms: 1000,
+            schedule_max_ms: 1000,
+            next_message_id: &mut next,
+            processors: &processors,
+            errors: Vec::new(),
+        };
+        let action = handle_message(
+            Message::text(format!(r#"{{"op":"later","delay_ms":{}}}"#, u64::MAX)),
+            Mode::Protocol,
+            &mut ctx,
+        );
+        match action {
+            Some(Action::Batch(actions)) => match &actions[..] {
+                [Action::Route {
+                    deliver_at_unix_ms, ..
+                }] => assert_eq!(*deliver_at_unix_ms, Some(u64::MAX)),
                 other => panic!("{other:?}"),
             },
             other => panic!("{other:?}"),

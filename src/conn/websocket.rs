@@ -17,7 +17,7 @@ use super::handle::{
     ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW, SIGNAL_USER_LIMIT,
 };
 use crate::shard::ShardState;
-use crate::ws::WsSession;
+use crate::ws::{WsSession, REPLIES_QUEUED_MAX_BYTES};
 
 /// Most outbox bytes put into one write: a connection with a deep queue
 /// yields the shard after this much, so it cannot starve the others.
@@ -272,6 +272,11 @@ async fn wait_for_wake<S: super::Transport>(
                 Poll::Ready(Ok(n)) => return Poll::Ready(Wake::Wrote(n)),
                 Poll::Pending => {}
             }
+        }
+        if !pending.is_done() && session.replies_queued_bytes() > REPLIES_QUEUED_MAX_BYTES {
+            // The peer pings but does not read: stop reading it (TCP pushes
+            // back) until our stuck write moves, so its pongs stay bounded.
+            return Poll::Pending;
         }
         let mut buf = shard.rx_buffer.borrow_mut();
         match Pin::new(&mut *stream).poll_read(cx, &mut buf) {

@@ -1170,7 +1170,7 @@ impl ShardState {
                 .borrow_mut()
                 .remove_mailbox_message(&user, &id);
             self.kick_wal();
-            self.hand_off_next();
+            self.handoff_answered();
         }
     }
 
@@ -1183,7 +1183,7 @@ impl ShardState {
             (PendingKind::Handoff { user, id }, _) => {
                 // It stays here and is handed off again at the next start.
                 log::warn!("shard {}: handing {id} to {user}'s home failed", self.id);
-                self.hand_off_next();
+                self.handoff_answered();
                 return;
             }
             (PendingKind::Welcome(welcome), Ok(())) => welcome,

@@ -41,6 +41,9 @@ pub const SHARD_RX_BUFFER_BYTES: usize = 64 * 1024;
 pub const HEALTH_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often shard 0 looks at the signal flag.
 const SIGNAL_POLL_PERIOD: Duration = Duration::from_millis(20);
+/// Longest a shard waits at start-up for its hand-offs of restored mailbox
+/// messages to be confirmed before it takes connections anyway.
+const HANDOFF_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// What the server hands a shard thread at start-up (all `Send`).
 pub struct ShardStart {
@@ -148,6 +151,8 @@ pub struct ShardState {
     /// Restored mailbox messages still to hand to their users' homes.
     handoffs:
         RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
+    /// Hand-offs sent and not yet confirmed by the home.
+    handoffs_in_flight: Cell<usize>,
 }
 
 impl ShardState {
@@ -211,6 +216,7 @@ impl ShardState {
             health_waiters: RefCell::new(HashMap::new()),
             cluster: start.cluster.clone().map(cluster::ClusterShard::new),
             handoffs: RefCell::new(std::collections::VecDeque::new()),
+            handoffs_in_flight: Cell::new(0),
         }
     }
 
@@ -455,7 +461,13 @@ pub async fn run(start: ShardStart) {
         })
         .detach();
     }
+    // Restored messages reach their users' homes before the shard takes
+    // connections, so a user who connects first finds them there.
     shard.hand_off_foreign_mailboxes();
+    let handoff_deadline = Instant::now() + HANDOFF_WAIT_MAX;
+    while shard.handoffs_pending() && Instant::now() < handoff_deadline {
+        Timer::new(Duration::from_millis(2)).await;
+    }
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
     shard.start_cluster_tasks();
     glommio::spawn_local(shard.clone().run_timers()).detach();

@@ -269,6 +269,18 @@ impl ShardState {
         }
     }
 
+    /// Whether hand-offs are queued or waiting for their home.
+    pub(super) fn handoffs_pending(&self) -> bool {
+        self.handoffs_in_flight.get() > 0 || !self.handoffs.borrow().is_empty()
+    }
+
+    /// A hand-off was answered (done or failed): send the next.
+    pub(super) fn handoff_answered(&self) {
+        self.handoffs_in_flight
+            .set(self.handoffs_in_flight.get().saturating_sub(1));
+        self.hand_off_next();
+    }
+
     /// Sends the next queued hand-off, if any.
     pub(super) fn hand_off_next(&self) {
         let Some((user, msg)) = self.handoffs.borrow_mut().pop_front() else {
@@ -278,6 +290,8 @@ impl ShardState {
             // Too many requests pending: it stays here, handed off next start.
             return;
         };
+        self.handoffs_in_flight
+            .set(self.handoffs_in_flight.get() + 1);
         let envelope = Arc::new(Envelope::new(
             (*msg).clone(),
             1,

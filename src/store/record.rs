@@ -167,6 +167,12 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
         aligned.extend_from_slice(payload);
         match rkyv::from_bytes::<WalRecord, rkyv::rancor::Error>(&aligned) {
             Ok(record) => outcome.records.push(record),
+            // Like a bad checksum: only corruption with data behind it.
+            // (Eight zero bytes, a zero-filled tail, pass the checksum.)
+            Err(_) if is_last => {
+                torn(&mut outcome);
+                return Ok(outcome);
+            }
             Err(e) => return Err(bad(format!("undecodable record: {e}"))),
         }
         pos += end;
@@ -384,6 +390,35 @@ mod tests {
         bad_last[n - 1] ^= 0xff;
         let read = read_all(&bad_last).unwrap();
         assert_eq!(read.records.len(), 2);
+    }
+
+    #[test]
+    fn an_undecodable_last_record_is_torn_not_corrupt_middle() {
+        // Found by the wal_record fuzz target: a last record whose checksum
+        // is right but whose bytes are not a record was reported as
+        // corruption "with 0 more bytes after it". The smallest such tail
+        // is 8 zero bytes (length 0, and the CRC32 of nothing is 0).
+        let log = log_of(&records());
+        for tail in [vec![0u8; FRAME_HEADER_BYTES], {
+            let junk = b"not an rkyv record";
+            let mut frame = (junk.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&crc32fast::hash(junk).to_le_bytes());
+            frame.extend_from_slice(junk);
+            frame
+        }] {
+            let mut damaged = log.clone();
+            damaged.extend_from_slice(&tail);
+            let read = read_all(&damaged).unwrap();
+            assert_eq!(read.records, records());
+            assert_eq!(read.valid_bytes, log.len() as u64);
+            assert_eq!(read.torn_bytes, tail.len() as u64);
+            // With data behind it, the same record is still corruption.
+            damaged.extend_from_slice(&log);
+            assert!(matches!(
+                read_all(&damaged),
+                Err(LogError::CorruptMiddle { index: 3, .. })
+            ));
+        }
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub enum SessionEnd {
     Failed { code: u16, reason: String },
 }
 
+/// Most pong bytes a connection queues while its socket does not take
+/// writes; past it the connection reads no more until the peer reads.
+pub const REPLIES_QUEUED_MAX_BYTES: usize = 64 * 1024;
+
 /// Most resting tungstenite states a shard keeps for reuse. Only the
 /// connections busy in one wake-up hold one, so a few suffice.
 pub const RESTING_SESSIONS_MAX: usize = 256;
@@ -119,6 +123,9 @@ pub struct WsSession {
     ws: Option<Box<WebSocket<MemStream>>>,
     frames: FrameTracker,
     max_message_bytes: usize,
+    /// Bytes of automatic replies (pongs, the close reply) queued since the
+    /// output was last taken: the part of the output the peer controls.
+    replies_queued_bytes: usize,
 }
 
 impl WsSession {
@@ -128,6 +135,7 @@ impl WsSession {
             ws: None,
             frames: FrameTracker::default(),
             max_message_bytes,
+            replies_queued_bytes: 0,
         };
         if !leftover.is_empty() {
             session.feed(leftover);
@@ -163,6 +171,13 @@ impl WsSession {
                 })
                 .unwrap_or_else(|| Self::fresh(max))
         })
+    }
+
+    /// Bytes of pongs queued since the output was last taken. A peer that
+    /// pings without reading grows this; the connection stops reading
+    /// while it is over `REPLIES_QUEUED_MAX_BYTES` and a write is stuck.
+    pub fn replies_queued_bytes(&self) -> usize {
+        self.replies_queued_bytes
     }
 
     /// Whether the tungstenite state is in the pool (nothing in progress).
@@ -214,7 +229,13 @@ impl WsSession {
             return Ok(None);
         };
         match ws.read() {
-            Ok(message) => Ok(Some(message)),
+            Ok(message) => {
+                if let Message::Ping(payload) = &message {
+                    // tungstenite queued the pong: header plus payload.
+                    self.replies_queued_bytes += payload.len() + 2;
+                }
+                Ok(Some(message))
+            }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Err(SessionEnd::Closed),
             Err(e) => Err(self.fail(e)),
@@ -254,6 +275,7 @@ impl WsSession {
     /// Appends all bytes tungstenite queued for the socket (control frames,
     /// close replies, messages given to `send`) to `out`.
     pub fn append_output(&mut self, out: &mut Vec<u8>) {
+        self.replies_queued_bytes = 0;
         let Some(ws) = self.ws.as_mut() else {
             return;
         };
