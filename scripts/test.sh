@@ -44,6 +44,11 @@ ensure_toolchain() {
     # Autobahn and the metrics tests need python3; the Prometheus test
     # parses /metrics with the reference client library.
     command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-pip; }
+    # The cluster tests run a real Redis (Debian's package).
+    command -v redis-server >/dev/null || {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server </dev/null
+    }
     python3 -c 'import prometheus_client' 2>/dev/null \
         || python3 -m pip install -q prometheus_client \
         || python3 -m pip install -q --break-system-packages prometheus_client

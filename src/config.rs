@@ -236,6 +236,14 @@ settings! {
     alert_error_rate_percent: u64 = 5;
     /// alert when queued outbox or mailbox messages exceed this (default 1000)
     alert_queue_depth: u64 = 1_000;
+    /// cluster mode: the Redis every node shares, as redis://HOST:PORT[/DB] (empty: single node)
+    cluster_redis: String = String::new();
+    /// this node's id in the cluster (default: generated once, kept in data_dir/node-id)
+    node_id: String = String::new();
+    /// how often a node refreshes its registry key in Redis, in ms (default 1000; the key lives 3x this)
+    cluster_heartbeat_ms: u64 = 1_000;
+    /// lifetime of a node's user-presence and group-summary keys in Redis, in ms; refreshed every third (default 30000)
+    cluster_presence_ttl_ms: u64 = 30_000;
 }
 
 impl Config {
@@ -373,6 +381,34 @@ impl Config {
                 "max_retries",
                 self.max_retries.to_string(),
                 "expected 0 to 30",
+            ));
+        }
+        if !self.cluster_redis.is_empty() {
+            if let Err(reason) = crate::cluster::RedisAddr::parse(&self.cluster_redis) {
+                return Err(invalid(
+                    "cluster_redis",
+                    self.cluster_redis.clone(),
+                    &reason,
+                ));
+            }
+        }
+        if !self.node_id.is_empty() {
+            if let Err(reason) = crate::cluster::check_node_id(&self.node_id) {
+                return Err(invalid("node_id", self.node_id.clone(), &reason));
+            }
+        }
+        if self.cluster_heartbeat_ms < 50 || self.cluster_heartbeat_ms > 60_000 {
+            return Err(invalid(
+                "cluster_heartbeat_ms",
+                self.cluster_heartbeat_ms.to_string(),
+                "expected 50 to 60000 ms",
+            ));
+        }
+        if self.cluster_presence_ttl_ms < 3 * self.cluster_heartbeat_ms {
+            return Err(invalid(
+                "cluster_presence_ttl_ms",
+                self.cluster_presence_ttl_ms.to_string(),
+                "expected at least 3 x cluster_heartbeat_ms",
             ));
         }
         for (key, value) in [
@@ -540,6 +576,11 @@ impl Config {
             .filter(|o| !o.is_empty())
             .collect();
         (!list.is_empty()).then_some(list)
+    }
+
+    /// Whether this node is part of a cluster (`cluster_redis` set).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_redis.is_empty() && !self.echo
     }
 
     /// The per-IP new-connection budget as (per second, burst), when limited.

@@ -22,6 +22,8 @@
 //! - [`store`]: the per-shard log (rkyv records, checksums, recovery,
 //!   group commit, compaction).
 //! - [`registry`]: the cross-shard table of live connections (sharded-slab).
+//! - [`cluster`]: cluster mode (`--cluster-redis`): nodes sharing one Redis
+//!   for presence, group summaries, mailboxes and envelopes between nodes.
 //!
 //! - [`client`]: a small blocking client for backends, tools and tests.
 //!
@@ -29,6 +31,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod delivery;

@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::processor::{Processor, ProcessorError, Processors};
 use crate::registry::Registry;
+use crate::shard::cluster::ClusterStart;
 use crate::shard::{self, ShardStart};
 
 /// Pending connections the kernel queues per shard listener. The kernel
@@ -48,6 +49,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("cannot open the metrics export file {path}: {source}")]
     Export {
         path: std::path::PathBuf,
@@ -109,6 +112,7 @@ impl Server {
         if !config.no_persist {
             crate::store::prepare_data_dir(std::path::Path::new(&config.data_dir), shards)?;
         }
+        let cluster = cluster_start(&config)?;
         let tls = match config.tls_files() {
             Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
             None => None,
@@ -157,6 +161,7 @@ impl Server {
                 tls: tls.clone(),
                 ip_limiter: ip_limiter.clone(),
                 ready: ready_tx.clone(),
+                cluster: cluster.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
@@ -282,6 +287,36 @@ fn start_sampler_thread(
             message: format!("cannot start the metrics sampler thread: {e}"),
         })?;
     Ok(wants_export.then_some(tx))
+}
+
+/// Cluster mode: the node id (kept in the data directory) and Redis's
+/// address, resolved once.
+fn cluster_start(config: &Config) -> Result<Option<Arc<ClusterStart>>, ServerError> {
+    if !config.is_cluster() {
+        return Ok(None);
+    }
+    let addr = crate::cluster::RedisAddr::parse(&config.cluster_redis).map_err(|e| {
+        ServerError::Cluster(format!(
+            "invalid cluster_redis {:?}: {e}",
+            config.cluster_redis
+        ))
+    })?;
+    let sock = addr.resolve().map_err(ServerError::Cluster)?;
+    let data_dir = (!config.no_persist).then(|| std::path::Path::new(&config.data_dir));
+    let node =
+        crate::cluster::resolve_node_id(&config.node_id, data_dir).map_err(ServerError::Cluster)?;
+    if data_dir.is_none() && config.node_id.is_empty() {
+        log::warn!(
+            "cluster node id {node} is new on every start without a data directory: set node_id to keep it"
+        );
+    }
+    log::info!("cluster mode: node {node}, Redis at {addr}");
+    Ok(Some(Arc::new(ClusterStart {
+        node,
+        addr,
+        sock,
+        subscribed: std::sync::atomic::AtomicBool::new(false),
+    })))
 }
 
 /// The error for a shard that reported failure as `shard N: message`.

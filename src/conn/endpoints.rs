@@ -125,7 +125,7 @@ fn error_response(status: u16, code: ErrorCode, reason: &str) -> Response {
 
 fn failure_response(f: &Failure) -> Response {
     let status = match f.code {
-        ErrorCode::Overloaded => 503,
+        ErrorCode::Overloaded | ErrorCode::ClusterUnavailable => 503,
         ErrorCode::Internal => 500,
         ErrorCode::NoMembers => 404,
         _ => 400,

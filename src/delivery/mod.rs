@@ -65,12 +65,23 @@ pub enum AckTarget {
     Anycast { group: String },
 }
 
+/// Cluster mode: where a message is kept in a user's mailbox Stream in
+/// Redis until it is acked. Such deliveries are not journaled: Redis
+/// keeps them, so any node can deliver them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRef {
+    pub user: String,
+    pub entry: String,
+}
+
 /// A delivery waiting for its ack.
 #[derive(Debug, Clone)]
 pub struct PendingAck {
     pub msg: Arc<MessageParts>,
     pub target: AckTarget,
     pub attempt: u32,
+    /// Kept in Redis (cluster mode) rather than in this shard's log.
+    pub stream: Option<StreamRef>,
     timer: (u64, u64),
 }
 
@@ -96,6 +107,13 @@ pub enum Fired {
     },
     /// A mailbox message's TTL ran out; it is in the DLQ now.
     Expired(String),
+    /// No ack in time for a delivery kept in a Redis Stream: the glue
+    /// checks it was not acked on another node, then asks
+    /// [`ReliableState::decide_timeout`].
+    StreamAckTimeout {
+        key: PendingKey,
+        pending: PendingAck,
+    },
 }
 
 /// What happens after an ack timeout.
@@ -379,8 +397,24 @@ impl ReliableState {
         attempt: u32,
         now: u64,
     ) {
+        self.track_with(key, msg, target, attempt, now, None);
+    }
+
+    /// Tracks a delivery; one kept in a Redis Stream (`stream`) is not
+    /// journaled.
+    pub fn track_with(
+        &mut self,
+        key: PendingKey,
+        msg: Arc<MessageParts>,
+        target: AckTarget,
+        attempt: u32,
+        now: u64,
+        stream: Option<StreamRef>,
+    ) {
         let due = now.saturating_add(self.config.ack_wait_ms(attempt));
-        self.log(|s| s.pending_record(&key, &target, &msg, attempt));
+        if stream.is_none() {
+            self.log(|s| s.pending_record(&key, &target, &msg, attempt));
+        }
         let timer = self.timers.insert(due, TimerKind::AckTimeout(key.clone()));
         if let Some(old) = self.pending.insert(
             key,
@@ -388,6 +422,7 @@ impl ReliableState {
                 msg,
                 target,
                 attempt,
+                stream,
                 timer,
             },
         ) {
@@ -399,6 +434,12 @@ impl ReliableState {
     /// own delivery, the user's, or the anycast's. Returns whether one was
     /// waiting.
     pub fn settle(&mut self, id: &str, conn: u64) -> bool {
+        self.settle_with_stream(id, conn).is_some()
+    }
+
+    /// Like [`settle`](Self::settle); `Some(stream)` tells where a settled
+    /// delivery was kept in Redis (to delete it there).
+    pub fn settle_with_stream(&mut self, id: &str, conn: u64) -> Option<Option<StreamRef>> {
         for key in [
             PendingKey {
                 id: id.to_string(),
@@ -411,11 +452,13 @@ impl ReliableState {
         ] {
             if let Some(p) = self.pending.remove(&key) {
                 self.timers.cancel(p.timer);
-                self.log_remove(pending_key(&key));
-                return true;
+                if p.stream.is_none() {
+                    self.log_remove(pending_key(&key));
+                }
+                return Some(p.stream);
             }
         }
-        false
+        None
     }
 
     /// Deliveries waiting for an ack.
@@ -458,31 +501,12 @@ impl ReliableState {
                     let Some(pending) = self.pending.remove(&key) else {
                         continue;
                     };
+                    if pending.stream.is_some() {
+                        fired.push(Fired::StreamAckTimeout { key, pending });
+                        continue;
+                    }
                     self.log_remove(pending_key(&key));
-                    let target = pending.target.replay_target();
-                    let next = if pending.msg.expires_unix_ms.is_some_and(|t| t <= now) {
-                        self.dead_letter(
-                            pending.msg.clone(),
-                            target,
-                            DeadReason::Expired,
-                            pending.attempt,
-                            now,
-                        );
-                        AfterTimeout::DeadLettered(DeadReason::Expired)
-                    } else if pending.attempt >= self.config.max_attempts() {
-                        self.dead_letter(
-                            pending.msg.clone(),
-                            target,
-                            DeadReason::AckTimeout,
-                            pending.attempt,
-                            now,
-                        );
-                        AfterTimeout::DeadLettered(DeadReason::AckTimeout)
-                    } else {
-                        AfterTimeout::Redeliver {
-                            attempt: pending.attempt + 1,
-                        }
-                    };
+                    let next = self.decide_timeout(&pending, now);
                     fired.push(Fired::AckTimeout { key, pending, next });
                 }
                 TimerKind::MailboxExpiry { user, id } => {
@@ -499,6 +523,40 @@ impl ReliableState {
             }
         }
         fired
+    }
+
+    /// What follows an ack timeout: a redelivery, or the DLQ (`expired`
+    /// past its TTL, `ack_timeout` after the last attempt), done here.
+    pub fn decide_timeout(&mut self, pending: &PendingAck, now: u64) -> AfterTimeout {
+        let target = pending.target.replay_target();
+        if pending.msg.expires_unix_ms.is_some_and(|t| t <= now) {
+            self.dead_letter(
+                pending.msg.clone(),
+                target,
+                DeadReason::Expired,
+                pending.attempt,
+                now,
+            );
+            AfterTimeout::DeadLettered(DeadReason::Expired)
+        } else if pending.attempt >= self.config.max_attempts() {
+            self.dead_letter(
+                pending.msg.clone(),
+                target,
+                DeadReason::AckTimeout,
+                pending.attempt,
+                now,
+            );
+            AfterTimeout::DeadLettered(DeadReason::AckTimeout)
+        } else {
+            AfterTimeout::Redeliver {
+                attempt: pending.attempt + 1,
+            }
+        }
+    }
+
+    /// Users with messages in this shard's own mailboxes.
+    pub fn mailbox_users(&self) -> Vec<String> {
+        self.mailboxes.keys().cloned().collect()
     }
 
     /// Puts a message in the DLQ (evicting the oldest when full).
@@ -606,6 +664,7 @@ impl ReliableState {
         let pending = self
             .pending
             .iter()
+            .filter(|(_, p)| p.stream.is_none())
             .map(|(key, p)| self.pending_record(key, &p.target, &p.msg, p.attempt));
         let dead = self.dlq.iter().map(|letter| self.dead_record(letter));
         mailboxes
@@ -912,6 +971,46 @@ mod tests {
         );
         // The snapshot of the restored state holds exactly its live facts.
         assert_eq!(restored.durable_entries().len(), 1 + 1 + 2);
+    }
+
+    #[test]
+    fn stream_backed_deliveries_are_not_journaled_and_ask_before_deciding() {
+        let mut s = ReliableState::new(config());
+        s.enable_journal(16);
+        let stream = StreamRef {
+            user: "u".into(),
+            entry: "1-0".into(),
+        };
+        s.track_with(
+            key("m"),
+            msg("m", None),
+            AckTarget::User("u".into()),
+            1,
+            0,
+            Some(stream.clone()),
+        );
+        assert_eq!(s.journal_lsn(), 0, "Redis keeps it, not the log");
+        assert!(s.durable_entries().is_empty());
+        let fired = s.pop_due(100);
+        let [Fired::StreamAckTimeout { pending, .. }] = &fired[..] else {
+            panic!("{fired:?}")
+        };
+        assert_eq!(pending.stream.as_ref(), Some(&stream));
+        assert_eq!(
+            s.decide_timeout(pending, 100),
+            AfterTimeout::Redeliver { attempt: 2 }
+        );
+        s.track_with(
+            key("m"),
+            msg("m", None),
+            AckTarget::User("u".into()),
+            2,
+            100,
+            Some(stream.clone()),
+        );
+        assert_eq!(s.settle_with_stream("m", 9), Some(Some(stream)));
+        assert_eq!(s.settle_with_stream("m", 9), None);
+        assert_eq!(s.journal_lsn(), 0);
     }
 
     #[test]

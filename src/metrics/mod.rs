@@ -34,7 +34,7 @@ pub use latency::{LatencyHistogram, LatencySummary};
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// The protocol's error codes, in the order every exporter lists them.
-pub const ERROR_CODES: [&str; 9] = [
+pub const ERROR_CODES: [&str; 10] = [
     "bad_json",
     "bad_request",
     "unknown_op",
@@ -43,6 +43,7 @@ pub const ERROR_CODES: [&str; 9] = [
     "too_large",
     "rate_limited",
     "overloaded",
+    "cluster_unavailable",
     "internal",
 ];
 

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     RateLimited,
     Overloaded,
     Internal,
+    /// Cluster mode: the shared Redis is unreachable, so other nodes could
+    /// not be reached (what this node could do itself was done).
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
@@ -42,6 +45,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }

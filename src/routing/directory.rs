@@ -240,6 +240,38 @@ impl Directory {
         Some(m.at)
     }
 
+    /// Every user with a live connection here.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(String::as_str)
+    }
+
+    /// Every group with members: `(name, members, weight sum)`.
+    pub fn group_summaries(&self) -> impl Iterator<Item = (&str, usize, u64)> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.members.is_empty())
+            .map(|(name, g)| (name.as_str(), g.members.len(), weight_sum(g)))
+    }
+
+    /// `(members, weight sum)` of one group.
+    pub fn group_summary(&self, group: &str) -> (usize, u64) {
+        self.groups
+            .get(group)
+            .map_or((0, 0), |g| (g.members.len(), weight_sum(g)))
+    }
+
+    /// Anycasts outstanding on all members of `group`.
+    pub fn outstanding_sum(&self, group: &str) -> u64 {
+        self.groups
+            .get(group)
+            .map_or(0, |g| g.members.iter().map(|m| m.outstanding).sum())
+    }
+
+    /// The anycast strategy of `group` (`None`: not known here).
+    pub fn strategy(&self, group: &str) -> Option<StrategyKind> {
+        self.groups.get(group).map(|g| g.strategy)
+    }
+
     /// `n` anycasts to `conn` left its outbox (or it closed): no longer
     /// outstanding.
     pub fn anycast_done(&mut self, group: &str, conn: u64, n: u64) {
@@ -250,6 +282,10 @@ impl Directory {
             }
         }
     }
+}
+
+fn weight_sum(g: &Group) -> u64 {
+    g.members.iter().map(|m| m.weight as u64).sum()
 }
 
 #[cfg(test)]
@@ -353,6 +389,20 @@ mod tests {
         d.leave("g", 1);
         d.join("g", at(0, 2), "u", 1).unwrap();
         assert_eq!(d.groups["g"].strategy, StrategyKind::Weighted);
+    }
+
+    #[test]
+    fn summaries_count_members_weights_and_outstanding() {
+        let mut d = group_of(3, |c| c as u32 + 1);
+        d.attach_user("u", at(0, 9));
+        assert_eq!(d.group_summary("g"), (3, 6));
+        assert_eq!(d.group_summaries().collect::<Vec<_>>(), vec![("g", 3, 6)]);
+        assert_eq!(d.users().collect::<Vec<_>>(), vec!["u"]);
+        d.pick("g");
+        d.pick("g");
+        assert_eq!(d.outstanding_sum("g"), 2);
+        assert_eq!(d.strategy("g"), Some(StrategyKind::RoundRobin));
+        assert_eq!(d.strategy("nope"), None);
     }
 
     #[test]

@@ -109,7 +109,14 @@ pub enum MeshMsg {
         origin: ConnRef,
         reply: Option<ReplyTo>,
         deliver_at_unix_ms: Option<u64>,
+        /// Cluster mode: `Some` when another node sent it here, to be
+        /// delivered to this node's recipients only; `None`: routed
+        /// cluster-wide from here.
+        arrived: Option<Arrived>,
     },
+    /// Cluster mode: tell Redis again which users and groups this shard
+    /// has (Redis came back, or the node's subscription did).
+    ClusterResync,
     /// To a recipient shard: queue `envelope` to each of `conns` (skipping
     /// `exclude`).
     Deliver {
@@ -180,6 +187,22 @@ pub enum MeshMsg {
     AnycastDone { group: Arc<str>, conn: u64, n: u64 },
 }
 
+/// A message another node routed here (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrived {
+    /// The user's mailbox Stream entry that keeps it until acked.
+    pub stream_entry: Option<String>,
+    /// For anycasts: the group's cluster-wide strategy.
+    pub strategy: Option<StrategyKind>,
+}
+
+/// Cluster mode: this node and whether its Redis link is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHealth {
+    pub node: String,
+    pub redis_up: bool,
+}
+
 /// The figures one shard contributes to `/health`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardHealth {
@@ -196,11 +219,13 @@ impl ShardHealth {
 }
 
 /// `/health` over all shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterHealth {
     pub shards: usize,
     pub shards_answered: usize,
     pub health: ShardHealth,
+    /// Cluster mode only.
+    pub node: Option<NodeHealth>,
 }
 
 impl ClusterHealth {
@@ -216,15 +241,19 @@ impl ClusterHealth {
 
     /// The `/health` JSON body.
     pub fn to_json(&self, uptime_s: u64) -> String {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "status": self.status().0,
             "shards": self.shards,
             "connections": self.health.connections,
             "uptime_s": uptime_s,
             "shards_answered": self.shards_answered,
             "stale_closed": self.health.stale_closed,
-        })
-        .to_string()
+        });
+        if let Some(node) = &self.node {
+            body["node"] = serde_json::json!(node.node);
+            body["redis"] = serde_json::json!(if node.redis_up { "up" } else { "down" });
+        }
+        body.to_string()
     }
 }
 
@@ -246,12 +275,14 @@ mod tests {
             shards: 2,
             shards_answered: 2,
             health: h,
+            node: None,
         };
         let v: serde_json::Value = serde_json::from_str(&full.to_json(7)).unwrap();
         assert_eq!(v["status"], "ok");
         assert_eq!(v["connections"], 5);
         assert_eq!(v["shards"], 2);
         assert_eq!(v["uptime_s"], 7);
+        assert_eq!(v.get("redis"), None, "single node: no cluster fields");
         let partial = ClusterHealth {
             shards_answered: 1,
             ..full

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use glommio::channels::local_channel::LocalSender;
 use tungstenite::Message;
 
-use super::mesh::{Failure, Held, MeshMsg, ReplyTo};
+use super::mesh::{Arrived, Failure, Held, MeshMsg, ReplyTo};
 use super::ShardState;
+use crate::cluster::wire::RemoteReply;
 use crate::conn::commands::{self, Action, CommandContext, Mode};
 use crate::conn::handle::GROUPS_PER_CONNECTION_MAX;
 use crate::conn::outbox::{Lane, OutItem, PushOutcome};
@@ -54,7 +55,7 @@ pub enum RouteOutcome {
 }
 
 #[derive(Debug)]
-enum PendingKind {
+pub(super) enum PendingKind {
     /// `welcome` goes out once the user's home has the connection.
     Welcome(Bytes),
     /// `join`, `leave`, `strategy`: `ok` when the home confirms.
@@ -75,9 +76,13 @@ enum PendingKind {
 }
 
 #[derive(Debug)]
-enum RouteAnswer {
-    Conn { reference: String },
+pub(super) enum RouteAnswer {
+    Conn {
+        reference: String,
+    },
     Api(LocalSender<RouteOutcome>),
+    /// Cluster mode: another node waits for the count.
+    Remote(RemoteReply),
 }
 
 /// Per-shard messaging state (owned by `ShardState`).
@@ -339,6 +344,7 @@ impl ShardState {
                 origin,
                 reply,
                 deliver_at_unix_ms,
+                arrived: None,
             },
         );
         Ok(())
@@ -360,6 +366,22 @@ impl ShardState {
             envelope,
             deliver_at_unix_ms,
         );
+    }
+
+    /// Cluster mode: a request another node waits on (`reply`), answered
+    /// once this node's deliveries are counted.
+    pub(super) fn wait_for_remote(&self, reply: RemoteReply, id: String) -> Option<ReplyTo> {
+        self.wait_for(
+            API_CONN,
+            Some(PendingKind::Route {
+                answer: RouteAnswer::Remote(reply),
+                id,
+                parts: None,
+                held: Held::No,
+                reported: 0,
+                delivered: 0,
+            }),
+        )
     }
 
     /// Registers a request to answer later; `None` kind: nothing to wait for.
@@ -636,6 +658,10 @@ impl ShardState {
                     return;
                 }
                 self.directory.borrow_mut().attach_user(&user, at);
+                // Cluster mode: presence in Redis first, then the same.
+                if self.cluster_attach(&user, at, reply) {
+                    return;
+                }
                 if let Some(reply) = reply {
                     self.to_shard(
                         reply.shard,
@@ -650,6 +676,7 @@ impl ShardState {
             }
             MeshMsg::UserDetach { user, at } => {
                 self.directory.borrow_mut().detach_user(&user, at);
+                self.cluster_detached(&user);
                 // A mailbox drain may have been going to `at`: carry it on
                 // with another connection of the user, if there is one.
                 if self.reliable.borrow().mailbox_len(&user) > 0 {
@@ -697,10 +724,16 @@ impl ShardState {
                     .borrow_mut()
                     .join(&group, at, &user, weight)
                     .map_err(|e| failure(ErrorCode::Overloaded, e.to_string()));
+                if result.is_ok() && self.cluster_group_changed(&group, at, reply) {
+                    return;
+                }
                 self.answer(reply, at, result);
             }
             MeshMsg::GroupLeave { group, at, reply } => {
                 self.directory.borrow_mut().leave(&group, at.conn);
+                if self.cluster_group_changed(&group, at, reply) {
+                    return;
+                }
                 self.answer(reply, at, Ok(()));
             }
             MeshMsg::SetStrategy {
@@ -714,6 +747,9 @@ impl ShardState {
                     .borrow_mut()
                     .set_strategy(&group, strategy)
                     .map_err(|e| failure(ErrorCode::Overloaded, e.to_string()));
+                if result.is_ok() && self.cluster_strategy_set(&group, strategy, origin, reply) {
+                    return;
+                }
                 self.answer(reply, origin, result);
             }
             MeshMsg::Route {
@@ -722,6 +758,7 @@ impl ShardState {
                 origin,
                 reply,
                 deliver_at_unix_ms,
+                arrived,
             } => match deliver_at_unix_ms {
                 Some(due) if due > unix_ms() => {
                     let lsn_before = self.reliable.borrow().journal_lsn();
@@ -734,7 +771,7 @@ impl ShardState {
                     self.wake_timers();
                     self.routed(lsn_before, reply, 0, Held::Scheduled);
                 }
-                _ => self.route(target, envelope, origin, reply),
+                _ => self.route_from(target, envelope, origin, reply, arrived),
             },
             MeshMsg::Deliver {
                 envelope,
@@ -770,10 +807,13 @@ impl ShardState {
                 request_id,
                 parts,
                 held,
-            } => self.update_route(request_id, |p, h, _, _| {
-                *p = Some(parts);
-                *h = held;
-            }),
+            } => {
+                self.update_route(request_id, |p, h, _, _| {
+                    *p = Some(parts);
+                    *h = held;
+                });
+                self.cluster_routed(request_id);
+            }
             MeshMsg::Delivered {
                 request_id,
                 delivered,
@@ -793,13 +833,18 @@ impl ShardState {
                 self.reply_to_conn(origin.conn, commands::error_frame(&e));
             }
             MeshMsg::AnycastDone { group, conn, n } => {
-                self.directory.borrow_mut().anycast_done(&group, conn, n)
+                self.directory.borrow_mut().anycast_done(&group, conn, n);
+                self.note_outstanding(&group);
             }
             MeshMsg::Ack { id, at } => {
-                if self.reliable.borrow_mut().settle(&id, at.conn) {
-                    self.kick_wal();
+                let settled = self.reliable.borrow_mut().settle_with_stream(&id, at.conn);
+                match settled {
+                    Some(Some(stream)) => self.cluster_settled(&stream),
+                    Some(None) => self.kick_wal(),
+                    None => {}
                 }
             }
+            MeshMsg::ClusterResync => self.cluster_resync(),
             MeshMsg::DlqQuery { from, request_id } => self.answer_dlq_query(from, request_id),
             MeshMsg::DlqReply {
                 request_id,
@@ -889,7 +934,7 @@ impl ShardState {
 
     /// Tells the origin how a message was routed, once whatever it made
     /// durable (mailbox, schedule, pending ack) is on disk.
-    fn routed(&self, lsn_before: u64, reply: Option<ReplyTo>, parts: u32, held: Held) {
+    pub(super) fn routed(&self, lsn_before: u64, reply: Option<ReplyTo>, parts: u32, held: Held) {
         if let Some(reply) = reply {
             let msg = MeshMsg::Routed {
                 request_id: reply.request_id,
@@ -903,13 +948,27 @@ impl ShardState {
     }
 
     /// At the target's home: find the recipients, send each shard its part,
-    /// track acks, or store for an offline user.
+    /// track acks, or store for an offline user. In cluster mode: across
+    /// every node.
     pub(super) fn route(
         &self,
         target: Target,
         envelope: Arc<Envelope>,
         origin: ConnRef,
         reply: Option<ReplyTo>,
+    ) {
+        self.route_from(target, envelope, origin, reply, None)
+    }
+
+    /// `route`, for a message that `arrived` from another node (cluster
+    /// mode): then only this node's recipients get it.
+    pub(super) fn route_from(
+        &self,
+        target: Target,
+        envelope: Arc<Envelope>,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+        arrived: Option<Arrived>,
     ) {
         let now = unix_ms();
         let lsn_before = self.reliable.borrow().journal_lsn();
@@ -925,6 +984,26 @@ impl ShardState {
             );
             drop(reliable);
             return self.routed(lsn_before, reply, 0, Held::No);
+        }
+        if self.cluster.is_some() {
+            return match (arrived, target) {
+                (None, target) => self.route_cluster(target, envelope, origin, reply, lsn_before),
+                (Some(arrived), Target::User(user)) => {
+                    self.route_arrived_user(user, envelope, origin, reply, arrived, lsn_before)
+                }
+                (Some(_), Target::Group { group, echo }) => {
+                    let parts = self.publish_here(&group, echo, &envelope, origin, reply);
+                    self.routed(lsn_before, reply, parts, Held::No);
+                }
+                (Some(arrived), Target::Anycast(group)) => self.anycast_here(
+                    &group,
+                    envelope,
+                    origin,
+                    reply,
+                    lsn_before,
+                    arrived.strategy,
+                ),
+            };
         }
         let ack = envelope.ack();
         let id = envelope.id().to_string();
@@ -1096,7 +1175,7 @@ impl ShardState {
     }
 
     /// Completes a pending request and answers its connection (or caller).
-    fn finish(&self, request_id: u64, result: Result<(), Failure>) {
+    pub(super) fn finish(&self, request_id: u64, result: Result<(), Failure>) {
         let Some(request) = self.messaging.borrow_mut().pending.remove(&request_id) else {
             return;
         };
@@ -1146,6 +1225,14 @@ impl ShardState {
                 match answer {
                     RouteAnswer::Api(tx) => {
                         let _ = tx.try_send(outcome);
+                        return;
+                    }
+                    RouteAnswer::Remote(to) => {
+                        let delivered = match outcome {
+                            RouteOutcome::Ok { delivered, .. } => delivered,
+                            RouteOutcome::Failed(_) => 0,
+                        };
+                        self.publish_remote_delivered(to, delivered);
                         return;
                     }
                     RouteAnswer::Conn { reference } => match outcome {

@@ -3,6 +3,7 @@
 //! over the channel mesh (`mesh.rs`). Everything here is `Rc`/`Cell`: it
 //! never leaves the shard's thread.
 
+pub mod cluster;
 pub mod mesh;
 pub mod messaging;
 pub mod observe;
@@ -67,6 +68,8 @@ pub struct ShardStart {
     pub ip_limiter: Option<Arc<crate::conn::ip_limit::IpConnectionLimiter>>,
     /// Told this shard's mesh id once it accepts connections.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    /// Cluster mode: the node id and where Redis is.
+    pub cluster: Option<Arc<cluster::ClusterStart>>,
 }
 
 /// Where the answers to a request this shard waits on arrive, by request id.
@@ -143,6 +146,8 @@ pub struct ShardState {
     wal_closing: Cell<bool>,
     wal_done: Cell<bool>,
     health_waiters: Waiters<ShardHealth>,
+    /// Cluster mode: this shard's Redis link and cluster chores.
+    cluster: Option<cluster::ClusterShard>,
     /// Restored mailbox messages still to hand to their users' homes.
     handoffs:
         RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
@@ -184,7 +189,11 @@ impl ShardState {
             outgoing: Outgoing::new(shard_count),
             directory: RefCell::new(Directory::default()),
             messaging: RefCell::new(MessagingState::default()),
-            boot_id: base36(start.boot_unix_ms),
+            // Cluster mode: the node id keeps ids unique across nodes.
+            boot_id: match &start.cluster {
+                Some(c) => format!("{}-{}", base36(start.boot_unix_ms), c.node),
+                None => base36(start.boot_unix_ms),
+            },
             reliable: RefCell::new(crate::delivery::ReliableState::new(
                 crate::delivery::ReliableConfig {
                     ack_timeout_ms: start.config.ack_timeout_ms,
@@ -205,6 +214,7 @@ impl ShardState {
             wal_closing: Cell::new(false),
             wal_done: Cell::new(true),
             health_waiters: RefCell::new(HashMap::new()),
+            cluster: start.cluster.clone().map(cluster::ClusterShard::new),
             handoffs: RefCell::new(std::collections::VecDeque::new()),
             handoffs_in_flight: Cell::new(0),
         }
@@ -307,6 +317,10 @@ impl ShardState {
             shards: self.shard_count,
             shards_answered: 1,
             health: self.local_health(),
+            node: self.cluster.as_ref().map(|c| mesh::NodeHealth {
+                node: c.node.to_string(),
+                redis_up: c.redis_up(),
+            }),
         };
         if self.shard_count == 1 {
             return total;
@@ -455,6 +469,7 @@ pub async fn run(start: ShardStart) {
         Timer::new(Duration::from_millis(2)).await;
     }
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
+    shard.start_cluster_tasks();
     glommio::spawn_local(shard.clone().run_timers()).detach();
     if shard.id == 0 {
         let thresholds = shard.config.alert_thresholds();
@@ -502,6 +517,7 @@ pub async fn run(start: ShardStart) {
             shard.connection_count()
         );
     }
+    shard.finish_cluster().await;
     // Whatever was journaled last reaches the log before the shard stops.
     shard.close_wal().await;
     log::debug!("shard {} stopped", shard.id);

@@ -118,11 +118,12 @@ impl ShardState {
             Fired::Expired(id) => {
                 log::debug!("shard {}: message {id} expired in a mailbox", self.id)
             }
+            Fired::StreamAckTimeout { key, pending } => self.cluster_stream_timeout(key, pending),
         }
     }
 
     /// Delivers again after an ack timeout, as attempt `attempt`.
-    fn redeliver(&self, key: PendingKey, pending: PendingAck, attempt: u32, now: u64) {
+    pub(super) fn redeliver(&self, key: PendingKey, pending: PendingAck, attempt: u32, now: u64) {
         let envelope = Arc::new(Envelope::new(
             (*pending.msg).clone(),
             attempt,
@@ -136,18 +137,22 @@ impl ShardState {
                     .borrow()
                     .user_conns_by_shard(&user, self.shard_count);
                 if by_shard.iter().all(Vec::is_empty) {
-                    // The user went offline: back to the mailbox.
-                    self.reliable
-                        .borrow_mut()
-                        .store_offline(&user, pending.msg, now);
+                    // The user went offline: back to the mailbox (one kept
+                    // in a Redis Stream is still there).
+                    if pending.stream.is_none() {
+                        self.reliable
+                            .borrow_mut()
+                            .store_offline(&user, pending.msg, now);
+                    }
                     return;
                 }
-                self.reliable.borrow_mut().track(
+                self.reliable.borrow_mut().track_with(
                     key,
                     pending.msg,
                     AckTarget::User(user),
                     attempt,
                     now,
+                    pending.stream,
                 );
                 let parts = by_shard
                     .into_iter()
@@ -186,6 +191,7 @@ impl ShardState {
                     .borrow_mut()
                     .track(key, pending.msg, target, attempt, now);
                 if let Some(at) = picked {
+                    self.note_outstanding(&group);
                     let group = Some(Arc::from(group.as_str()));
                     self.fan_out_to_one(&envelope, at, group, origin, None);
                 }
@@ -238,6 +244,12 @@ impl ShardState {
     /// is removed here only once the home has logged it, so a crash in
     /// between delivers it twice at worst, never loses it.
     pub(super) fn hand_off_foreign_mailboxes(&self) {
+        if self.cluster.is_some() {
+            // Cluster mode moves every mailbox of this shard to the users'
+            // Redis mailboxes instead (`migrate_mailboxes`), whatever their
+            // home.
+            return;
+        }
         let (id, shards) = (self.id, self.shard_count);
         let strays = self
             .reliable
@@ -293,6 +305,7 @@ impl ShardState {
                 origin: self.origin_here(),
                 reply: Some(reply),
                 deliver_at_unix_ms: None,
+                arrived: None,
             },
         );
     }
@@ -378,6 +391,7 @@ impl ShardState {
                     origin,
                     reply: None,
                     deliver_at_unix_ms: None,
+                    arrived: None,
                 },
             );
         }
