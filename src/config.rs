@@ -176,6 +176,8 @@ settings! {
     ping_interval_ms: u64 = 20_000;
     /// silence after which a connection is closed with 1001, in ms (default 60000)
     idle_timeout_ms: u64 = 60_000;
+    /// quiet (no data either way) after which a plain-TCP connection gives up its task and waits in the shard's epoll set, in ms; 0 never (default 5000)
+    hibernate_after_ms: u64 = 5_000;
     /// grace period for clients to finish the close handshake at shutdown, in ms (default 2000)
     shutdown_timeout_ms: u64 = 2_000;
     /// bound on each connection's outgoing queue, in bytes (default 1 MiB)

@@ -23,12 +23,21 @@ pub const SIGNAL_OUTBOX: u8 = 8;
 pub const SIGNAL_SLOW: u8 = 16;
 /// Close with 1008: the user is at `max_connections_per_user`.
 pub const SIGNAL_USER_LIMIT: u8 = 32;
+/// Quiet long enough: hibernate if nothing is in progress (`hibernate`).
+pub const SIGNAL_HIBERNATE: u8 = 64;
+
+/// Set in `ConnHandle::hibernation` once a resume has been asked for, so a
+/// burst of deliveries to a hibernating connection asks only once.
+const RESUME_REQUESTED: u64 = 1 << 63;
 
 /// Most groups one connection may be in.
 pub const GROUPS_PER_CONNECTION_MAX: usize = 1024;
 /// Most unacked message ids one connection remembers (oldest forgotten
 /// first; a forgotten one is still redelivered and can be acked then).
 pub const ACK_ROUTES_PER_CONNECTION_MAX: usize = 65_536;
+
+/// Message id → the shard tracking its ack, and the ids in arrival order.
+type AckRoutes = (HashMap<String, usize>, VecDeque<String>);
 
 /// One live WebSocket connection, as its shard sees it.
 pub struct ConnHandle {
@@ -41,13 +50,14 @@ pub struct ConnHandle {
     pub groups: RefCell<HashSet<String>>,
     /// For `ack:true` messages delivered here: message id → the shard that
     /// tracks its ack. The ids in arrival order bound it.
-    ack_routes: RefCell<(HashMap<String, usize>, VecDeque<String>)>,
+    /// Allocated on first use, freed when empty at hibernation.
+    ack_routes: RefCell<Option<Box<AckRoutes>>>,
     signals: Cell<u8>,
     waker: Cell<Option<Waker>>,
     last_rx: Cell<Instant>,
     last_ping: Cell<Option<Instant>>,
-    /// The last ping round trip, in µs (0: none yet).
-    last_rtt_us: Cell<u64>,
+    /// The last ping round trip, in µs (0: none yet; saturates at ~71 min).
+    last_rtt_us: Cell<u32>,
     /// The command budget (`rate_limit_per_s`, `rate_limit_burst`).
     pub rate_limit: RefCell<TokenBucket>,
     /// The groups its token lets it join (`None`: any).
@@ -55,6 +65,13 @@ pub struct ConnHandle {
     /// Its user's home holds the rest of a mailbox until this connection
     /// has written the batch it was sent.
     pub mailbox_paused: Cell<bool>,
+    /// May give up its task when quiet (plain TCP; TLS state cannot rest).
+    can_hibernate: Cell<bool>,
+    /// The hibernation ticket while it has no task (0: it has one), with
+    /// `RESUME_REQUESTED` once something asked for it back.
+    hibernation: Cell<u64>,
+    /// The shard's sweep tick of the last data message in either direction.
+    last_data_tick: Cell<u32>,
 }
 
 impl ConnHandle {
@@ -70,12 +87,15 @@ impl ConnHandle {
             rate_limit: RefCell::new(rate_limit),
             allowed_groups: RefCell::new(None),
             mailbox_paused: Cell::new(false),
+            can_hibernate: Cell::new(false),
+            hibernation: Cell::new(0),
+            last_data_tick: Cell::new(0),
             id,
             user,
             wants_lz4,
             outbox: RefCell::new(Outbox::new(outbox_max_bytes)),
             groups: RefCell::new(HashSet::new()),
-            ack_routes: RefCell::new((HashMap::new(), VecDeque::new())),
+            ack_routes: RefCell::new(None),
             signals: Cell::new(0),
             waker: Cell::new(None),
             last_rx: Cell::new(now),
@@ -104,7 +124,7 @@ impl ConnHandle {
     /// Remembers where the ack for message `id` must go.
     pub fn expect_ack(&self, id: &str, home: usize) {
         let mut routes = self.ack_routes.borrow_mut();
-        let (map, order) = &mut *routes;
+        let (map, order) = &mut **routes.get_or_insert_with(Default::default);
         if map.insert(id.to_string(), home).is_none() {
             order.push_back(id.to_string());
         }
@@ -121,7 +141,7 @@ impl ConnHandle {
     /// Where the ack for `id` goes (and forget it), if it was delivered here.
     pub fn take_ack_route(&self, id: &str) -> Option<usize> {
         let mut routes = self.ack_routes.borrow_mut();
-        let (map, order) = &mut *routes;
+        let (map, order) = &mut **routes.as_mut()?;
         let home = map.remove(id)?;
         // Keep `order` from growing with settled ids.
         if order.len() > 2 * map.len() + 64 {
@@ -142,12 +162,13 @@ impl ConnHandle {
 
     /// Records the round trip of the last ping.
     pub fn set_last_rtt_us(&self, rtt_us: u64) {
-        self.last_rtt_us.set(rtt_us);
+        self.last_rtt_us
+            .set(u32::try_from(rtt_us).unwrap_or(u32::MAX));
     }
 
     /// The last ping round trip, in µs (0: none measured yet).
     pub fn last_rtt_us(&self) -> u64 {
-        self.last_rtt_us.get()
+        u64::from(self.last_rtt_us.get())
     }
 
     /// When we last pinged.
@@ -161,11 +182,76 @@ impl ConnHandle {
         self.raise(SIGNAL_PING);
     }
 
-    /// Sets signal bits and wakes the task.
+    /// Sets signal bits and wakes the task, or asks for a hibernating
+    /// connection to be given a task again.
     pub fn raise(&self, signal: u8) {
         self.signals.set(self.signals.get() | signal);
         if let Some(waker) = self.waker.take() {
             waker.wake();
+            return;
+        }
+        let ticket = self.hibernation.get();
+        if ticket != 0 && ticket & RESUME_REQUESTED == 0 {
+            self.hibernation.set(ticket | RESUME_REQUESTED);
+            super::hibernate::request_resume(ticket);
+        }
+    }
+
+    /// Whether signals are waiting for the task.
+    pub fn has_signals(&self) -> bool {
+        self.signals.get() != 0
+    }
+
+    /// Allows hibernation (for plain TCP connections).
+    pub fn allow_hibernation(&self) {
+        self.can_hibernate.set(true);
+    }
+
+    /// Keeps this connection out of hibernation from now on.
+    pub fn forbid_hibernation(&self) {
+        self.can_hibernate.set(false);
+    }
+
+    /// Whether this connection may hibernate at all.
+    pub fn can_hibernate(&self) -> bool {
+        self.can_hibernate.get()
+    }
+
+    /// Whether it is hibernating (has no task).
+    pub fn is_hibernating(&self) -> bool {
+        self.hibernation.get() != 0
+    }
+
+    /// Enters hibernation under `ticket`: the task is gone, so its waker
+    /// is dropped and `raise` asks for a resume instead.
+    pub(super) fn enter_hibernation(&self, ticket: u64) {
+        debug_assert!(ticket != 0 && ticket & RESUME_REQUESTED == 0);
+        self.waker.set(None);
+        self.hibernation.set(ticket);
+    }
+
+    /// Leaves hibernation (a task is about to run it again).
+    pub(super) fn leave_hibernation(&self) {
+        self.hibernation.set(0);
+    }
+
+    /// Records a data message in or out at sweep tick `tick`.
+    pub fn data_at_tick(&self, tick: u32) {
+        self.last_data_tick.set(tick);
+    }
+
+    /// The sweep tick of the last data message in or out.
+    pub fn last_data_tick(&self) -> u32 {
+        self.last_data_tick.get()
+    }
+
+    /// Frees what an idle connection does not need (empty queue and ack
+    /// buffers keep their capacity while busy; a resting one gives it back).
+    pub fn release_idle_memory(&self) {
+        self.outbox.borrow_mut().release_idle_memory();
+        let mut routes = self.ack_routes.borrow_mut();
+        if routes.as_ref().is_some_and(|r| r.0.is_empty()) {
+            *routes = None;
         }
     }
 
@@ -180,5 +266,70 @@ impl ConnHandle {
             Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
             _ => self.waker.set(Some(waker.clone())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> ConnHandle {
+        let now = Instant::now();
+        ConnHandle::new(
+            7,
+            Rc::from("u"),
+            false,
+            1 << 20,
+            TokenBucket::new(10, 10, now),
+            now,
+        )
+    }
+
+    #[test]
+    fn a_hibernating_handle_asks_for_its_resume_once() {
+        let h = handle();
+        super::super::hibernate::take_requested_for_test();
+        h.raise(SIGNAL_OUTBOX);
+        assert!(
+            super::super::hibernate::take_requested_for_test().is_empty(),
+            "an awake handle (no task parked in this test) asks nothing"
+        );
+        h.take_signals();
+        h.enter_hibernation(42);
+        assert!(h.is_hibernating());
+        h.raise(SIGNAL_OUTBOX);
+        h.raise(SIGNAL_PING);
+        assert_eq!(super::super::hibernate::take_requested_for_test(), vec![42]);
+        assert_eq!(
+            h.take_signals(),
+            SIGNAL_OUTBOX | SIGNAL_PING,
+            "signals kept for the task"
+        );
+        h.leave_hibernation();
+        assert!(!h.is_hibernating());
+        h.raise(SIGNAL_PING);
+        assert!(super::super::hibernate::take_requested_for_test().is_empty());
+    }
+
+    #[test]
+    fn idle_memory_release_keeps_pending_ack_routes() {
+        let h = handle();
+        h.release_idle_memory();
+        h.expect_ack("m1", 1);
+        h.release_idle_memory();
+        assert_eq!(h.take_ack_route("m1"), Some(1), "a route in use is kept");
+        assert_eq!(h.take_ack_route("m1"), None);
+        h.release_idle_memory();
+        assert!(h.ack_routes.borrow().is_none(), "empty routes are freed");
+        assert_eq!(h.take_ack_route("m2"), None);
+    }
+
+    #[test]
+    fn rtt_saturates_instead_of_wrapping() {
+        let h = handle();
+        h.set_last_rtt_us(u64::from(u32::MAX) + 5);
+        assert_eq!(h.last_rtt_us(), u64::from(u32::MAX));
+        h.set_last_rtt_us(1234);
+        assert_eq!(h.last_rtt_us(), 1234);
     }
 }

@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod endpoints;
 pub mod handle;
+pub mod hibernate;
 pub mod ip_limit;
 pub mod liveness;
 pub mod outbox;
@@ -43,8 +44,34 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 /// A byte stream a connection is served over: the TCP stream itself, or
 /// TLS on top of it.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
+    /// Whether a quiet connection over it may hibernate (`hibernate`).
+    const CAN_HIBERNATE: bool = false;
+
+    /// Hands a quiet connection to its shard's hibernation; `Err` hands it
+    /// back to keep its task.
+    #[allow(clippy::result_large_err)] // moved once per hibernation; see hibernate.rs
+    fn hibernate(shard: &Rc<ShardState>, upgraded: Upgraded<Self>) -> Result<(), Upgraded<Self>> {
+        let _ = shard;
+        Err(upgraded)
+    }
+}
+
+impl Transport for TcpStream {
+    const CAN_HIBERNATE: bool = true;
+
+    #[allow(clippy::result_large_err)]
+    fn hibernate(shard: &Rc<ShardState>, upgraded: Upgraded<Self>) -> Result<(), Upgraded<Self>> {
+        match &shard.hibernation {
+            Some(hibernation) => hibernation.sleep(shard, upgraded),
+            None => Err(upgraded),
+        }
+    }
+}
+
+/// TLS: rustls's state is large and has no resting form, so these keep
+/// their tasks.
+impl Transport for Box<futures_rustls::server::TlsStream<TcpStream>> {}
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
@@ -103,7 +130,7 @@ pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
 
 /// Serves the HTTP request (and the WebSocket after an upgrade) over
 /// `stream`; `timeout` is what is left of `handshake_timeout_ms`.
-async fn serve_transport<S: Transport + 'static>(
+async fn serve_transport<S: Transport>(
     shard: Rc<ShardState>,
     stream: S,
     peer: SocketAddr,
@@ -119,7 +146,7 @@ async fn serve_transport<S: Transport + 'static>(
 }
 
 /// A connection past its 101 response.
-struct Upgraded<S> {
+pub struct Upgraded<S> {
     stream: S,
     session: WsSession,
     handle: Rc<ConnHandle>,
@@ -369,6 +396,9 @@ async fn upgrade<S: Transport>(
         Instant::now(),
     ));
     *handle.allowed_groups.borrow_mut() = upgrade.allowed_groups.clone();
+    if S::CAN_HIBERNATE && shard.hibernation.is_some() {
+        handle.allow_hibernation();
+    }
     // In protocol mode the connection is announced to its user's home shard
     // and greeted (`welcome`, the first frame) once the home has it.
     shard.add_conn(handle.clone(), mode == Mode::Protocol);
@@ -386,14 +416,29 @@ async fn run_upgraded<S: Transport>(shard: Rc<ShardState>, mut upgraded: Upgrade
     // Fields are used in place: moving them out would keep two copies in
     // this future, which every idle connection holds.
     let shard = &shard;
-    let outcome = websocket::run_session(
-        shard,
-        &mut upgraded.stream,
-        &mut upgraded.session,
-        &upgraded.handle,
-        upgraded.mode,
-    )
-    .await;
+    let outcome = loop {
+        let outcome = websocket::run_session(
+            shard,
+            &mut upgraded.stream,
+            &mut upgraded.session,
+            &upgraded.handle,
+            upgraded.mode,
+        )
+        .await;
+        if outcome != websocket::Outcome::Hibernate {
+            break outcome;
+        }
+        // The task ends here; the hibernation resumes the connection in a
+        // new one.
+        match S::hibernate(shard, upgraded) {
+            Ok(()) => return,
+            Err(back) => {
+                // Out of descriptors, say: it keeps its task for good.
+                upgraded = back;
+                upgraded.handle.forbid_hibernation();
+            }
+        }
+    };
     let stale = outcome == websocket::Outcome::Stale;
     if outcome != websocket::Outcome::PeerGone {
         linger_and_close(shard, &mut upgraded.stream).await;

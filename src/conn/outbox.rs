@@ -68,7 +68,9 @@ pub enum PushOutcome {
 /// The bounded, prioritised queue of one connection.
 #[derive(Debug)]
 pub struct Outbox {
-    lanes: [VecDeque<OutItem>; LANES],
+    /// Allocated on the first push, freed by `release_idle_memory`: a
+    /// quiet connection carries 8 bytes here, not five empty queues.
+    lanes: Option<Box<[VecDeque<OutItem>; LANES]>>,
     queued_bytes: usize,
     /// Bytes taken by the writer and not yet reported written.
     in_flight_bytes: usize,
@@ -80,7 +82,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(max_bytes: usize) -> Self {
         Outbox {
-            lanes: Default::default(),
+            lanes: None,
             queued_bytes: 0,
             in_flight_bytes: 0,
             max_bytes,
@@ -96,11 +98,27 @@ impl Outbox {
 
     /// Messages waiting in all lanes.
     pub fn len(&self) -> usize {
-        self.lanes.iter().map(VecDeque::len).sum()
+        self.lanes
+            .as_ref()
+            .map_or(0, |lanes| lanes.iter().map(VecDeque::len).sum())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lanes.iter().all(VecDeque::is_empty)
+        self.lanes
+            .as_ref()
+            .is_none_or(|lanes| lanes.iter().all(VecDeque::is_empty))
+    }
+
+    /// Frees the lanes if empty (a resting connection keeps no queue; a
+    /// busy one keeps its buffers between messages).
+    pub fn release_idle_memory(&mut self) {
+        if self.is_empty() {
+            self.lanes = None;
+        }
+    }
+
+    fn lanes_mut(&mut self) -> &mut [VecDeque<OutItem>; LANES] {
+        self.lanes.get_or_insert_with(Default::default)
     }
 
     /// Low-priority messages dropped for lack of room so far.
@@ -126,7 +144,7 @@ impl Outbox {
             // The bound limits what piles up, not how large one message may
             // be (up to max_message_bytes): an empty queue takes anything.
             self.queued_bytes += size;
-            self.lanes[item.lane as usize].push_back(item);
+            self.lanes_mut()[item.lane as usize].push_back(item);
             return PushOutcome::Queued;
         }
         if self.bytes() + size > self.max_bytes {
@@ -150,14 +168,17 @@ impl Outbox {
             self.over_since.get_or_insert(now);
         }
         self.queued_bytes += size;
-        self.lanes[item.lane as usize].push_back(item);
+        self.lanes_mut()[item.lane as usize].push_back(item);
         PushOutcome::Queued
     }
 
     /// Drops queued low-priority messages, oldest first, until `incoming`
     /// more bytes fit (`ack:true` ones are kept: they may not vanish).
     fn evict_low(&mut self, incoming: usize, evicted: &mut impl FnMut(&OutItem)) {
-        let low = &mut self.lanes[Lane::Low as usize];
+        let Some(lanes) = self.lanes.as_mut() else {
+            return;
+        };
+        let low = &mut lanes[Lane::Low as usize];
         let mut kept = VecDeque::new();
         while self.queued_bytes + self.in_flight_bytes + incoming > self.max_bytes {
             let Some(item) = low.pop_front() else { break };
@@ -183,7 +204,10 @@ impl Outbox {
         mut taken: impl FnMut(&OutItem),
     ) -> usize {
         let mut moved = 0;
-        for lane in &mut self.lanes {
+        let Some(lanes) = self.lanes.as_mut() else {
+            return 0;
+        };
+        for lane in lanes.iter_mut() {
             while let Some(item) = lane.front() {
                 if moved > 0 && moved + item.frame.len() > max_bytes {
                     break;
@@ -212,9 +236,9 @@ impl Outbox {
 
     /// Empties the queue (connection closing); `each` sees every item.
     pub fn drain(&mut self, mut each: impl FnMut(OutItem)) {
-        for lane in &mut self.lanes {
-            for item in lane.drain(..) {
-                each(item);
+        if let Some(lanes) = self.lanes.take() {
+            for lane in *lanes {
+                lane.into_iter().for_each(&mut each);
             }
         }
         self.queued_bytes = 0;
@@ -241,6 +265,29 @@ mod tests {
         o.take_into(&mut out, usize::MAX, |i| tags.push(i.frame[0]));
         o.wrote(out.len());
         tags
+    }
+
+    #[test]
+    fn idle_memory_is_released_only_when_empty_and_lanes_come_back() {
+        let now = Instant::now();
+        let mut o = Outbox::new(1 << 20);
+        assert!(o.lanes.is_none(), "a new outbox allocates no lanes");
+        o.push(item(Lane::Normal, 1, 10), now, |_| {});
+        o.push(item(Lane::High, 2, 10), now, |_| {});
+        o.release_idle_memory();
+        assert_eq!(o.len(), 2, "queued frames survive a release");
+        assert_eq!(drain_tags(&mut o), vec![2, 1]);
+        assert!(o.lanes.is_some(), "a busy outbox keeps its lanes");
+        o.release_idle_memory();
+        assert!(o.lanes.is_none() && o.is_empty());
+        assert_eq!(o.len(), 0);
+        assert_eq!(o.take_into(&mut Vec::new(), usize::MAX, |_| {}), 0);
+        o.push(item(Lane::Low, 3, 10), now, |_| {});
+        assert_eq!(
+            drain_tags(&mut o),
+            vec![3],
+            "lanes come back on the next push"
+        );
     }
 
     #[test]

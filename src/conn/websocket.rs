@@ -41,6 +41,9 @@ pub enum Outcome {
     Stale,
     /// The socket closed or failed under us.
     PeerGone,
+    /// Quiet and nothing in progress: the task may end and the connection
+    /// rest in the shard's hibernation (`hibernate`).
+    Hibernate,
 }
 
 /// What woke the connection task.
@@ -85,6 +88,9 @@ pub(super) async fn run_session<S: super::Transport>(
     let mut stale = false;
     let mut ended = false;
     let mut close_deadline: Option<Instant> = None;
+    // A task (new, or resumed from hibernation) waits once before it may
+    // hibernate: a resumed one must first read what woke it.
+    let mut waited = false;
     let end = |stale: bool| {
         if stale {
             Outcome::Stale
@@ -97,6 +103,9 @@ pub(super) async fn run_session<S: super::Transport>(
             match session.next_message() {
                 Ok(Some(message)) => {
                     let is_data = matches!(message, Message::Text(_) | Message::Binary(_));
+                    if is_data {
+                        handle.data_at_tick(shard.sweep_tick());
+                    }
                     if is_data
                         && mode == Mode::Protocol
                         && !handle.rate_limit.borrow_mut().try_take(Instant::now())
@@ -133,8 +142,21 @@ pub(super) async fn run_session<S: super::Transport>(
         }
         // Nothing in progress: idle connections keep no tungstenite state.
         session.rest();
+        if waited
+            && pending.is_done()
+            && !ended
+            && close_deadline.is_none()
+            && session.is_resting()
+            && shard.quiet_enough_to_hibernate(handle)
+            && !handle.has_signals()
+            && handle.outbox.borrow().is_empty()
+        {
+            return Outcome::Hibernate;
+        }
 
-        match wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await {
+        let wake = wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await;
+        waited = true;
+        match wake {
             Wake::Input => {}
             Wake::Wrote(n) => {
                 // The part of [written, written + n) inside the outbox range.
@@ -222,6 +244,7 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
             },
         );
         if messages > 0 {
+            handle.data_at_tick(shard.sweep_tick());
             shard
                 .metrics
                 .count_messages_out(messages, pending.from_outbox as u64);

@@ -150,11 +150,12 @@ pub enum Gauge {
     ScheduledMsgs,
     PendingAcks,
     DlqMsgs,
+    ConnectionsHibernated,
 }
 
 impl Gauge {
     /// How many gauges there are.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// Every gauge, in export order.
     pub const ALL: [Gauge; Gauge::COUNT] = [
         Gauge::Connections,
@@ -165,6 +166,7 @@ impl Gauge {
         Gauge::ScheduledMsgs,
         Gauge::PendingAcks,
         Gauge::DlqMsgs,
+        Gauge::ConnectionsHibernated,
     ];
 
     /// The name used in every export format (Prometheus adds `wsuring_`).
@@ -178,6 +180,7 @@ impl Gauge {
             Gauge::ScheduledMsgs => "scheduled_msgs",
             Gauge::PendingAcks => "pending_acks",
             Gauge::DlqMsgs => "dlq_msgs",
+            Gauge::ConnectionsHibernated => "connections_hibernated",
         }
     }
 
@@ -194,6 +197,9 @@ impl Gauge {
             Gauge::ScheduledMsgs => "Messages held for scheduled delivery.",
             Gauge::PendingAcks => "Messages delivered with ack:true and not yet acknowledged.",
             Gauge::DlqMsgs => "Messages in the dead-letter queue.",
+            Gauge::ConnectionsHibernated => {
+                "Live connections resting without a task (quiet past hibernate_after_ms)."
+            }
         }
     }
 
@@ -440,6 +446,11 @@ impl ShardMetrics {
     /// Messages in this shard's dead-letter queue.
     pub fn set_dlq_msgs(&self, messages: u64) {
         self.set_gauge(Gauge::DlqMsgs, messages);
+    }
+
+    /// Connections of this shard resting in hibernation.
+    pub fn set_connections_hibernated(&self, connections: u64) {
+        self.set_gauge(Gauge::ConnectionsHibernated, connections);
     }
 
     /// The current value of a counter.

@@ -62,7 +62,11 @@ pub struct Directory {
 impl Directory {
     /// Records that `user` has a live connection at `at`.
     pub fn attach_user(&mut self, user: &str, at: ConnRef) {
-        let conns = self.users.entry(user.to_string()).or_default();
+        // Most users have one connection: room for one, not Vec's four.
+        let conns = self
+            .users
+            .entry(user.to_string())
+            .or_insert_with(|| Vec::with_capacity(1));
         if !conns.contains(&at) {
             conns.push(at);
         }

@@ -153,13 +153,20 @@ pub struct ShardState {
         RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
     /// Hand-offs sent and not yet confirmed by the home.
     handoffs_in_flight: Cell<usize>,
+    /// Quiet connections resting without a task (`hibernate_after_ms` > 0).
+    pub hibernation: Option<crate::conn::hibernate::Hibernation>,
+    /// Liveness sweeps so far: the coarse clock of `ConnHandle::data_at_tick`.
+    sweep_tick: Cell<u32>,
+    /// Sweeps without data after which a connection hibernates (0: never).
+    hibernate_after_ticks: u32,
 }
 
 impl ShardState {
     fn new(start: &ShardStart, mesh: Senders<MeshMsg>) -> Self {
         let shard_count = mesh.nr_consumers();
+        let mesh_id = mesh.peer_id();
         ShardState {
-            id: mesh.peer_id(),
+            id: mesh_id,
             shard_count,
             config: start.config.clone(),
             registry: start.registry.clone(),
@@ -217,7 +224,30 @@ impl ShardState {
             cluster: start.cluster.clone().map(cluster::ClusterShard::new),
             handoffs: RefCell::new(std::collections::VecDeque::new()),
             handoffs_in_flight: Cell::new(0),
+            hibernation: (start.config.hibernate_after_ms > 0)
+                .then(|| crate::conn::hibernate::Hibernation::start(mesh_id))
+                .and_then(|started| {
+                    started
+                        .map_err(|e| log::warn!("shard {mesh_id}: hibernation off: {e}"))
+                        .ok()
+                }),
+            sweep_tick: Cell::new(0),
+            hibernate_after_ticks: hibernate_after_ticks(&start.config),
         }
+    }
+
+    /// The current liveness sweep count (see `ConnHandle::data_at_tick`).
+    pub fn sweep_tick(&self) -> u32 {
+        self.sweep_tick.get()
+    }
+
+    /// Whether `handle` has had no data for `hibernate_after_ms` and may
+    /// hibernate.
+    pub fn quiet_enough_to_hibernate(&self, handle: &ConnHandle) -> bool {
+        self.hibernate_after_ticks > 0
+            && handle.can_hibernate()
+            && self.sweep_tick.get().wrapping_sub(handle.last_data_tick())
+                >= self.hibernate_after_ticks
     }
 
     /// Adds an upgraded connection to this shard's table. With `announce`
@@ -231,6 +261,7 @@ impl ShardState {
         if self.shutting_down.get() {
             handle.raise(crate::conn::handle::SIGNAL_SHUTDOWN);
         }
+        handle.data_at_tick(self.sweep_tick.get());
         self.conns.borrow_mut().insert(handle.id, handle.clone());
         if announce {
             let welcome = crate::protocol::encode_welcome(&crate::protocol::Welcome {
@@ -399,16 +430,15 @@ impl ShardState {
     /// Pings quiet connections, closes silent ones and slow consumers, on
     /// one timer for the whole shard instead of one per connection.
     async fn sweep_liveness(self: Rc<Self>) {
-        let rules = LivenessRules {
-            ping_interval: Duration::from_millis(self.config.ping_interval_ms),
-            idle_timeout: Duration::from_millis(self.config.idle_timeout_ms),
-        };
+        let rules = liveness_rules(&self.config);
         let slow_grace = Duration::from_millis(self.config.slow_consumer_grace_ms);
-        let period = rules
-            .sweep_period()
-            .min(slow_grace.max(Duration::from_millis(20)) / 4);
+        let period = sweep_period(&self.config);
         while !self.shutting_down.get() {
             Timer::new(period).await;
+            self.sweep_tick.set(self.sweep_tick.get().wrapping_add(1));
+            if let Some(hibernation) = &self.hibernation {
+                hibernation.give_back_memory();
+            }
             let now = Instant::now();
             for handle in self.conns.borrow().values() {
                 match rules.check(now, handle.last_rx(), handle.last_ping()) {
@@ -419,6 +449,11 @@ impl ShardState {
                 let over_since = handle.outbox.borrow().over_since();
                 if over_since.is_some_and(|t| now.saturating_duration_since(t) >= slow_grace) {
                     handle.raise(crate::conn::handle::SIGNAL_SLOW);
+                }
+                // A waiting task wakes to see it is quiet enough (a task
+                // that just ran checks this itself before it waits).
+                if !handle.is_hibernating() && self.quiet_enough_to_hibernate(handle) {
+                    handle.raise(crate::conn::handle::SIGNAL_HIBERNATE);
                 }
             }
         }
@@ -469,6 +504,15 @@ pub async fn run(start: ShardStart) {
         Timer::new(Duration::from_millis(2)).await;
     }
     glommio::spawn_local(shard.clone().sweep_liveness()).detach();
+    if shard.hibernation.is_some() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            if let Some(hibernation) = &shard.hibernation {
+                hibernation.run_resumer(shard.clone()).await;
+            }
+        })
+        .detach();
+    }
     shard.start_cluster_tasks();
     glommio::spawn_local(shard.clone().run_timers()).detach();
     if shard.id == 0 {
@@ -517,6 +561,9 @@ pub async fn run(start: ShardStart) {
             shard.connection_count()
         );
     }
+    if let Some(hibernation) = &shard.hibernation {
+        hibernation.shutdown();
+    }
     shard.finish_cluster().await;
     // Whatever was journaled last reaches the log before the shard stops.
     shard.close_wal().await;
@@ -558,6 +605,34 @@ async fn accept_until_shutdown(shard: &Rc<ShardState>, listener: &TcpListener) {
     }
 }
 
+fn liveness_rules(config: &Config) -> LivenessRules {
+    LivenessRules {
+        ping_interval: Duration::from_millis(config.ping_interval_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    }
+}
+
+/// How often the liveness sweeper runs (see `LivenessRules::sweep_period`),
+/// also often enough for the slow-consumer grace.
+fn sweep_period(config: &Config) -> Duration {
+    let slow_grace = Duration::from_millis(config.slow_consumer_grace_ms);
+    liveness_rules(config)
+        .sweep_period()
+        .min(slow_grace.max(Duration::from_millis(20)) / 4)
+}
+
+/// `hibernate_after_ms` in sweeps, rounded up (0: hibernation off).
+fn hibernate_after_ticks(config: &Config) -> u32 {
+    if config.hibernate_after_ms == 0 {
+        return 0;
+    }
+    let period_ms = sweep_period(config).as_millis().max(1) as u64;
+    config
+        .hibernate_after_ms
+        .div_ceil(period_ms)
+        .clamp(1, u32::MAX as u64) as u32
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -574,6 +649,27 @@ fn base36(mut n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hibernation_delay_in_sweeps_rounds_up() {
+        let mut config = crate::config::Config::defaults();
+        // Defaults: pings every 20 s, idle 60 s, slow grace 5 s → 1 s sweeps.
+        config.hibernate_after_ms = 5_000;
+        assert_eq!(
+            super::sweep_period(&config),
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(super::hibernate_after_ticks(&config), 5);
+        config.hibernate_after_ms = 5_001;
+        assert_eq!(super::hibernate_after_ticks(&config), 6);
+        config.hibernate_after_ms = 1;
+        assert_eq!(super::hibernate_after_ticks(&config), 1);
+        config.hibernate_after_ms = 0;
+        assert_eq!(super::hibernate_after_ticks(&config), 0, "0 turns it off");
+        config.hibernate_after_ms = 100;
+        config.ping_interval_ms = 300;
+        assert_eq!(super::hibernate_after_ticks(&config), 2, "75 ms sweeps");
+    }
+
     #[test]
     fn base36_digits() {
         assert_eq!(super::base36(0), "0");

@@ -71,6 +71,7 @@ impl ShardState {
             queued_bytes += outbox.bytes() as u64;
         }
         m.set_connections(self.connection_count() as u64);
+        m.set_connections_hibernated(self.hibernation.as_ref().map_or(0, |h| h.len()) as u64);
         m.set_outbox_queued_msgs(queued_msgs);
         m.set_outbox_queued_bytes(queued_bytes);
         let r = self.reliable.borrow();

@@ -1,0 +1,312 @@
+//! Hibernation: a connection with no data in either direction for
+//! `hibernate_after_ms` gives up its task and glommio's poll source, the
+//! bulk of what an idle connection costs, and rests as a `Sleeper` (its
+//! socket, its resting `WsSession` and its `ConnHandle`) in a per-shard
+//! table, its socket in a per-shard epoll set (the `polling` crate).
+//!
+//! Two things bring it back, both to the shard's resumer task:
+//! - the socket becomes readable (input, a close, an error): a watcher
+//!   thread blocked in `epoll_wait` writes the connection's ticket to a
+//!   socket pair the resumer reads through glommio;
+//! - anything on the shard raises a signal on its handle (a delivery, a
+//!   ping, a close): `ConnHandle::raise` queues the ticket here, on the
+//!   shard's thread.
+//!
+//! The resumer gives the socket back to glommio and spawns the
+//! connection's WebSocket task again, which carries on where it stopped.
+//! Only plain TCP connections hibernate: TLS state does not rest.
+//!
+//! Invariants: a sleeping connection has exactly one entry in `sleepers`,
+//! its socket is registered in the epoll set (one-shot) under its ticket,
+//! and its handle holds that ticket; a ticket is never reused, so a stale
+//! wake (the watcher's and the shard's for the same sleeper) finds nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use futures_lite::{future, AsyncRead};
+use glommio::net::{TcpStream, UnixStream};
+use polling::{Event, Events, Poller};
+
+use super::commands::Mode;
+use super::{ConnHandle, Upgraded};
+use crate::shard::ShardState;
+use crate::ws::WsSession;
+
+/// Hibernations after which the sweeper returns freed memory to the system.
+const TRIM_AFTER_SLEEPS: usize = 256;
+/// Tickets read from the watcher per wake-up, at most (8 bytes each).
+const WATCHER_READ_BYTES: usize = 8 * 512;
+
+thread_local! {
+    /// Tickets of sleepers something on this shard asked back.
+    static RESUME_QUEUE: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// The shard's resumer task, parked.
+    static RESUMER_WAKER: Cell<Option<Waker>> = const { Cell::new(None) };
+}
+
+/// Asks the shard's resumer (this thread's) to give `ticket` a task again.
+pub(super) fn request_resume(ticket: u64) {
+    RESUME_QUEUE.with(|q| q.borrow_mut().push(ticket));
+    if let Some(waker) = RESUMER_WAKER.with(Cell::take) {
+        waker.wake();
+    }
+}
+
+/// The tickets asked back so far on this thread (tests only).
+#[cfg(test)]
+pub(super) fn take_requested_for_test() -> Vec<u64> {
+    RESUME_QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+/// A hibernating connection: everything its task held that matters. Its
+/// session rested (between messages, nothing buffered) is the same as a
+/// new one, and its mode is the shard's, so neither is kept.
+struct Sleeper {
+    fd: OwnedFd,
+    handle: Rc<ConnHandle>,
+}
+
+/// A shard's hibernating connections.
+pub struct Hibernation {
+    poller: Arc<Poller>,
+    sleepers: RefCell<HashMap<u64, Sleeper>>,
+    next_ticket: Cell<u64>,
+    /// The resumer's end of the watcher's socket pair (taken once).
+    from_watcher: RefCell<Option<UnixStream>>,
+    watcher_stop: Arc<AtomicBool>,
+    /// Set if the watcher failed: connections keep their tasks.
+    disabled: Cell<bool>,
+    /// Connections put to sleep since memory was last given back.
+    slept_since_trim: Cell<usize>,
+}
+
+impl Hibernation {
+    /// The epoll set and its watcher thread for shard `shard_id`.
+    pub fn start(shard_id: usize) -> io::Result<Hibernation> {
+        let poller = Arc::new(Poller::new()?);
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let watcher_stop = Arc::new(AtomicBool::new(false));
+        {
+            let poller = poller.clone();
+            let stop = watcher_stop.clone();
+            std::thread::Builder::new()
+                .name(format!("wsu-hibernate-{shard_id}"))
+                .spawn(move || watch(&poller, &stop, theirs))?;
+        }
+        // SAFETY: a connected Unix socket we own; ownership moves into glommio.
+        let from_watcher = unsafe { UnixStream::from_raw_fd(ours.into_raw_fd()) };
+        Ok(Hibernation {
+            poller,
+            sleepers: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(1),
+            from_watcher: RefCell::new(Some(from_watcher)),
+            watcher_stop,
+            disabled: Cell::new(false),
+            slept_since_trim: Cell::new(0),
+        })
+    }
+
+    /// Connections hibernating now.
+    pub fn len(&self) -> usize {
+        self.sleepers.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sleepers.borrow().is_empty()
+    }
+
+    /// Puts a connection to sleep; on failure it is handed back to keep
+    /// its task.
+    // The connection moves in and (rarely) back out by value, once per
+    // hibernation; boxing it would allocate on every one.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn sleep(
+        &self,
+        shard: &Rc<ShardState>,
+        upgraded: Upgraded<TcpStream>,
+    ) -> Result<(), Upgraded<TcpStream>> {
+        if self.disabled.get() {
+            return Err(upgraded);
+        }
+        // glommio's stream has no into_raw_fd: keep a duplicate of the
+        // socket, then drop the stream (its poll source and timers with it).
+        // SAFETY: the fd is open for as long as `upgraded.stream` lives.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(upgraded.stream.as_raw_fd()) };
+        let fd = match borrowed.try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::debug!("{}: cannot hibernate: {e}", upgraded.peer);
+                return Err(upgraded);
+            }
+        };
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        // SAFETY: `fd` is deleted from the poller before it is closed (in
+        // `wake` and `shutdown`); a Sleeper is dropped nowhere else.
+        if let Err(e) = unsafe { self.poller.add(&fd, Event::readable(ticket as usize)) } {
+            log::warn!("{}: cannot hibernate: {e}", upgraded.peer);
+            return Err(upgraded);
+        }
+        let Upgraded {
+            stream,
+            session,
+            handle,
+            mode: _,
+            peer: _,
+        } = upgraded;
+        debug_assert!(session.is_resting(), "only a resting session hibernates");
+        drop(session);
+        drop(stream);
+        handle.release_idle_memory();
+        handle.enter_hibernation(ticket);
+        let woken = handle.has_signals();
+        self.sleepers
+            .borrow_mut()
+            .insert(ticket, Sleeper { fd, handle });
+        self.slept_since_trim.set(self.slept_since_trim.get() + 1);
+        if woken {
+            self.wake(shard, ticket);
+        }
+        Ok(())
+    }
+
+    /// Gives sleeper `ticket` (if still asleep) its task back.
+    fn wake(&self, shard: &Rc<ShardState>, ticket: u64) {
+        let Some(sleeper) = self.sleepers.borrow_mut().remove(&ticket) else {
+            return; // already awake: the other wake-up came first
+        };
+        // The peer address is only for logs: the registry has it, the
+        // sleeper does not carry it.
+        let peer = shard
+            .registry
+            .get(sleeper.handle.id)
+            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.peer);
+        if let Err(e) = self.poller.delete(sleeper.fd.as_fd()) {
+            log::warn!("{peer}: epoll delete failed: {e}");
+        }
+        sleeper.handle.leave_hibernation();
+        // SAFETY: a connected TCP socket we own; ownership moves to glommio.
+        let stream = unsafe { TcpStream::from_raw_fd(sleeper.fd.into_raw_fd()) };
+        let upgraded = Upgraded {
+            stream,
+            session: WsSession::new(shard.config.max_message_bytes, &[]),
+            handle: sleeper.handle,
+            mode: if shard.config.echo {
+                Mode::Echo
+            } else {
+                Mode::Protocol
+            },
+            peer,
+        };
+        glommio::spawn_local(super::run_upgraded(shard.clone(), upgraded)).detach();
+    }
+
+    /// The shard's resumer: wakes sleepers as their tickets arrive.
+    pub async fn run_resumer(&self, shard: Rc<ShardState>) {
+        let Some(mut from_watcher) = self.from_watcher.borrow_mut().take() else {
+            return;
+        };
+        let mut buf = vec![0u8; WATCHER_READ_BYTES];
+        // A read may end inside a ticket: its first bytes wait here.
+        let mut partial: Vec<u8> = Vec::with_capacity(8);
+        let mut tickets: Vec<u64> = Vec::new();
+        loop {
+            let watcher_open = future::poll_fn(|cx| {
+                RESUME_QUEUE.with(|q| tickets.append(&mut q.borrow_mut()));
+                if !tickets.is_empty() {
+                    return Poll::Ready(true);
+                }
+                RESUMER_WAKER.with(|w| w.set(Some(cx.waker().clone())));
+                match Pin::new(&mut from_watcher).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(false),
+                    Poll::Ready(Ok(n)) => {
+                        partial.extend_from_slice(&buf[..n]);
+                        let whole = partial.len() / 8 * 8;
+                        tickets.extend(
+                            partial[..whole]
+                                .chunks_exact(8)
+                                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                        );
+                        partial.drain(..whole);
+                        Poll::Ready(true)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            for ticket in tickets.drain(..) {
+                self.wake(&shard, ticket);
+            }
+            if !watcher_open {
+                // Without the watcher, input would not wake a sleeper: wake
+                // them all and hibernate no more.
+                log::error!(
+                    "shard {}: hibernation watcher gone; hibernation off",
+                    shard.id
+                );
+                self.disabled.set(true);
+                let all: Vec<u64> = self.sleepers.borrow().keys().copied().collect();
+                for ticket in all {
+                    self.wake(&shard, ticket);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Returns the memory freed by hibernations to the system (once many
+    /// connections fell asleep since the last time): glibc keeps freed
+    /// chunks between live ones in RSS until `malloc_trim` releases their
+    /// pages. Called by the sweeper, off the hot path.
+    pub fn give_back_memory(&self) {
+        if self.slept_since_trim.get() < TRIM_AFTER_SLEEPS {
+            return;
+        }
+        self.slept_since_trim.set(0);
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free memory; always sound.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Stops the watcher and closes what still sleeps (at shard end, after
+    /// the connections were asked to close).
+    pub fn shutdown(&self) {
+        self.watcher_stop.store(true, Ordering::Release);
+        let _ = self.poller.notify();
+        for (_, sleeper) in self.sleepers.borrow_mut().drain() {
+            let _ = self.poller.delete(sleeper.fd.as_fd());
+        }
+    }
+}
+
+/// The watcher thread: reports readable sleepers' tickets to the resumer.
+fn watch(poller: &Poller, stop: &AtomicBool, mut to_resumer: std::os::unix::net::UnixStream) {
+    let mut events = Events::new();
+    let mut bytes = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        events.clear();
+        if let Err(e) = poller.wait(&mut events, None) {
+            log::error!("hibernation watcher: epoll_wait failed: {e}");
+            return;
+        }
+        bytes.clear();
+        for event in events.iter() {
+            bytes.extend_from_slice(&(event.key as u64).to_le_bytes());
+        }
+        // Blocks only while the resumer is behind; fails once it is gone.
+        if !bytes.is_empty() && to_resumer.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
