@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
@@ -26,15 +27,26 @@ pub const SIGNAL_USER_LIMIT: u8 = 32;
 /// Quiet long enough: hibernate if nothing is in progress (`hibernate`).
 pub const SIGNAL_HIBERNATE: u8 = 64;
 
-/// Set in `ConnHandle::hibernation` once a resume has been asked for, so a
-/// burst of deliveries to a hibernating connection asks only once.
-const RESUME_REQUESTED: u64 = 1 << 63;
-
 /// Most groups one connection may be in.
 pub const GROUPS_PER_CONNECTION_MAX: usize = 1024;
 /// Most unacked message ids one connection remembers (oldest forgotten
 /// first; a forgotten one is still redelivered and can be acked then).
 pub const ACK_ROUTES_PER_CONNECTION_MAX: usize = 65_536;
+
+/// The process's clock origin: handles keep times as ms since it (8 bytes,
+/// where an `Instant` takes 16), set on first use.
+fn clock_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn clock_ms(t: Instant) -> u64 {
+    t.saturating_duration_since(clock_origin()).as_millis() as u64
+}
+
+fn instant_of(ms: u64) -> Instant {
+    clock_origin() + std::time::Duration::from_millis(ms)
+}
 
 /// Message id → the shard tracking its ack, and the ids in arrival order.
 type AckRoutes = (HashMap<String, usize>, VecDeque<String>);
@@ -46,30 +58,35 @@ pub struct ConnHandle {
     /// Chose `wsu.v1.lz4`: large binary payloads arrive compressed.
     pub wants_lz4: bool,
     pub outbox: RefCell<Outbox>,
-    /// Groups this connection joined (left for it when it closes).
-    pub groups: RefCell<HashSet<String>>,
+    /// Groups this connection joined (left for it when it closes);
+    /// allocated on the first join.
+    groups: RefCell<Option<Box<HashSet<String>>>>,
     /// For `ack:true` messages delivered here: message id → the shard that
     /// tracks its ack. The ids in arrival order bound it.
     /// Allocated on first use, freed when empty at hibernation.
     ack_routes: RefCell<Option<Box<AckRoutes>>>,
     signals: Cell<u8>,
     waker: Cell<Option<Waker>>,
-    last_rx: Cell<Instant>,
-    last_ping: Cell<Option<Instant>>,
+    /// When the peer last sent anything, in ms of `clock_ms`.
+    last_rx_ms: Cell<u64>,
+    /// When we last pinged, in ms of `clock_ms` (0: never).
+    last_ping_ms: Cell<u64>,
     /// The last ping round trip, in µs (0: none yet; saturates at ~71 min).
     last_rtt_us: Cell<u32>,
     /// The command budget (`rate_limit_per_s`, `rate_limit_burst`).
     pub rate_limit: RefCell<TokenBucket>,
     /// The groups its token lets it join (`None`: any).
-    pub allowed_groups: RefCell<Option<Vec<String>>>,
+    allowed_groups: Option<Box<[String]>>,
     /// Its user's home holds the rest of a mailbox until this connection
     /// has written the batch it was sent.
     pub mailbox_paused: Cell<bool>,
     /// May give up its task when quiet (plain TCP; TLS state cannot rest).
     can_hibernate: Cell<bool>,
-    /// The hibernation ticket while it has no task (0: it has one), with
-    /// `RESUME_REQUESTED` once something asked for it back.
-    hibernation: Cell<u64>,
+    /// Its socket while it hibernates (no task; `hibernate`).
+    sleeping_fd: Cell<Option<OwnedFd>>,
+    /// Hibernating and a resume already asked for: a burst of deliveries
+    /// asks once.
+    resume_asked: Cell<bool>,
     /// The shard's sweep tick of the last data message in either direction.
     last_data_tick: Cell<u32>,
 }
@@ -85,21 +102,22 @@ impl ConnHandle {
     ) -> Self {
         ConnHandle {
             rate_limit: RefCell::new(rate_limit),
-            allowed_groups: RefCell::new(None),
+            allowed_groups: None,
             mailbox_paused: Cell::new(false),
             can_hibernate: Cell::new(false),
-            hibernation: Cell::new(0),
+            sleeping_fd: Cell::new(None),
+            resume_asked: Cell::new(false),
             last_data_tick: Cell::new(0),
             id,
             user,
             wants_lz4,
             outbox: RefCell::new(Outbox::new(outbox_max_bytes)),
-            groups: RefCell::new(HashSet::new()),
+            groups: RefCell::new(None),
             ack_routes: RefCell::new(None),
             signals: Cell::new(0),
             waker: Cell::new(None),
-            last_rx: Cell::new(now),
-            last_ping: Cell::new(None),
+            last_rx_ms: Cell::new(clock_ms(now)),
+            last_ping_ms: Cell::new(0),
             last_rtt_us: Cell::new(0),
         }
     }
@@ -152,12 +170,59 @@ impl ConnHandle {
 
     /// When the peer last sent anything (pongs included).
     pub fn last_rx(&self) -> Instant {
-        self.last_rx.get()
+        instant_of(self.last_rx_ms.get())
     }
 
     /// Records traffic from the peer.
     pub fn heard_at(&self, now: Instant) {
-        self.last_rx.set(now);
+        self.last_rx_ms.set(clock_ms(now));
+    }
+
+    /// Sets the groups its token lets it join (`None`: any).
+    pub fn with_allowed_groups(mut self, allowed: Option<Vec<String>>) -> Self {
+        self.allowed_groups = allowed.map(Vec::into_boxed_slice);
+        self
+    }
+
+    /// The groups its token lets it join (`None`: any).
+    pub fn allowed_groups(&self) -> Option<&[String]> {
+        self.allowed_groups.as_deref()
+    }
+
+    /// Whether it joined `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups
+            .borrow()
+            .as_ref()
+            .is_some_and(|g| g.contains(group))
+    }
+
+    /// Groups joined.
+    pub fn group_count(&self) -> usize {
+        self.groups.borrow().as_ref().map_or(0, |g| g.len())
+    }
+
+    /// Records a join.
+    pub fn add_group(&self, group: &str) {
+        self.groups
+            .borrow_mut()
+            .get_or_insert_with(Default::default)
+            .insert(group.to_string());
+    }
+
+    /// Records a leave.
+    pub fn remove_group(&self, group: &str) {
+        if let Some(groups) = self.groups.borrow_mut().as_mut() {
+            groups.remove(group);
+        }
+    }
+
+    /// Takes every joined group (the connection is closing).
+    pub fn take_groups(&self) -> Vec<String> {
+        self.groups
+            .borrow_mut()
+            .take()
+            .map_or_else(Vec::new, |g| g.into_iter().collect())
     }
 
     /// Records the round trip of the last ping.
@@ -173,12 +238,15 @@ impl ConnHandle {
 
     /// When we last pinged.
     pub fn last_ping(&self) -> Option<Instant> {
-        self.last_ping.get()
+        match self.last_ping_ms.get() {
+            0 => None,
+            ms => Some(instant_of(ms)),
+        }
     }
 
     /// Asks the task to send a ping.
     pub fn raise_ping(&self, now: Instant) {
-        self.last_ping.set(Some(now));
+        self.last_ping_ms.set(clock_ms(now).max(1));
         self.raise(SIGNAL_PING);
     }
 
@@ -190,10 +258,8 @@ impl ConnHandle {
             waker.wake();
             return;
         }
-        let ticket = self.hibernation.get();
-        if ticket != 0 && ticket & RESUME_REQUESTED == 0 {
-            self.hibernation.set(ticket | RESUME_REQUESTED);
-            super::hibernate::request_resume(ticket);
+        if self.is_hibernating() && !self.resume_asked.replace(true) {
+            super::hibernate::request_resume(self.id);
         }
     }
 
@@ -219,20 +285,25 @@ impl ConnHandle {
 
     /// Whether it is hibernating (has no task).
     pub fn is_hibernating(&self) -> bool {
-        self.hibernation.get() != 0
+        // A Cell of a non-Copy value: take it and put it back.
+        let fd = self.sleeping_fd.take();
+        let asleep = fd.is_some();
+        self.sleeping_fd.set(fd);
+        asleep
     }
 
-    /// Enters hibernation under `ticket`: the task is gone, so its waker
-    /// is dropped and `raise` asks for a resume instead.
-    pub(super) fn enter_hibernation(&self, ticket: u64) {
-        debug_assert!(ticket != 0 && ticket & RESUME_REQUESTED == 0);
+    /// Enters hibernation holding its socket: the task is gone, so its
+    /// waker is dropped and `raise` asks for a resume instead.
+    pub(super) fn enter_hibernation(&self, fd: OwnedFd) {
         self.waker.set(None);
-        self.hibernation.set(ticket);
+        self.resume_asked.set(false);
+        self.sleeping_fd.set(Some(fd));
     }
 
-    /// Leaves hibernation (a task is about to run it again).
-    pub(super) fn leave_hibernation(&self) {
-        self.hibernation.set(0);
+    /// Leaves hibernation, handing back the socket (`None`: was awake).
+    pub(super) fn leave_hibernation(&self) -> Option<OwnedFd> {
+        self.resume_asked.set(false);
+        self.sleeping_fd.take()
     }
 
     /// Records a data message in or out at sweep tick `tick`.
@@ -295,18 +366,23 @@ mod tests {
             "an awake handle (no task parked in this test) asks nothing"
         );
         h.take_signals();
-        h.enter_hibernation(42);
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        h.enter_hibernation(fd);
         assert!(h.is_hibernating());
         h.raise(SIGNAL_OUTBOX);
         h.raise(SIGNAL_PING);
-        assert_eq!(super::super::hibernate::take_requested_for_test(), vec![42]);
+        assert_eq!(super::super::hibernate::take_requested_for_test(), vec![7]);
         assert_eq!(
             h.take_signals(),
             SIGNAL_OUTBOX | SIGNAL_PING,
             "signals kept for the task"
         );
-        h.leave_hibernation();
+        assert!(h.leave_hibernation().is_some(), "the socket comes back");
         assert!(!h.is_hibernating());
+        assert!(
+            h.leave_hibernation().is_none(),
+            "a stale wake finds it awake"
+        );
         h.raise(SIGNAL_PING);
         assert!(super::super::hibernate::take_requested_for_test().is_empty());
     }

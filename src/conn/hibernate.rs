@@ -1,31 +1,34 @@
 //! Hibernation: a connection with no data in either direction for
-//! `hibernate_after_ms` gives up its task and glommio's poll source, the
-//! bulk of what an idle connection costs, and rests as a `Sleeper` (its
-//! socket, its resting `WsSession` and its `ConnHandle`) in a per-shard
-//! table, its socket in a per-shard epoll set (the `polling` crate).
+//! `hibernate_after_ms` gives up its task and glommio's stream (with its
+//! poll source), the bulk of what an idle connection costs. What is left
+//! is its `ConnHandle`, which holds a duplicate of the socket, and that
+//! socket's registration in a per-shard epoll set (the `polling` crate)
+//! under the connection id.
 //!
 //! Two things bring it back, both to the shard's resumer task:
 //! - the socket becomes readable (input, a close, an error): a watcher
-//!   thread blocked in `epoll_wait` writes the connection's ticket to a
-//!   socket pair the resumer reads through glommio;
+//!   thread blocked in `epoll_wait` writes the connection id to a socket
+//!   pair the resumer reads through glommio;
 //! - anything on the shard raises a signal on its handle (a delivery, a
-//!   ping, a close): `ConnHandle::raise` queues the ticket here, on the
+//!   ping, a close): `ConnHandle::raise` queues the id here, on the
 //!   shard's thread.
 //!
 //! The resumer gives the socket back to glommio and spawns the
-//! connection's WebSocket task again, which carries on where it stopped.
-//! Only plain TCP connections hibernate: TLS state does not rest.
+//! connection's WebSocket task again, with a fresh session: a session
+//! only rests between messages, with nothing buffered, so a new one is the
+//! same. Only plain TCP connections hibernate: TLS state does not rest.
 //!
-//! Invariants: a sleeping connection has exactly one entry in `sleepers`,
-//! its socket is registered in the epoll set (one-shot) under its ticket,
-//! and its handle holds that ticket; a ticket is never reused, so a stale
-//! wake (the watcher's and the shard's for the same sleeper) finds nothing.
+//! Invariants: a sleeping connection's handle holds its socket, which is
+//! registered one-shot in the epoll set under the connection id; only
+//! `wake` and `forget` take the socket back, deleting it from the set
+//! first. Ids are never reused (generation-tagged registry keys), so a
+//! stale wake (the watcher's and the shard's for the same sleep) finds
+//! the connection awake and does nothing.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,43 +46,39 @@ use crate::ws::WsSession;
 
 /// Hibernations after which the sweeper returns freed memory to the system.
 const TRIM_AFTER_SLEEPS: usize = 256;
-/// Tickets read from the watcher per wake-up, at most (8 bytes each).
+/// Ids read from the watcher per wake-up, at most (8 bytes each).
 const WATCHER_READ_BYTES: usize = 8 * 512;
 
 thread_local! {
-    /// Tickets of sleepers something on this shard asked back.
+    /// Ids of sleepers something on this shard asked back.
     static RESUME_QUEUE: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     /// The shard's resumer task, parked.
     static RESUMER_WAKER: Cell<Option<Waker>> = const { Cell::new(None) };
 }
 
-/// Asks the shard's resumer (this thread's) to give `ticket` a task again.
-pub(super) fn request_resume(ticket: u64) {
-    RESUME_QUEUE.with(|q| q.borrow_mut().push(ticket));
+/// Asks the shard's resumer (this thread's) to give connection `id` a
+/// task again.
+pub(super) fn request_resume(id: u64) {
+    RESUME_QUEUE.with(|q| q.borrow_mut().push(id));
     if let Some(waker) = RESUMER_WAKER.with(Cell::take) {
         waker.wake();
     }
 }
 
-/// The tickets asked back so far on this thread (tests only).
+/// The connection ids asked back so far on this thread (tests only).
 #[cfg(test)]
 pub(super) fn take_requested_for_test() -> Vec<u64> {
     RESUME_QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()))
 }
 
-/// A hibernating connection: everything its task held that matters. Its
-/// session rested (between messages, nothing buffered) is the same as a
-/// new one, and its mode is the shard's, so neither is kept.
-struct Sleeper {
-    fd: OwnedFd,
-    handle: Rc<ConnHandle>,
-}
-
-/// A shard's hibernating connections.
+/// A shard's hibernating connections. A sleeper is its `ConnHandle`
+/// (still in the shard's connection table) holding the socket: a resting
+/// session is the same as a new one and its mode is the shard's, so
+/// nothing else is kept, and no table of sleepers either.
 pub struct Hibernation {
     poller: Arc<Poller>,
-    sleepers: RefCell<HashMap<u64, Sleeper>>,
-    next_ticket: Cell<u64>,
+    /// Connections asleep now.
+    asleep: Cell<usize>,
     /// The resumer's end of the watcher's socket pair (taken once).
     from_watcher: RefCell<Option<UnixStream>>,
     watcher_stop: Arc<AtomicBool>,
@@ -106,8 +105,7 @@ impl Hibernation {
         let from_watcher = unsafe { UnixStream::from_raw_fd(ours.into_raw_fd()) };
         Ok(Hibernation {
             poller,
-            sleepers: RefCell::new(HashMap::new()),
-            next_ticket: Cell::new(1),
+            asleep: Cell::new(0),
             from_watcher: RefCell::new(Some(from_watcher)),
             watcher_stop,
             disabled: Cell::new(false),
@@ -117,11 +115,11 @@ impl Hibernation {
 
     /// Connections hibernating now.
     pub fn len(&self) -> usize {
-        self.sleepers.borrow().len()
+        self.asleep.get()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sleepers.borrow().is_empty()
+        self.asleep.get() == 0
     }
 
     /// Puts a connection to sleep; on failure it is handed back to keep
@@ -148,11 +146,10 @@ impl Hibernation {
                 return Err(upgraded);
             }
         };
-        let ticket = self.next_ticket.get();
-        self.next_ticket.set(ticket + 1);
+        let id = upgraded.handle.id;
         // SAFETY: `fd` is deleted from the poller before it is closed (in
-        // `wake` and `shutdown`); a Sleeper is dropped nowhere else.
-        if let Err(e) = unsafe { self.poller.add(&fd, Event::readable(ticket as usize)) } {
+        // `wake` and `forget`), and only those two take it from the handle.
+        if let Err(e) = unsafe { self.poller.add(&fd, Event::readable(id as usize)) } {
             log::warn!("{}: cannot hibernate: {e}", upgraded.peer);
             return Err(upgraded);
         }
@@ -167,39 +164,41 @@ impl Hibernation {
         drop(session);
         drop(stream);
         handle.release_idle_memory();
-        handle.enter_hibernation(ticket);
-        let woken = handle.has_signals();
-        self.sleepers
-            .borrow_mut()
-            .insert(ticket, Sleeper { fd, handle });
+        handle.enter_hibernation(fd);
+        self.asleep.set(self.asleep.get() + 1);
         self.slept_since_trim.set(self.slept_since_trim.get() + 1);
-        if woken {
-            self.wake(shard, ticket);
+        if handle.has_signals() {
+            self.wake(shard, id);
         }
         Ok(())
     }
 
-    /// Gives sleeper `ticket` (if still asleep) its task back.
-    fn wake(&self, shard: &Rc<ShardState>, ticket: u64) {
-        let Some(sleeper) = self.sleepers.borrow_mut().remove(&ticket) else {
-            return; // already awake: the other wake-up came first
+    /// Gives connection `id` its task back, if it is asleep (a stale wake,
+    /// the watcher's and the shard's for the same sleep, finds it awake;
+    /// ids are never reused).
+    fn wake(&self, shard: &Rc<ShardState>, id: u64) {
+        let Some(handle) = shard.conn_handle(id) else {
+            return;
         };
+        let Some(fd) = handle.leave_hibernation() else {
+            return;
+        };
+        self.asleep.set(self.asleep.get() - 1);
         // The peer address is only for logs: the registry has it, the
         // sleeper does not carry it.
         let peer = shard
             .registry
-            .get(sleeper.handle.id)
+            .get(id)
             .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.peer);
-        if let Err(e) = self.poller.delete(sleeper.fd.as_fd()) {
+        if let Err(e) = self.poller.delete(fd.as_fd()) {
             log::warn!("{peer}: epoll delete failed: {e}");
         }
-        sleeper.handle.leave_hibernation();
         // SAFETY: a connected TCP socket we own; ownership moves to glommio.
-        let stream = unsafe { TcpStream::from_raw_fd(sleeper.fd.into_raw_fd()) };
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
         let upgraded = Upgraded {
             stream,
             session: WsSession::new(shard.config.max_message_bytes, &[]),
-            handle: sleeper.handle,
+            handle,
             mode: if shard.config.echo {
                 Mode::Echo
             } else {
@@ -210,19 +209,19 @@ impl Hibernation {
         glommio::spawn_local(super::run_upgraded(shard.clone(), upgraded)).detach();
     }
 
-    /// The shard's resumer: wakes sleepers as their tickets arrive.
+    /// The shard's resumer: wakes sleepers as their ids arrive.
     pub async fn run_resumer(&self, shard: Rc<ShardState>) {
         let Some(mut from_watcher) = self.from_watcher.borrow_mut().take() else {
             return;
         };
         let mut buf = vec![0u8; WATCHER_READ_BYTES];
-        // A read may end inside a ticket: its first bytes wait here.
+        // A read may end inside an id: its first bytes wait here.
         let mut partial: Vec<u8> = Vec::with_capacity(8);
-        let mut tickets: Vec<u64> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
         loop {
             let watcher_open = future::poll_fn(|cx| {
-                RESUME_QUEUE.with(|q| tickets.append(&mut q.borrow_mut()));
-                if !tickets.is_empty() {
+                RESUME_QUEUE.with(|q| ids.append(&mut q.borrow_mut()));
+                if !ids.is_empty() {
                     return Poll::Ready(true);
                 }
                 RESUMER_WAKER.with(|w| w.set(Some(cx.waker().clone())));
@@ -231,7 +230,7 @@ impl Hibernation {
                     Poll::Ready(Ok(n)) => {
                         partial.extend_from_slice(&buf[..n]);
                         let whole = partial.len() / 8 * 8;
-                        tickets.extend(
+                        ids.extend(
                             partial[..whole]
                                 .chunks_exact(8)
                                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
@@ -243,8 +242,8 @@ impl Hibernation {
                 }
             })
             .await;
-            for ticket in tickets.drain(..) {
-                self.wake(&shard, ticket);
+            for id in ids.drain(..) {
+                self.wake(&shard, id);
             }
             if !watcher_open {
                 // Without the watcher, input would not wake a sleeper: wake
@@ -254,9 +253,8 @@ impl Hibernation {
                     shard.id
                 );
                 self.disabled.set(true);
-                let all: Vec<u64> = self.sleepers.borrow().keys().copied().collect();
-                for ticket in all {
-                    self.wake(&shard, ticket);
+                for id in shard.conn_ids() {
+                    self.wake(&shard, id);
                 }
                 return;
             }
@@ -266,7 +264,8 @@ impl Hibernation {
     /// Returns the memory freed by hibernations to the system (once many
     /// connections fell asleep since the last time): glibc keeps freed
     /// chunks between live ones in RSS until `malloc_trim` releases their
-    /// pages. Called by the sweeper, off the hot path.
+    /// pages (jemalloc, the binary's allocator, purges by itself). Called by
+    /// the sweeper, off the hot path.
     pub fn give_back_memory(&self) {
         if self.slept_since_trim.get() < TRIM_AFTER_SLEEPS {
             return;
@@ -279,18 +278,23 @@ impl Hibernation {
         }
     }
 
-    /// Stops the watcher and closes what still sleeps (at shard end, after
-    /// the connections were asked to close).
+    /// Closes a sleeper's socket without waking it (shard end).
+    pub fn forget(&self, handle: &ConnHandle) {
+        if let Some(fd) = handle.leave_hibernation() {
+            self.asleep.set(self.asleep.get() - 1);
+            let _ = self.poller.delete(fd.as_fd());
+        }
+    }
+
+    /// Stops the watcher (at shard end, after the connections were asked
+    /// to close and `forget` was called for any still asleep).
     pub fn shutdown(&self) {
         self.watcher_stop.store(true, Ordering::Release);
         let _ = self.poller.notify();
-        for (_, sleeper) in self.sleepers.borrow_mut().drain() {
-            let _ = self.poller.delete(sleeper.fd.as_fd());
-        }
     }
 }
 
-/// The watcher thread: reports readable sleepers' tickets to the resumer.
+/// The watcher thread: reports readable sleepers' ids to the resumer.
 fn watch(poller: &Poller, stop: &AtomicBool, mut to_resumer: std::os::unix::net::UnixStream) {
     let mut events = Events::new();
     let mut bytes = Vec::new();

@@ -383,19 +383,21 @@ async fn upgrade<S: Transport>(
         .metrics
         .record_handshake_us(accepted_at.elapsed().as_micros() as u64);
 
-    let handle = Rc::new(ConnHandle::new(
-        conn_id,
-        Rc::from(user.as_str()),
-        upgrade.wants_lz4(),
-        shard.config.outbox_max_bytes,
-        rate_limit::TokenBucket::new(
-            shard.config.rate_limit_per_s,
-            shard.config.rate_limit_burst,
+    let handle = Rc::new(
+        ConnHandle::new(
+            conn_id,
+            Rc::from(user.as_str()),
+            upgrade.wants_lz4(),
+            shard.config.outbox_max_bytes,
+            rate_limit::TokenBucket::new(
+                shard.config.rate_limit_per_s,
+                shard.config.rate_limit_burst,
+                Instant::now(),
+            ),
             Instant::now(),
-        ),
-        Instant::now(),
-    ));
-    *handle.allowed_groups.borrow_mut() = upgrade.allowed_groups.clone();
+        )
+        .with_allowed_groups(upgrade.allowed_groups.clone()),
+    );
     if S::CAN_HIBERNATE && shard.hibernation.is_some() {
         handle.allow_hibernation();
     }

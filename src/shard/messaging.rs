@@ -189,9 +189,7 @@ impl ShardState {
                 group,
                 weight,
             } => {
-                let allowed = handle.allowed_groups.borrow();
-                if !crate::auth::group_allowed(allowed.as_deref(), &group) {
-                    drop(allowed);
+                if !crate::auth::group_allowed(handle.allowed_groups(), &group) {
                     let reason = format!("your token does not allow joining {group:?}");
                     return self.reply_error(
                         handle,
@@ -199,22 +197,16 @@ impl ShardState {
                         failure(ErrorCode::Forbidden, reason),
                     );
                 }
-                drop(allowed);
-                {
-                    let mut groups = handle.groups.borrow_mut();
-                    if !groups.contains(&group) && groups.len() >= GROUPS_PER_CONNECTION_MAX {
-                        drop(groups);
-                        let reason = format!(
-                            "a connection may join at most {GROUPS_PER_CONNECTION_MAX} groups"
-                        );
-                        return self.reply_error(
-                            handle,
-                            reference,
-                            failure(ErrorCode::BadRequest, reason),
-                        );
-                    }
-                    groups.insert(group.clone());
+                if !handle.in_group(&group) && handle.group_count() >= GROUPS_PER_CONNECTION_MAX {
+                    let reason =
+                        format!("a connection may join at most {GROUPS_PER_CONNECTION_MAX} groups");
+                    return self.reply_error(
+                        handle,
+                        reference,
+                        failure(ErrorCode::BadRequest, reason),
+                    );
                 }
+                handle.add_group(&group);
                 let home = home_shard(&group, self.shard_count);
                 let reply = self.wait_for(handle.id, membership(reference));
                 let user = handle.user.to_string();
@@ -230,7 +222,7 @@ impl ShardState {
                 );
             }
             Action::Leave { reference, group } => {
-                handle.groups.borrow_mut().remove(&group);
+                handle.remove_group(&group);
                 let home = home_shard(&group, self.shard_count);
                 let reply = self.wait_for(handle.id, membership(reference));
                 self.to_shard(
@@ -477,7 +469,7 @@ impl ShardState {
                 },
             );
         }
-        for group in handle.groups.borrow_mut().drain() {
+        for group in handle.take_groups() {
             let home = home_shard(&group, self.shard_count);
             self.to_shard(
                 home,

@@ -293,6 +293,16 @@ impl ShardState {
         self.registry.remove(handle.id);
     }
 
+    /// The handle of live connection `id` on this shard.
+    pub fn conn_handle(&self, id: u64) -> Option<Rc<ConnHandle>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    /// The ids of this shard's live connections.
+    pub fn conn_ids(&self) -> Vec<u64> {
+        self.conns.borrow().keys().copied().collect()
+    }
+
     /// Live connections on this shard.
     pub fn connection_count(&self) -> usize {
         self.conns.borrow().len()
@@ -562,6 +572,9 @@ pub async fn run(start: ShardStart) {
         );
     }
     if let Some(hibernation) = &shard.hibernation {
+        for handle in shard.conns.borrow().values() {
+            hibernation.forget(handle);
+        }
         hibernation.shutdown();
     }
     shard.finish_cluster().await;
