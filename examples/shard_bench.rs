@@ -16,10 +16,14 @@
 //! `WINDOW` messages each in flight, no `ref`; msg/s received).
 //!
 //! ```sh
-//! ./target/release/ws-uring --shards 2 --port 8765 --no-persist &
+//! ./target/release/ws-uring --shards 2 --port 8765 --no-persist \
+//!     --rate-limit-per-s 1000000 --rate-limit-burst 1000000 &
 //! cargo run --release --example shard_bench -- ws://127.0.0.1:8765/ws 2 200000
 //! ```
-//! (arguments: URL, the server's shard count, messages per throughput run)
+//! (arguments: URL, the server's shard count, messages per throughput run;
+//! the senders go faster than the default per-connection rate limit, whose
+//! refusals would never arrive as messages: the run stops with an error if
+//! nothing arrives for `STALL`)
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +36,8 @@ use ws_uring::routing::home_shard;
 const SAMPLES: usize = 5_000;
 const SENDERS: usize = 4;
 const WINDOW: u64 = 256;
+/// Longest wait for the next message before the run is declared stuck.
+const STALL: Duration = Duration::from_secs(10);
 /// Connection attempts before giving up on landing on a shard.
 const PLACEMENT_TRIES: usize = 200;
 
@@ -53,6 +59,7 @@ fn connect_on(url: &str, user: &str, shard: u64) -> Ws {
         stream.set_nodelay(true).unwrap();
         let (mut ws, _) =
             tungstenite::client(format!("{url}?user={user}"), stream).expect("upgrade");
+        ws.get_ref().set_read_timeout(Some(STALL)).unwrap();
         let welcome: serde_json::Value = serde_json::from_str(&next_text(&mut ws)).unwrap();
         assert_eq!(welcome["op"], "welcome", "{welcome}");
         if welcome["shard"].as_u64() == Some(shard) {
@@ -65,7 +72,10 @@ fn connect_on(url: &str, user: &str, shard: u64) -> Ws {
 
 fn next_text(ws: &mut Ws) -> String {
     loop {
-        match ws.read().expect("read") {
+        match ws
+            .read()
+            .unwrap_or_else(|e| panic!("nothing for {STALL:?} ({e}): rate-limited senders?"))
+        {
             Message::Text(t) => return t.to_string(),
             Message::Close(_) => panic!("closed"),
             _ => {}
