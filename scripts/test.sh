@@ -44,6 +44,11 @@ ensure_toolchain() {
     # Autobahn and the metrics tests need python3; the Prometheus test
     # parses /metrics with the reference client library.
     command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-pip; }
+    # jemalloc (the server's allocator) and ring build C with cc and make.
+    command -v make >/dev/null && command -v cc >/dev/null || {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential </dev/null
+    }
     # The cluster tests run a real Redis (Debian's package).
     command -v redis-server >/dev/null || {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq \
