@@ -26,6 +26,17 @@ pub enum Mode {
     Echo,
 }
 
+impl Mode {
+    /// The mode the configuration asks for (`--echo` or the protocol).
+    pub fn of(config: &crate::config::Config) -> Mode {
+        if config.echo {
+            Mode::Echo
+        } else {
+            Mode::Protocol
+        }
+    }
+}
+
 /// What the shard must do for one message.
 #[derive(Debug)]
 pub enum Action {

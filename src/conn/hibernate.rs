@@ -44,8 +44,6 @@ use super::{ConnHandle, Upgraded};
 use crate::shard::ShardState;
 use crate::ws::WsSession;
 
-/// Hibernations after which the sweeper returns freed memory to the system.
-const TRIM_AFTER_SLEEPS: usize = 256;
 /// Ids read from the watcher per wake-up, at most (8 bytes each).
 const WATCHER_READ_BYTES: usize = 8 * 512;
 
@@ -84,8 +82,6 @@ pub struct Hibernation {
     watcher_stop: Arc<AtomicBool>,
     /// Set if the watcher failed: connections keep their tasks.
     disabled: Cell<bool>,
-    /// Connections put to sleep since memory was last given back.
-    slept_since_trim: Cell<usize>,
 }
 
 impl Hibernation {
@@ -109,7 +105,6 @@ impl Hibernation {
             from_watcher: RefCell::new(Some(from_watcher)),
             watcher_stop,
             disabled: Cell::new(false),
-            slept_since_trim: Cell::new(0),
         })
     }
 
@@ -166,7 +161,6 @@ impl Hibernation {
         handle.release_idle_memory();
         handle.enter_hibernation(fd);
         self.asleep.set(self.asleep.get() + 1);
-        self.slept_since_trim.set(self.slept_since_trim.get() + 1);
         if handle.has_signals() {
             self.wake(shard, id);
         }
@@ -184,26 +178,20 @@ impl Hibernation {
             return;
         };
         self.asleep.set(self.asleep.get() - 1);
-        // The peer address is only for logs: the registry has it, the
-        // sleeper does not carry it.
-        let peer = shard
-            .registry
-            .get(id)
-            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.peer);
         if let Err(e) = self.poller.delete(fd.as_fd()) {
-            log::warn!("{peer}: epoll delete failed: {e}");
+            log::warn!("connection {id}: epoll delete failed: {e}");
         }
         // SAFETY: a connected TCP socket we own; ownership moves to glommio.
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        // The peer address (only for logs) is not kept while asleep.
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let upgraded = Upgraded {
             stream,
             session: WsSession::new(shard.config.max_message_bytes, &[]),
             handle,
-            mode: if shard.config.echo {
-                Mode::Echo
-            } else {
-                Mode::Protocol
-            },
+            mode: Mode::of(&shard.config),
             peer,
         };
         glommio::spawn_local(super::run_upgraded(shard.clone(), upgraded)).detach();
@@ -258,23 +246,6 @@ impl Hibernation {
                 }
                 return;
             }
-        }
-    }
-
-    /// Returns the memory freed by hibernations to the system (once many
-    /// connections fell asleep since the last time): glibc keeps freed
-    /// chunks between live ones in RSS until `malloc_trim` releases their
-    /// pages (jemalloc, the binary's allocator, purges by itself). Called by
-    /// the sweeper, off the hot path.
-    pub fn give_back_memory(&self) {
-        if self.slept_since_trim.get() < TRIM_AFTER_SLEEPS {
-            return;
-        }
-        self.slept_since_trim.set(0);
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free memory; always sound.
-        unsafe {
-            libc::malloc_trim(0);
         }
     }
 

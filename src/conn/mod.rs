@@ -364,11 +364,7 @@ async fn upgrade<S: Transport>(
         shard.id
     );
 
-    let mode = if shard.config.echo {
-        Mode::Echo
-    } else {
-        Mode::Protocol
-    };
+    let mode = Mode::of(&shard.config);
     let session = WsSession::new(shard.config.max_message_bytes, &buffered[head.head_len..]);
     // The request is not needed past this point: free it before the
     // connection settles into its (possibly long) idle life.

@@ -446,9 +446,6 @@ impl ShardState {
         while !self.shutting_down.get() {
             Timer::new(period).await;
             self.sweep_tick.set(self.sweep_tick.get().wrapping_add(1));
-            if let Some(hibernation) = &self.hibernation {
-                hibernation.give_back_memory();
-            }
             let now = Instant::now();
             for handle in self.conns.borrow().values() {
                 match rules.check(now, handle.last_rx(), handle.last_ping()) {
