@@ -13,18 +13,16 @@
 //! (first URL: the senders' node; second: the receiver's node for the
 //! cross-node run; the same-node run puts the receiver on the first.)
 
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use tungstenite::{Message, WebSocket};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use common::{next_text, windowed_throughput, Ws, WINDOW};
+use tungstenite::Message;
 
 const SAMPLES: usize = 2_000;
 const SENDERS: usize = 4;
-const WINDOW: u64 = 256;
-
-type Ws = WebSocket<TcpStream>;
 
 fn connect(url: &str, user: &str) -> Ws {
     let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
@@ -34,16 +32,6 @@ fn connect(url: &str, user: &str) -> Ws {
     let welcome = next_text(&mut ws);
     assert!(welcome.contains("\"welcome\""), "{welcome}");
     ws
-}
-
-fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return t.to_string(),
-            Message::Close(_) => panic!("closed"),
-            _ => {}
-        }
-    }
 }
 
 fn latency(sender_url: &str, receiver_url: &str, tag: &str) -> (f64, f64) {
@@ -79,43 +67,13 @@ fn latency(sender_url: &str, receiver_url: &str, tag: &str) -> (f64, f64) {
 fn throughput(sender_url: &str, receiver_url: &str, tag: &str, total: u64) -> f64 {
     let receiver_name = format!("bench-tp-{tag}");
     let mut receiver = connect(receiver_url, &receiver_name);
-    let received = Arc::new(AtomicU64::new(0));
-    let per_sender = total / SENDERS as u64;
-    let total = per_sender * SENDERS as u64;
-    let start = Instant::now();
-    let mut senders = Vec::new();
-    for s in 0..SENDERS {
-        let url = sender_url.to_string();
-        let to = receiver_name.clone();
-        let received = received.clone();
-        senders.push(std::thread::spawn(move || {
-            let mut ws = connect(&url, &format!("bench-tp-sender-{tag_s}-{s}", tag_s = to));
-            let text = format!(
-                "{{\"op\":\"send\",\"to\":\"{to}\",\"data\":\"0123456789abcdef0123456789abcdef\"}}"
-            );
-            for sent in 0..per_sender {
-                // Keep at most WINDOW of ours in flight (shared estimate).
-                while sent * SENDERS as u64
-                    > received.load(Ordering::Relaxed) + WINDOW * SENDERS as u64
-                {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                ws.send(Message::text(text.clone())).unwrap();
-            }
-            ws
-        }));
-    }
-    while received.load(Ordering::Relaxed) < total {
-        let m = next_text(&mut receiver);
-        if m.contains("\"msg\"") {
-            received.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
-    for s in senders {
-        drop(s.join().unwrap());
-    }
-    rate
+    let senders = (0..SENDERS)
+        .map(|s| connect(sender_url, &format!("bench-tp-sender-{receiver_name}-{s}")))
+        .collect();
+    let message = Message::text(format!(
+        "{{\"op\":\"send\",\"to\":\"{receiver_name}\",\"data\":\"0123456789abcdef0123456789abcdef\"}}"
+    ));
+    windowed_throughput(&mut receiver, senders, message, total / SENDERS as u64)
 }
 
 fn main() {
@@ -140,6 +98,6 @@ fn main() {
     );
     let same = throughput(&a, &a, "same", total);
     let cross = throughput(&a, &b, "cross", total);
-    println!("throughput same-node:  {same:.0} msg/s ({total} messages, {SENDERS} senders)");
+    println!("throughput same-node:  {same:.0} msg/s ({total} messages, {SENDERS} senders, window {WINDOW})");
     println!("throughput cross-node: {cross:.0} msg/s ({total} messages, {SENDERS} senders)");
 }

@@ -25,23 +25,21 @@
 //! refusals would never arrive as messages: the run stops with an error if
 //! nothing arrives for `STALL`)
 
+mod common;
+
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tungstenite::{Message, WebSocket};
+use common::{next_text, windowed_throughput, Ws, WINDOW};
+use tungstenite::Message;
 use ws_uring::routing::home_shard;
 
 const SAMPLES: usize = 5_000;
 const SENDERS: usize = 4;
-const WINDOW: u64 = 256;
 /// Longest wait for the next message before the run is declared stuck.
 const STALL: Duration = Duration::from_secs(10);
 /// Connection attempts before giving up on landing on a shard.
 const PLACEMENT_TRIES: usize = 200;
-
-type Ws = WebSocket<TcpStream>;
 
 /// A user name with the given home shard.
 fn name_homed_on(prefix: &str, shard: usize, shards: usize) -> String {
@@ -68,19 +66,6 @@ fn connect_on(url: &str, user: &str, shard: u64) -> Ws {
         let _ = ws.close(None);
     }
     panic!("no connection landed on shard {shard} in {PLACEMENT_TRIES} tries");
-}
-
-fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match ws
-            .read()
-            .unwrap_or_else(|e| panic!("nothing for {STALL:?} ({e}): rate-limited senders?"))
-        {
-            Message::Text(t) => return t.to_string(),
-            Message::Close(_) => panic!("closed"),
-            _ => {}
-        }
-    }
 }
 
 fn send_text(to: &str, data: &str) -> Message {
@@ -114,42 +99,11 @@ fn latency(url: &str, shards: usize, receiver_shard: usize, tag: &str) -> (f64, 
 fn throughput(url: &str, shards: usize, receiver_shard: usize, tag: &str, total: u64) -> f64 {
     let receiver_name = name_homed_on(&format!("tp-{tag}"), receiver_shard, shards);
     let mut receiver = connect_on(url, &receiver_name, receiver_shard as u64);
-    let received = Arc::new(AtomicU64::new(0));
-    let per_sender = total / SENDERS as u64;
-    let total = per_sender * SENDERS as u64;
-    let senders: Vec<Ws> = (0..SENDERS)
+    let senders = (0..SENDERS)
         .map(|s| connect_on(url, &name_homed_on(&format!("tp-s{s}-{tag}"), 0, shards), 0))
         .collect();
-    let start = Instant::now();
-    let threads: Vec<_> = senders
-        .into_iter()
-        .map(|mut ws| {
-            let message = send_text(&receiver_name, "0123456789abcdef0123456789abcdef");
-            let received = received.clone();
-            std::thread::spawn(move || {
-                for sent in 0..per_sender {
-                    // At most WINDOW of each sender's messages in flight.
-                    while sent * SENDERS as u64
-                        > received.load(Ordering::Relaxed) + WINDOW * SENDERS as u64
-                    {
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                    ws.send(message.clone()).unwrap();
-                }
-                ws
-            })
-        })
-        .collect();
-    while received.load(Ordering::Relaxed) < total {
-        if next_text(&mut receiver).contains("\"msg\"") {
-            received.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
-    for t in threads {
-        drop(t.join().unwrap());
-    }
-    rate
+    let message = send_text(&receiver_name, "0123456789abcdef0123456789abcdef");
+    windowed_throughput(&mut receiver, senders, message, total / SENDERS as u64)
 }
 
 fn main() {
