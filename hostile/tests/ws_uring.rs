@@ -234,7 +234,16 @@ fn every_defence_holds_at_the_documented_limits() {
         never_read["figures"]["server_slow_consumers_closed_delta"],
         4
     );
-    assert!(by_mode("flood")["outcomes"]["http_503"].as_u64() >= Some(20));
+    // 20 attempts past the free slots are refused, less any slot another
+    // attack's connection gave back meanwhile (quick mode runs attacks side
+    // by side: the ping flood's last connection can end as the flood starts).
+    let flood = by_mode("flood");
+    let refused = flood["outcomes"]["http_503"].as_u64().unwrap_or(0);
+    let freed_meanwhile = flood["figures"]["closed_by_others_during"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(refused + freed_meanwhile >= 20, "{flood:#}");
+    assert!(freed_meanwhile <= 2, "{flood:#}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Hibernation: a connection with no data in either direction for
-//! `hibernate_after_ms` gives up its task and glommio's stream (with its
-//! poll source), the bulk of what an idle connection costs. What is left
-//! is its `ConnHandle`, which holds a duplicate of the socket, and that
-//! socket's registration in a per-shard epoll set (the `polling` crate)
-//! under the connection id.
+//! `hibernate_after_ms` gives up its task and its `ReadyStream` (the
+//! socket leaves the shard's readiness set), the bulk of what an idle
+//! connection costs. What is left is its `ConnHandle`, which holds the
+//! socket, and that socket's registration in the sleepers' epoll set (the
+//! `polling` crate) under the connection id.
 //!
 //! Two things bring it back, both to the shard's resumer task:
 //! - the socket becomes readable (input, a close, an error): a watcher
@@ -13,7 +13,7 @@
 //!   ping, a close): `ConnHandle::raise` queues the id here, on the
 //!   shard's thread.
 //!
-//! The resumer gives the socket back to glommio and spawns the
+//! The resumer gives the socket back to the readiness set and spawns the
 //! connection's WebSocket task again, with a fresh session: a session
 //! only rests between messages, with nothing buffered, so a new one is the
 //! same. Only plain TCP connections hibernate: TLS state does not rest.
@@ -36,11 +36,11 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use futures_lite::{future, AsyncRead};
-use glommio::net::{TcpStream, UnixStream};
+use glommio::net::UnixStream;
 use polling::{Event, Events, Poller};
 
 use super::commands::Mode;
-use super::{ConnHandle, Upgraded};
+use super::{ConnHandle, ReadyStream, Upgraded};
 use crate::shard::ShardState;
 use crate::ws::WsSession;
 
@@ -125,26 +125,18 @@ impl Hibernation {
     pub(super) fn sleep(
         &self,
         shard: &Rc<ShardState>,
-        upgraded: Upgraded<TcpStream>,
-    ) -> Result<(), Upgraded<TcpStream>> {
+        upgraded: Upgraded<ReadyStream>,
+    ) -> Result<(), Upgraded<ReadyStream>> {
         if self.disabled.get() {
             return Err(upgraded);
         }
-        // glommio's stream has no into_raw_fd: keep a duplicate of the
-        // socket, then drop the stream (its poll source and timers with it).
-        // SAFETY: the fd is open for as long as `upgraded.stream` lives.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(upgraded.stream.as_raw_fd()) };
-        let fd = match borrowed.try_clone_to_owned() {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::debug!("{}: cannot hibernate: {e}", upgraded.peer);
-                return Err(upgraded);
-            }
-        };
         let id = upgraded.handle.id;
-        // SAFETY: `fd` is deleted from the poller before it is closed (in
-        // `wake` and `forget`), and only those two take it from the handle.
-        if let Err(e) = unsafe { self.poller.add(&fd, Event::readable(id as usize)) } {
+        // SAFETY: the socket is deleted from the poller before it is closed
+        // (in `wake` and `forget`), and only those two take it from the handle.
+        if let Err(e) = unsafe {
+            self.poller
+                .add(upgraded.stream.as_raw_fd(), Event::readable(id as usize))
+        } {
             log::warn!("{}: cannot hibernate: {e}", upgraded.peer);
             return Err(upgraded);
         }
@@ -157,7 +149,8 @@ impl Hibernation {
         } = upgraded;
         debug_assert!(session.is_resting(), "only a resting session hibernates");
         drop(session);
-        drop(stream);
+        // The socket leaves the shard's readiness set for the sleepers' one.
+        let fd = stream.into_owned_fd();
         handle.release_idle_memory();
         handle.enter_hibernation(fd);
         self.asleep.set(self.asleep.get() + 1);
@@ -181,8 +174,16 @@ impl Hibernation {
         if let Err(e) = self.poller.delete(fd.as_fd()) {
             log::warn!("connection {id}: epoll delete failed: {e}");
         }
-        // SAFETY: a connected TCP socket we own; ownership moves to glommio.
-        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let stream = match ReadyStream::adopt(fd) {
+            Ok(stream) => stream,
+            Err(e) => {
+                // No room in the readiness set: the connection cannot be
+                // served any more, so it ends (its socket closes here).
+                log::warn!("connection {id}: cannot resume: {e}");
+                shard.remove_conn(&handle, false);
+                return;
+            }
+        };
         // The peer address (only for logs) is not kept while asleep.
         let peer = stream
             .peer_addr()

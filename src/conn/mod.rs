@@ -11,9 +11,11 @@ pub mod ip_limit;
 pub mod liveness;
 pub mod outbox;
 pub mod rate_limit;
+pub mod readiness;
 mod websocket;
 
 pub use handle::ConnHandle;
+pub use readiness::ReadyStream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -57,7 +59,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
     }
 }
 
-impl Transport for TcpStream {
+impl Transport for ReadyStream {
     const CAN_HIBERNATE: bool = true;
 
     #[allow(clippy::result_large_err)]
@@ -71,11 +73,20 @@ impl Transport for TcpStream {
 
 /// TLS: rustls's state is large and has no resting form, so these keep
 /// their tasks.
-impl Transport for Box<futures_rustls::server::TlsStream<TcpStream>> {}
+impl Transport for Box<futures_rustls::server::TlsStream<ReadyStream>> {}
 
 /// Serves one accepted TCP connection to the end.
-pub async fn serve(shard: Rc<ShardState>, mut stream: TcpStream) {
+pub async fn serve(shard: Rc<ShardState>, stream: TcpStream) {
     let accepted_at = Instant::now();
+    let mut stream = match ReadyStream::from_glommio(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            // Out of descriptors (the duplicate) or epoll memory.
+            log::warn!("cannot serve an accepted connection: {e}");
+            shard.metrics.count_handshake_failure();
+            return;
+        }
+    };
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));

@@ -1,0 +1,473 @@
+//! Connection sockets driven by one epoll set per shard instead of
+//! glommio's per-read io_uring poll.
+//!
+//! Why: glommio's `TcpStream` arms a one-shot `IORING_OP_POLL_ADD` after
+//! every read that did not fill the buffer, so each echoed message pays a
+//! poll arm, a completion run as task work, and its reaping. With 2000
+//! connections and one message in flight each, that was most of the
+//! shard's time (docs/PERFORMANCE.md, third pass). Here every connection
+//! socket is registered once, edge-triggered, in its shard's epoll set; a
+//! connection reads and writes with plain non-blocking `recv`/`send` and,
+//! on `EAGAIN`, leaves its waker in its slot. The shard's readiness driver
+//! waits for the epoll set itself through glommio (one poll per batch of
+//! ready sockets, not one per message), takes the ready list with
+//! `epoll_wait(0)` and wakes the waiting tasks. Timers, files, the
+//! channel mesh and the cluster links stay on glommio.
+//!
+//! Invariants:
+//! - a task only waits after `recv`/`send` said `EAGAIN`, in the same
+//!   poll, so an edge that arrives later always finds its waker (the shard
+//!   is one thread: nothing runs in between);
+//! - a socket leaves the epoll set before its descriptor is closed or
+//!   handed on (`Drop`, `into_owned_fd`), and its slot goes with it, so a
+//!   stale event finds no slot and is ignored;
+//! - the driver never spins: it waits through glommio between batches, and
+//!   if it cannot (no descriptor left to duplicate the epoll set) it polls
+//!   on a timer of `FALLBACK_POLL_PERIOD` until it can again.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use fnv::FnvHashMap;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use rustix::buffer::spare_capacity;
+use rustix::event::{epoll, Timespec};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags, Shutdown};
+
+/// Ready sockets taken from the epoll set per `epoll_wait`; more wait for
+/// the next batch (the set stays readable, so the driver comes straight
+/// back).
+const EVENTS_PER_WAIT_MAX: usize = 1024;
+/// How often the driver polls the set when it cannot wait through glommio.
+const FALLBACK_POLL_PERIOD: Duration = Duration::from_millis(1);
+
+/// The wakers of one socket's waiting reader and writer.
+#[derive(Default)]
+struct Slot {
+    reader: Cell<Option<Waker>>,
+    writer: Cell<Option<Waker>>,
+}
+
+impl Slot {
+    fn park(cell: &Cell<Option<Waker>>, waker: &Waker) {
+        match cell.take() {
+            Some(old) if old.will_wake(waker) => cell.set(Some(old)),
+            _ => cell.set(Some(waker.clone())),
+        }
+    }
+}
+
+/// A shard's epoll set and the slots of the sockets in it.
+struct Readiness {
+    epoll: OwnedFd,
+    slots: RefCell<FnvHashMap<u64, Rc<Slot>>>,
+    next_token: Cell<u64>,
+    /// Whether this thread's driver task is alive (it dies with its
+    /// executor; the next stream on the thread starts another).
+    driver_running: Cell<bool>,
+    /// Batches the driver has taken (tests: it must not spin).
+    batches: Cell<u64>,
+}
+
+thread_local! {
+    static READINESS: RefCell<Option<Rc<Readiness>>> = const { RefCell::new(None) };
+}
+
+/// This thread's readiness, its driver started if it is not running.
+/// Must be called from inside a glommio executor.
+fn readiness() -> io::Result<Rc<Readiness>> {
+    let readiness = READINESS.with(|cell| -> io::Result<Rc<Readiness>> {
+        let mut cell = cell.borrow_mut();
+        if let Some(r) = cell.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Rc::new(Readiness {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            slots: RefCell::new(FnvHashMap::default()),
+            next_token: Cell::new(1),
+            driver_running: Cell::new(false),
+            batches: Cell::new(0),
+        });
+        *cell = Some(r.clone());
+        Ok(r)
+    })?;
+    if !readiness.driver_running.get() {
+        readiness.driver_running.set(true);
+        glommio::spawn_local(drive(readiness.clone())).detach();
+    }
+    Ok(readiness)
+}
+
+/// Batches taken by this thread's driver so far (tests).
+#[cfg(test)]
+fn batches_for_test() -> u64 {
+    READINESS.with(|cell| cell.borrow().as_ref().map_or(0, |r| r.batches.get()))
+}
+
+/// Marks the driver gone when its task is dropped with its executor.
+struct DriverRunning(Rc<Readiness>);
+
+impl Drop for DriverRunning {
+    fn drop(&mut self) {
+        self.0.driver_running.set(false);
+    }
+}
+
+/// The shard's readiness driver: waits for the epoll set through glommio,
+/// takes a batch of ready sockets and wakes their tasks, again and again.
+async fn drive(readiness: Rc<Readiness>) {
+    let running = DriverRunning(readiness);
+    let readiness = &running.0;
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS_PER_WAIT_MAX);
+    let mut fallback_logged = false;
+    loop {
+        if let Err(e) = wait_readable(&readiness.epoll).await {
+            if !fallback_logged {
+                log::warn!("readiness: cannot wait for the epoll set ({e}); polling it every {FALLBACK_POLL_PERIOD:?} until it can");
+                fallback_logged = true;
+            }
+            glommio::timer::Timer::new(FALLBACK_POLL_PERIOD).await;
+        }
+        events.clear();
+        match epoll::wait(
+            &readiness.epoll,
+            spare_capacity(&mut events),
+            Some(&Timespec::default()),
+        ) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => {
+                log::error!("readiness: epoll_wait failed: {e}");
+                continue;
+            }
+        }
+        readiness.batches.set(readiness.batches.get() + 1);
+        let slots = readiness.slots.borrow();
+        for event in &events {
+            // Copied out: the kernel's struct is packed.
+            let (flags, token) = (event.flags, event.data.u64());
+            let Some(slot) = slots.get(&token) else {
+                continue;
+            };
+            if flags.intersects(
+                epoll::EventFlags::IN
+                    | epoll::EventFlags::RDHUP
+                    | epoll::EventFlags::HUP
+                    | epoll::EventFlags::ERR,
+            ) {
+                if let Some(waker) = slot.reader.take() {
+                    waker.wake();
+                }
+            }
+            if flags.intersects(
+                epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR,
+            ) {
+                if let Some(waker) = slot.writer.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+}
+
+/// Waits, through glommio's reactor, until the epoll set has ready sockets.
+///
+/// glommio 0.9 has no public "wait until this descriptor is readable", but
+/// its `TcpStream` built from a descriptor arms exactly that poll when it is
+/// made, and its first read waits for it. The read then fails (an epoll
+/// descriptor is not a socket: `ENOTSOCK`), which here means "ready". The
+/// stream owns a duplicate of the epoll descriptor, closed when it drops;
+/// `tests::driver_sleeps_while_idle` pins this behaviour down.
+async fn wait_readable(epoll: &OwnedFd) -> io::Result<()> {
+    let duplicate = epoll.try_clone()?;
+    // SAFETY: a descriptor we own, moved into the stream (closed on drop).
+    let mut probe = unsafe { glommio::net::TcpStream::from_raw_fd(duplicate.into_raw_fd()) };
+    match probe.read(&mut [0u8; 1]).await {
+        Err(e) if e.raw_os_error() == Some(Errno::NOTSOCK.raw_os_error()) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Err(io::Error::other("read an epoll descriptor as a socket")),
+    }
+}
+
+/// A connected TCP socket served through its shard's readiness driver.
+pub struct ReadyStream {
+    /// `None` only after `into_owned_fd`.
+    fd: Option<OwnedFd>,
+    token: u64,
+    slot: Rc<Slot>,
+    readiness: Rc<Readiness>,
+}
+
+impl ReadyStream {
+    /// Takes over a connected socket (from glommio's accept, or back from
+    /// hibernation) and registers it with this shard's epoll set.
+    pub fn adopt(fd: OwnedFd) -> io::Result<ReadyStream> {
+        let readiness = readiness()?;
+        let token = readiness.next_token.get();
+        readiness.next_token.set(token + 1);
+        epoll::add(
+            &readiness.epoll,
+            &fd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::IN
+                | epoll::EventFlags::OUT
+                | epoll::EventFlags::RDHUP
+                | epoll::EventFlags::ET,
+        )?;
+        let slot = Rc::new(Slot::default());
+        readiness.slots.borrow_mut().insert(token, slot.clone());
+        Ok(ReadyStream {
+            fd: Some(fd),
+            token,
+            slot,
+            readiness,
+        })
+    }
+
+    /// Takes over glommio's accepted stream. glommio's stream has no
+    /// `into_raw_fd`: the socket is duplicated and glommio's copy dropped.
+    pub fn from_glommio(stream: glommio::net::TcpStream) -> io::Result<ReadyStream> {
+        // SAFETY: the descriptor is open for as long as `stream` lives.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let fd = borrowed.try_clone_to_owned()?;
+        drop(stream);
+        ReadyStream::adopt(fd)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_ref().expect("socket taken").as_fd()
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&self.fd())
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("peer is not an IP socket"))
+    }
+
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        socket2::SockRef::from(&self.fd()).set_nodelay(nodelay)
+    }
+
+    /// Leaves the epoll set and hands the socket on (hibernation).
+    pub fn into_owned_fd(mut self) -> OwnedFd {
+        self.deregister();
+        self.fd.take().expect("socket taken")
+    }
+
+    fn deregister(&self) {
+        if let Some(fd) = &self.fd {
+            let _ = epoll::delete(&self.readiness.epoll, fd);
+        }
+        self.readiness.slots.borrow_mut().remove(&self.token);
+    }
+}
+
+impl Drop for ReadyStream {
+    fn drop(&mut self) {
+        if self.fd.is_some() {
+            self.deregister();
+        }
+    }
+}
+
+impl AsRawFd for ReadyStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd().as_raw_fd()
+    }
+}
+
+impl AsyncRead for ReadyStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match rustix::net::recv(self.fd(), &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) => return Poll::Ready(Ok(n)),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    Slot::park(&self.slot.reader, cx.waker());
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadyStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match rustix::net::send(self.fd(), buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    Slot::park(&self.slot.writer, cx.waker());
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// A half-close: FIN goes out, reads go on.
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match rustix::net::shutdown(self.fd(), Shutdown::Write) {
+            Ok(()) | Err(Errno::NOTCONN) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncWriteExt;
+    use glommio::timer::Timer;
+    use glommio::LocalExecutorBuilder;
+    use std::os::unix::net::UnixStream;
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(
+        test: impl FnOnce() -> F + Send + 'static,
+    ) {
+        LocalExecutorBuilder::default()
+            .spawn(move || async move { test().await })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A connected pair: ours through the readiness driver, theirs plain.
+    fn pair() -> (ReadyStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        (
+            ReadyStream::adopt(OwnedFd::from(ours)).expect("adopt"),
+            theirs,
+        )
+    }
+
+    #[test]
+    fn reads_what_arrives_later_and_sees_the_close() {
+        run(|| async {
+            let (mut ours, theirs) = pair();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut theirs = theirs;
+                for i in 0..50u8 {
+                    std::thread::sleep(Duration::from_millis(2));
+                    theirs.write_all(&[i; 3]).expect("write");
+                }
+            });
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = ours.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            writer.join().expect("writer");
+            let want: Vec<u8> = (0..50u8).flat_map(|i| [i; 3]).collect();
+            assert_eq!(got, want);
+        });
+    }
+
+    #[test]
+    fn a_full_socket_waits_for_room_and_loses_nothing() {
+        run(|| async {
+            let (mut ours, theirs) = pair();
+            const TOTAL: usize = 8 << 20;
+            let reader = std::thread::spawn(move || {
+                use std::io::Read;
+                let mut theirs = theirs;
+                let mut sum = 0u64;
+                let mut len = 0usize;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    // Slow at first, so our side fills up and must wait.
+                    if len < TOTAL / 4 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let n = theirs.read(&mut buf).expect("read");
+                    if n == 0 {
+                        return (len, sum);
+                    }
+                    len += n;
+                    sum += buf[..n].iter().map(|&b| u64::from(b)).sum::<u64>();
+                }
+            });
+            let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+            ours.write_all(&data).await.expect("write");
+            ours.close().await.expect("close");
+            let (len, sum) = reader.join().expect("reader");
+            assert_eq!(len, TOTAL);
+            assert_eq!(sum, data.iter().map(|&b| u64::from(b)).sum::<u64>());
+        });
+    }
+
+    #[test]
+    fn driver_sleeps_while_idle() {
+        run(|| async {
+            let (mut ours, theirs) = pair();
+            // Let the driver start and settle.
+            Timer::new(Duration::from_millis(20)).await;
+            let before = batches_for_test();
+            Timer::new(Duration::from_millis(200)).await;
+            let idle_batches = batches_for_test() - before;
+            assert!(
+                idle_batches <= 2,
+                "the driver woke {idle_batches} times with nothing ready"
+            );
+            // And it still wakes for input.
+            {
+                use std::io::Write;
+                (&theirs).write_all(b"x").expect("write");
+            }
+            let mut buf = [0u8; 4];
+            assert_eq!(ours.read(&mut buf).await.expect("read"), 1);
+        });
+    }
+
+    #[test]
+    fn a_handed_on_socket_leaves_the_set_and_comes_back() {
+        run(|| async {
+            let (ours, theirs) = pair();
+            let fd = ours.into_owned_fd();
+            {
+                use std::io::Write;
+                (&theirs).write_all(b"while away").expect("write");
+            }
+            let mut back = ReadyStream::adopt(fd).expect("adopt again");
+            let mut buf = [0u8; 32];
+            let n = back.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], b"while away");
+            READINESS.with(|cell| {
+                let slots = cell
+                    .borrow()
+                    .as_ref()
+                    .expect("readiness")
+                    .slots
+                    .borrow()
+                    .len();
+                assert_eq!(slots, 1, "the first registration's slot is gone");
+            });
+        });
+    }
+}
