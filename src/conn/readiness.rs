@@ -18,9 +18,12 @@
 //! - a task only waits after `recv`/`send` said `EAGAIN`, in the same
 //!   poll, so an edge that arrives later always finds its waker (the shard
 //!   is one thread: nothing runs in between);
-//! - a socket leaves the epoll set before its descriptor is closed or
-//!   handed on (`Drop`, `into_owned_fd`), and its slot goes with it, so a
-//!   stale event finds no slot and is ignored;
+//! - an event carries a pointer to its socket's slot, kept alive by the
+//!   registration's own reference: a socket leaves the epoll set (which
+//!   also drops its events not yet taken) before that reference is dropped
+//!   and before its descriptor is closed or handed on (`Drop`,
+//!   `into_owned_fd`); the driver wakes tasks but runs none while it walks
+//!   a batch, so no slot is freed under it;
 //! - the driver never spins: it waits through glommio between batches, and
 //!   if it cannot (no descriptor left to duplicate the epoll set) it polls
 //!   on a timer of `FALLBACK_POLL_PERIOD` until it can again.
@@ -34,7 +37,6 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use fnv::FnvHashMap;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
@@ -64,11 +66,13 @@ impl Slot {
     }
 }
 
-/// A shard's epoll set and the slots of the sockets in it.
+/// A shard's epoll set. Each registered socket's event data is a pointer
+/// to its `Slot` (no table to look up, and none to keep sized for the
+/// busiest moment).
 struct Readiness {
     epoll: OwnedFd,
-    slots: RefCell<FnvHashMap<u64, Rc<Slot>>>,
-    next_token: Cell<u64>,
+    /// Sockets in the set now.
+    registered: Cell<usize>,
     /// Whether this thread's driver task is alive (it dies with its
     /// executor; the next stream on the thread starts another).
     driver_running: Cell<bool>,
@@ -90,8 +94,7 @@ fn readiness() -> io::Result<Rc<Readiness>> {
         }
         let r = Rc::new(Readiness {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-            slots: RefCell::new(FnvHashMap::default()),
-            next_token: Cell::new(1),
+            registered: Cell::new(0),
             driver_running: Cell::new(false),
             batches: Cell::new(0),
         });
@@ -148,13 +151,13 @@ async fn drive(readiness: Rc<Readiness>) {
             }
         }
         readiness.batches.set(readiness.batches.get() + 1);
-        let slots = readiness.slots.borrow();
         for event in &events {
             // Copied out: the kernel's struct is packed.
-            let (flags, token) = (event.flags, event.data.u64());
-            let Some(slot) = slots.get(&token) else {
-                continue;
-            };
+            let (flags, data) = (event.flags, event.data);
+            // SAFETY: the registration holds a reference to the slot until
+            // the socket has left the set, which also drops its pending
+            // events; nothing in this loop can deregister a socket.
+            let slot = unsafe { &*(data.ptr() as *const Slot) };
             if flags.intersects(
                 epoll::EventFlags::IN
                     | epoll::EventFlags::RDHUP
@@ -199,7 +202,6 @@ async fn wait_readable(epoll: &OwnedFd) -> io::Result<()> {
 pub struct ReadyStream {
     /// `None` only after `into_owned_fd`.
     fd: Option<OwnedFd>,
-    token: u64,
     slot: Rc<Slot>,
     readiness: Rc<Readiness>,
 }
@@ -209,22 +211,26 @@ impl ReadyStream {
     /// hibernation) and registers it with this shard's epoll set.
     pub fn adopt(fd: OwnedFd) -> io::Result<ReadyStream> {
         let readiness = readiness()?;
-        let token = readiness.next_token.get();
-        readiness.next_token.set(token + 1);
-        epoll::add(
+        let slot = Rc::new(Slot::default());
+        // The registration's reference, given back in `deregister`.
+        let registration = Rc::into_raw(slot.clone());
+        let added = epoll::add(
             &readiness.epoll,
             &fd,
-            epoll::EventData::new_u64(token),
+            epoll::EventData::new_ptr(registration as *mut std::ffi::c_void),
             epoll::EventFlags::IN
                 | epoll::EventFlags::OUT
                 | epoll::EventFlags::RDHUP
                 | epoll::EventFlags::ET,
-        )?;
-        let slot = Rc::new(Slot::default());
-        readiness.slots.borrow_mut().insert(token, slot.clone());
+        );
+        if let Err(e) = added {
+            // SAFETY: not in the set, so no event points at it.
+            drop(unsafe { Rc::from_raw(registration) });
+            return Err(e.into());
+        }
+        readiness.registered.set(readiness.registered.get() + 1);
         Ok(ReadyStream {
             fd: Some(fd),
-            token,
             slot,
             readiness,
         })
@@ -262,10 +268,24 @@ impl ReadyStream {
     }
 
     fn deregister(&self) {
-        if let Some(fd) = &self.fd {
-            let _ = epoll::delete(&self.readiness.epoll, fd);
+        let Some(fd) = &self.fd else {
+            return;
+        };
+        match epoll::delete(&self.readiness.epoll, fd) {
+            Ok(()) => {
+                let registered = &self.readiness.registered;
+                registered.set(registered.get() - 1);
+                // SAFETY: the registration's reference from `adopt`; the
+                // socket is out of the set, so no event points at it now.
+                drop(unsafe { Rc::from_raw(Rc::as_ptr(&self.slot)) });
+            }
+            Err(e) => {
+                // Still in the set (it cannot be, with the descriptor
+                // open): its slot is kept for good rather than freed under
+                // a possible event.
+                log::error!("readiness: cannot leave the epoll set: {e}");
+            }
         }
-        self.readiness.slots.borrow_mut().remove(&self.token);
     }
 }
 
@@ -458,16 +478,23 @@ mod tests {
             let mut buf = [0u8; 32];
             let n = back.read(&mut buf).await.expect("read");
             assert_eq!(&buf[..n], b"while away");
-            READINESS.with(|cell| {
-                let slots = cell
-                    .borrow()
-                    .as_ref()
-                    .expect("readiness")
-                    .slots
-                    .borrow()
-                    .len();
-                assert_eq!(slots, 1, "the first registration's slot is gone");
-            });
+            let registered = || {
+                READINESS.with(|cell| cell.borrow().as_ref().expect("readiness").registered.get())
+            };
+            assert_eq!(registered(), 1, "the first registration is gone");
+            assert_eq!(
+                Rc::strong_count(&back.slot),
+                2,
+                "ours and the registration's"
+            );
+            let slot = back.slot.clone();
+            drop(back);
+            assert_eq!(registered(), 0);
+            assert_eq!(
+                Rc::strong_count(&slot),
+                1,
+                "the registration's reference is given back"
+            );
         });
     }
 }
