@@ -12,13 +12,24 @@ use std::time::SystemTime;
 
 use sharded_slab::Slab;
 
-/// What every shard may know about a live connection.
+/// What every shard may know about a live connection. Compact: one per
+/// connection, idle ones included (64 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnInfo {
-    pub shard: usize,
-    pub user: String,
+    pub shard: u32,
+    pub user: Box<str>,
     pub peer: SocketAddr,
-    pub connected_at: SystemTime,
+    /// Milliseconds since the Unix epoch.
+    pub connected_unix_ms: u64,
+}
+
+impl ConnInfo {
+    /// Milliseconds since the Unix epoch, now (0 before 1970).
+    pub fn now_unix_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
 }
 
 /// Slab layout: keys stay below 2^53 so connection ids survive JSON
@@ -129,13 +140,18 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn info(shard: usize) -> ConnInfo {
+    fn info(shard: u32) -> ConnInfo {
         ConnInfo {
             shard,
-            user: format!("u{shard}"),
+            user: format!("u{shard}").into(),
             peer: "127.0.0.1:1".parse().unwrap(),
-            connected_at: SystemTime::now(),
+            connected_unix_ms: ConnInfo::now_unix_ms(),
         }
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(std::mem::size_of::<ConnInfo>() <= 64);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -352,10 +352,12 @@ async fn upgrade<S: Transport>(
     };
     let requested_user = upgrade.user.clone();
     let inserted = shard.registry.insert_with(admission, |conn_id| ConnInfo {
-        shard: shard.id,
-        user: requested_user.unwrap_or_else(|| identity::anonymous_user(conn_id)),
+        shard: shard.id as u32,
+        user: requested_user
+            .unwrap_or_else(|| identity::anonymous_user(conn_id))
+            .into(),
         peer,
-        connected_at: SystemTime::now(),
+        connected_unix_ms: ConnInfo::now_unix_ms(),
     });
     let conn_id = match inserted {
         Ok(id) => id,

@@ -52,31 +52,72 @@ pub const GROUPS_MAX_PER_SHARD: usize = 1_000_000;
 /// Most members one group holds.
 pub const GROUP_MEMBERS_MAX: usize = 1_000_000;
 
+/// A user's live connections. Most users have one: it is held inline, with
+/// no list to allocate.
+#[derive(Debug)]
+enum UserConns {
+    One(ConnRef),
+    Many(Vec<ConnRef>),
+}
+
+impl UserConns {
+    fn as_slice(&self) -> &[ConnRef] {
+        match self {
+            UserConns::One(c) => std::slice::from_ref(c),
+            UserConns::Many(v) => v,
+        }
+    }
+
+    fn insert(&mut self, at: ConnRef) {
+        match self {
+            UserConns::One(c) if *c == at => {}
+            UserConns::One(c) => *self = UserConns::Many(vec![*c, at]),
+            UserConns::Many(v) if v.contains(&at) => {}
+            UserConns::Many(v) => v.push(at),
+        }
+    }
+
+    /// Removes `at`; true when none is left.
+    fn remove(&mut self, at: ConnRef) -> bool {
+        match self {
+            UserConns::One(c) => *c == at,
+            UserConns::Many(v) => {
+                v.retain(|c| *c != at);
+                match v.as_slice() {
+                    [] => true,
+                    [only] => {
+                        *self = UserConns::One(*only);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
 /// One shard's partition of users and groups.
 #[derive(Debug, Default)]
 pub struct Directory {
-    users: HashMap<String, Vec<ConnRef>>,
+    users: HashMap<Box<str>, UserConns>,
     groups: HashMap<String, Group>,
 }
 
 impl Directory {
     /// Records that `user` has a live connection at `at`.
     pub fn attach_user(&mut self, user: &str, at: ConnRef) {
-        // Most users have one connection: room for one, not Vec's four.
-        let conns = self
-            .users
-            .entry(user.to_string())
-            .or_insert_with(|| Vec::with_capacity(1));
-        if !conns.contains(&at) {
-            conns.push(at);
+        match self.users.get_mut(user) {
+            Some(conns) => conns.insert(at),
+            None => {
+                self.users.insert(user.into(), UserConns::One(at));
+            }
         }
     }
 
     /// Forgets a closed connection of `user`.
     pub fn detach_user(&mut self, user: &str, at: ConnRef) {
         if let Some(conns) = self.users.get_mut(user) {
-            conns.retain(|c| *c != at);
-            if conns.is_empty() {
+            if conns.remove(at) {
                 self.users.remove(user);
             }
         }
@@ -85,7 +126,7 @@ impl Directory {
     /// The live connections of `user` grouped by shard (`shards` entries).
     pub fn user_conns_by_shard(&self, user: &str, shards: usize) -> Vec<Vec<u64>> {
         let mut by_shard = vec![Vec::new(); shards];
-        for c in self.users.get(user).map(Vec::as_slice).unwrap_or(&[]) {
+        for c in self.users.get(user).map(UserConns::as_slice).unwrap_or(&[]) {
             by_shard[c.shard].push(c.conn);
         }
         by_shard
@@ -93,7 +134,7 @@ impl Directory {
 
     /// Live connections of `user`.
     pub fn user_connection_count(&self, user: &str) -> usize {
-        self.users.get(user).map_or(0, Vec::len)
+        self.users.get(user).map_or(0, |c| c.as_slice().len())
     }
 
     /// Adds (or re-weights) a member.
@@ -246,7 +287,7 @@ impl Directory {
 
     /// Every user with a live connection here.
     pub fn users(&self) -> impl Iterator<Item = &str> {
-        self.users.keys().map(String::as_str)
+        self.users.keys().map(|k| &**k)
     }
 
     /// Every group with members: `(name, members, weight sum)`.
@@ -324,6 +365,34 @@ mod tests {
         d.detach_user("u", at(2, 7));
         assert_eq!(d.user_connection_count("u"), 0);
         assert!(d.users.is_empty(), "empty entries are dropped");
+    }
+
+    #[test]
+    fn one_connection_is_held_inline_and_many_shrink_back() {
+        let mut d = Directory::default();
+        d.attach_user("u", at(0, 1));
+        d.attach_user("u", at(0, 1));
+        assert!(matches!(d.users["u"], UserConns::One(_)));
+        d.attach_user("u", at(1, 2));
+        d.attach_user("u", at(1, 3));
+        assert_eq!(d.user_connection_count("u"), 3);
+        d.detach_user("u", at(1, 9));
+        assert_eq!(
+            d.user_connection_count("u"),
+            3,
+            "an unknown one changes nothing"
+        );
+        d.detach_user("u", at(0, 1));
+        d.detach_user("u", at(1, 2));
+        assert!(matches!(d.users["u"], UserConns::One(c) if c == at(1, 3)));
+        d.detach_user("u", at(0, 1));
+        assert_eq!(
+            d.user_connection_count("u"),
+            1,
+            "a stale detach keeps the last one"
+        );
+        d.detach_user("u", at(1, 3));
+        assert!(d.users.is_empty());
     }
 
     #[test]
