@@ -15,7 +15,7 @@ pub mod readiness;
 mod websocket;
 
 pub use handle::ConnHandle;
-pub use readiness::ReadyStream;
+pub use readiness::{ReadyListener, ReadyStream};
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +25,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use crate::http::router::{self, Endpoint, Route};
@@ -76,17 +75,8 @@ impl Transport for ReadyStream {
 impl Transport for Box<futures_rustls::server::TlsStream<ReadyStream>> {}
 
 /// Serves one accepted TCP connection to the end.
-pub async fn serve(shard: Rc<ShardState>, stream: TcpStream) {
+pub async fn serve(shard: Rc<ShardState>, mut stream: ReadyStream) {
     let accepted_at = Instant::now();
-    let mut stream = match ReadyStream::from_glommio(stream) {
-        Ok(stream) => stream,
-        Err(e) => {
-            // Out of descriptors (the duplicate) or epoll memory.
-            log::warn!("cannot serve an accepted connection: {e}");
-            shard.metrics.count_handshake_failure();
-            return;
-        }
-    };
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));

@@ -236,16 +236,6 @@ impl ReadyStream {
         })
     }
 
-    /// Takes over glommio's accepted stream. glommio's stream has no
-    /// `into_raw_fd`: the socket is duplicated and glommio's copy dropped.
-    pub fn from_glommio(stream: glommio::net::TcpStream) -> io::Result<ReadyStream> {
-        // SAFETY: the descriptor is open for as long as `stream` lives.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-        let fd = borrowed.try_clone_to_owned()?;
-        drop(stream);
-        ReadyStream::adopt(fd)
-    }
-
     fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_ref().expect("socket taken").as_fd()
     }
@@ -286,6 +276,44 @@ impl ReadyStream {
                 log::error!("readiness: cannot leave the epoll set: {e}");
             }
         }
+    }
+}
+
+/// A listening socket in the shard's readiness set: accepts without glommio,
+/// so an accepted socket needs no duplicate to leave it.
+pub struct ReadyListener {
+    socket: ReadyStream,
+}
+
+impl ReadyListener {
+    /// Takes over a bound, listening socket (made non-blocking: `accept`
+    /// has no per-call "don't wait" flag).
+    pub fn adopt(fd: OwnedFd) -> io::Result<ReadyListener> {
+        socket2::SockRef::from(&fd).set_nonblocking(true)?;
+        Ok(ReadyListener {
+            socket: ReadyStream::adopt(fd)?,
+        })
+    }
+
+    /// The next connection, registered in the readiness set.
+    pub async fn accept(&self) -> io::Result<ReadyStream> {
+        let accepted = std::future::poll_fn(|cx| loop {
+            match rustix::net::accept_with(
+                self.socket.fd(),
+                rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            ) {
+                Ok(fd) => return Poll::Ready(Ok(fd)),
+                // Interrupted, or the peer gave up while queued: next one.
+                Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
+                Err(Errno::AGAIN) => {
+                    Slot::park(&self.socket.slot.reader, cx.waker());
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(io::Error::from(e))),
+            }
+        })
+        .await?;
+        ReadyStream::adopt(accepted)
     }
 }
 
@@ -439,6 +467,69 @@ mod tests {
             let (len, sum) = reader.join().expect("reader");
             assert_eq!(len, TOTAL);
             assert_eq!(sum, data.iter().map(|&b| u64::from(b)).sum::<u64>());
+        });
+    }
+
+    #[test]
+    fn a_listener_accepts_every_queued_connection_and_then_waits() {
+        run(|| async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = std_listener.local_addr().expect("addr");
+            let listener = ReadyListener::adopt(OwnedFd::from(std_listener)).expect("adopt");
+            // Three queued before the first accept, two more while it waits.
+            let early: Vec<_> = (0..3)
+                .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+                .collect();
+            let late = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                (0..2)
+                    .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+                    .collect::<Vec<_>>()
+            });
+            let mut accepted = Vec::new();
+            for _ in 0..5 {
+                accepted.push(listener.accept().await.expect("accept"));
+            }
+            let late = late.join().expect("late clients");
+            // Each accepted socket is the far end of one client: say so
+            // through it and read it back on the client side.
+            let mut clients: Vec<_> = early.into_iter().chain(late).collect();
+            let mut peers: Vec<SocketAddr> = clients
+                .iter()
+                .map(|c| c.local_addr().expect("addr"))
+                .collect();
+            let mut seen: Vec<SocketAddr> = accepted
+                .iter()
+                .map(|s| s.peer_addr().expect("peer"))
+                .collect();
+            peers.sort();
+            seen.sort();
+            assert_eq!(peers, seen);
+            for s in &mut accepted {
+                s.write_all(b"hi").await.expect("write");
+            }
+            for c in &mut clients {
+                use std::io::Read;
+                let mut buf = [0u8; 2];
+                c.read_exact(&mut buf).expect("read");
+                assert_eq!(&buf, b"hi");
+            }
+            // With the backlog empty, accepting waits without holding the
+            // thread: a timer due before the next client arrives fires first.
+            let timer_fired = Rc::new(Cell::new(false));
+            let fired = timer_fired.clone();
+            glommio::spawn_local(async move {
+                Timer::new(Duration::from_millis(20)).await;
+                fired.set(true);
+            })
+            .detach();
+            let sixth = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::net::TcpStream::connect(addr).expect("connect")
+            });
+            let _accepted = listener.accept().await.expect("accept");
+            assert!(timer_fired.get(), "accept blocked the shard's thread");
+            drop(sixth.join().expect("sixth client"));
         });
     }
 

@@ -13,17 +13,17 @@ mod reliable;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::conn::{ReadyListener, ReadyStream};
 use futures_lite::future;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::LocalSender;
-use glommio::net::TcpListener;
 use glommio::timer::Timer;
 
 use crate::config::Config;
@@ -44,6 +44,9 @@ const SIGNAL_POLL_PERIOD: Duration = Duration::from_millis(20);
 /// Longest a shard waits at start-up for its hand-offs of restored mailbox
 /// messages to be confirmed before it takes connections anyway.
 const HANDOFF_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Accepts between two yields of the accept loop (an accept returns at
+/// once while the backlog has connections).
+const ACCEPTS_BETWEEN_YIELDS: usize = 32;
 
 /// What the server hands a shard thread at start-up (all `Send`).
 pub struct ShardStart {
@@ -544,11 +547,15 @@ pub async fn run(start: ShardStart) {
         .detach();
     }
 
-    // SAFETY: the fd is a listening TCP socket made by the server for this
-    // shard alone; ownership moves into the glommio listener.
-    let listener = unsafe {
-        use std::os::fd::FromRawFd;
-        TcpListener::from_raw_fd(start.listener.into_raw_fd())
+    let listener = match ReadyListener::adopt(start.listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = start.ready.send(Err(format!(
+                "shard {}: cannot watch its listener: {e}",
+                shard.id
+            )));
+            return;
+        }
     };
     let _ = start.ready.send(Ok(shard.id));
     accept_until_shutdown(&shard, &listener).await;
@@ -580,13 +587,20 @@ pub async fn run(start: ShardStart) {
     log::debug!("shard {} stopped", shard.id);
 }
 
-async fn accept_until_shutdown(shard: &Rc<ShardState>, listener: &TcpListener) {
+async fn accept_until_shutdown(shard: &Rc<ShardState>, listener: &ReadyListener) {
     enum Next {
-        Accepted(glommio::Result<glommio::net::TcpStream, ()>),
+        Accepted(std::io::Result<ReadyStream>),
         Shutdown,
     }
     let mut last_error_log: Option<Instant> = None;
+    let mut accepts = 0usize;
     loop {
+        // A connection storm must not keep the shard from its connections:
+        // accepting returns at once while the backlog has some.
+        accepts += 1;
+        if accepts.is_multiple_of(ACCEPTS_BETWEEN_YIELDS) {
+            futures_lite::future::yield_now().await;
+        }
         let next = future::or(async { Next::Accepted(listener.accept().await) }, async {
             shard.shutdown_started().await;
             Next::Shutdown
