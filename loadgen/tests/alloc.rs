@@ -3,8 +3,8 @@
 //! - The loadgen's own per-message work (stamp and append a pre-built frame,
 //!   parse a server frame, classify it, record it) allocates nothing.
 //! - A whole engine run allocates well under one allocation per message; what
-//!   remains is glommio's, per wake-up (a readiness `Source` each time a read
-//!   has to wait), not per message.
+//!   remains is glommio's, per wake-up (the poll on the thread's epoll set,
+//!   `readiness/`, each time the set is waited for), not per message.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -190,8 +190,9 @@ fn assert_flat(workload: Workload, rate: Option<f64>) {
         extra_msgs > 1000,
         "too few messages to judge: {short_msgs} vs {long_msgs}"
     );
-    // glommio allocates a readiness source each time a read has to wait;
-    // the loadgen itself adds nothing per message (see the test above).
+    // glommio allocates a poll source each time the thread's epoll set is
+    // waited for (one per batch of ready sockets, often one socket in this
+    // small run); the loadgen itself adds nothing per message (see above).
     let extra_allocs = long_allocs.saturating_sub(short_allocs) as f64;
     let per_message = extra_allocs / extra_msgs as f64;
     eprintln!("{workload}: {per_message:.3} allocations per message (glommio, per wake-up)");

@@ -11,11 +11,10 @@ pub mod ip_limit;
 pub mod liveness;
 pub mod outbox;
 pub mod rate_limit;
-pub mod readiness;
 mod websocket;
 
 pub use handle::ConnHandle;
-pub use readiness::{ReadyListener, ReadyStream};
+pub use ws_uring_readiness::{ReadyListener, ReadyStream};
 
 use std::io;
 use std::net::SocketAddr;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use ws_uring_readiness::ReadyStream;
 
 use super::{sleep_until, ThreadCtx, CONNECT_TIMEOUT};
 use crate::frame::{encode_client_frame, parse_server_frame, Opcode};
@@ -104,7 +105,7 @@ pub(crate) async fn connect_and_run(
         SessionEnd::Failed
     };
 
-    let mut stream = match TcpStream::connect_timeout(ctx.addr, CONNECT_TIMEOUT).await {
+    let stream = match TcpStream::connect_timeout(ctx.addr, CONNECT_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
             let e = std::io::Error::from(e);
@@ -115,6 +116,12 @@ pub(crate) async fn connect_and_run(
         }
     };
     let _ = stream.set_nodelay(true);
+    // Off glommio's stream (one io_uring poll per read) onto this thread's
+    // epoll set: the loadgen must not be the slower side of a run.
+    let mut stream = match ReadyStream::from_glommio(stream) {
+        Ok(s) => s,
+        Err(e) => return connect_fail(io_kind("connect", &e)),
+    };
 
     let mut rbuf = vec![0u8; READ_BUF_BYTES];
     let key = handshake::make_key((slot as u64) << 20 ^ cycle);
@@ -295,7 +302,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), &'static str> {
+    async fn flush(&mut self, stream: &mut ReadyStream) -> Result<(), &'static str> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -377,7 +384,7 @@ impl<'a> Session<'a> {
 
     async fn run(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut ReadyStream,
         mut rbuf: Vec<u8>,
         mut filled: usize,
     ) -> SessionEnd {

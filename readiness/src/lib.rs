@@ -1,5 +1,6 @@
-//! Connection sockets driven by one epoll set per shard instead of
-//! glommio's per-read io_uring poll.
+//! Sockets driven by one epoll set per thread (per shard, in ws-uring;
+//! per engine thread, in the loadgen) instead of glommio's per-read
+//! io_uring poll.
 //!
 //! Why: glommio's `TcpStream` arms a one-shot `IORING_OP_POLL_ADD` after
 //! every read that did not fill the buffer, so each echoed message pays a
@@ -234,6 +235,17 @@ impl ReadyStream {
             slot,
             readiness,
         })
+    }
+
+    /// Takes over a socket glommio made (a `connect`, say). glommio's
+    /// stream has no `into_raw_fd`: the socket is duplicated and glommio's
+    /// copy dropped.
+    pub fn from_glommio(stream: glommio::net::TcpStream) -> io::Result<ReadyStream> {
+        // SAFETY: the descriptor is open for as long as `stream` lives.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let fd = borrowed.try_clone_to_owned()?;
+        drop(stream);
+        ReadyStream::adopt(fd)
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
