@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
 
 use sharded_slab::Slab;
 
@@ -21,15 +20,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Milliseconds since the Unix epoch.
     pub connected_unix_ms: u64,
-}
-
-impl ConnInfo {
-    /// Milliseconds since the Unix epoch, now (0 before 1970).
-    pub fn now_unix_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
 }
 
 /// Slab layout: keys stay below 2^53 so connection ids survive JSON
@@ -145,7 +135,7 @@ mod tests {
             shard,
             user: format!("u{shard}").into(),
             peer: "127.0.0.1:1".parse().unwrap(),
-            connected_unix_ms: ConnInfo::now_unix_ms(),
+            connected_unix_ms: 1_700_000_000_000,
         }
     }
 

@@ -346,7 +346,7 @@ async fn upgrade<S: Transport>(
             .unwrap_or_else(|| identity::anonymous_user(conn_id))
             .into(),
         peer,
-        connected_unix_ms: ConnInfo::now_unix_ms(),
+        connected_unix_ms: crate::shard::messaging::unix_ms(),
     });
     let conn_id = match inserted {
         Ok(id) => id,

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::conn::{ReadyListener, ReadyStream};
 use futures_lite::future;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::LocalSender;
@@ -29,6 +28,7 @@ use glommio::timer::Timer;
 use crate::config::Config;
 use crate::conn::liveness::{LivenessAction, LivenessRules};
 use crate::conn::ConnHandle;
+use crate::conn::{ReadyListener, ReadyStream};
 use crate::registry::Registry;
 use crate::routing::Directory;
 use mesh::{MeshMsg, ShardHealth};
