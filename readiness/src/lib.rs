@@ -16,9 +16,12 @@
 //! channel mesh and the cluster links stay on glommio.
 //!
 //! Invariants:
-//! - a task only waits after `recv`/`send` said `EAGAIN`, in the same
-//!   poll, so an edge that arrives later always finds its waker (the shard
-//!   is one thread: nothing runs in between);
+//! - a task only waits after the socket was found drained (a `recv`/`send`
+//!   that came back short or said `EAGAIN`) with no edge taken since, and
+//!   parks its waker in the same poll, so an edge that arrives later
+//!   always finds its waker (the shard is one thread: nothing runs in
+//!   between); the driver marks the slot readable/writable on every edge,
+//!   whether or not a task waits;
 //! - an event carries a pointer to its socket's slot, kept alive by the
 //!   registration's own reference: a socket leaves the epoll set (which
 //!   also drops its events not yet taken) before that reference is dropped
@@ -51,11 +54,34 @@ const EVENTS_PER_WAIT_MAX: usize = 1024;
 /// How often the driver polls the set when it cannot wait through glommio.
 const FALLBACK_POLL_PERIOD: Duration = Duration::from_millis(1);
 
-/// The wakers of one socket's waiting reader and writer.
-#[derive(Default)]
+/// The wakers of one socket's waiting reader and writer, and what the
+/// socket may have for them.
 struct Slot {
     reader: Cell<Option<Waker>>,
     writer: Cell<Option<Waker>>,
+    /// False once a read came back short (or `EAGAIN`): the socket is
+    /// drained, and the next edge (every arrival raises one) sets it again.
+    /// A read is then skipped rather than made only to hear `EAGAIN`.
+    readable: Cell<bool>,
+    /// The same for room to write: false after a short write.
+    writable: Cell<bool>,
+    /// The peer hung up or the socket failed: final, so no edge may follow
+    /// and every read and write goes to the kernel (which answers 0 or the
+    /// error) instead of waiting.
+    hung_up: Cell<bool>,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            reader: Cell::new(None),
+            writer: Cell::new(None),
+            // Unknown at registration: try once.
+            readable: Cell::new(true),
+            writable: Cell::new(true),
+            hung_up: Cell::new(false),
+        }
+    }
 }
 
 impl Slot {
@@ -160,11 +186,17 @@ async fn drive(readiness: Rc<Readiness>) {
             // events; nothing in this loop can deregister a socket.
             let slot = unsafe { &*(data.ptr() as *const Slot) };
             if flags.intersects(
+                epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR,
+            ) {
+                slot.hung_up.set(true);
+            }
+            if flags.intersects(
                 epoll::EventFlags::IN
                     | epoll::EventFlags::RDHUP
                     | epoll::EventFlags::HUP
                     | epoll::EventFlags::ERR,
             ) {
+                slot.readable.set(true);
                 if let Some(waker) = slot.reader.take() {
                     waker.wake();
                 }
@@ -172,6 +204,7 @@ async fn drive(readiness: Rc<Readiness>) {
             if flags.intersects(
                 epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR,
             ) {
+                slot.writable.set(true);
                 if let Some(waker) = slot.writer.take() {
                     waker.wake();
                 }
@@ -349,12 +382,31 @@ impl AsyncRead for ReadyStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        let slot = &self.slot;
+        if !slot.readable.get() && !slot.hung_up.get() {
+            Slot::park(&slot.reader, cx.waker());
+            return Poll::Pending;
+        }
         loop {
+            #[cfg(test)]
+            tests::RECV_CALLS.with(|c| c.set(c.get() + 1));
             match rustix::net::recv(self.fd(), &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => return Poll::Ready(Ok(n)),
+                Ok((n, _)) => {
+                    // Short means drained: an edge-triggered socket raises a
+                    // new event for whatever arrives after this read, so the
+                    // next read can wait for it instead of asking the kernel
+                    // for `EAGAIN` first (tokio does the same, tokio#5866).
+                    // End of stream (0) stays readable: it reads 0 again.
+                    // After a hang-up no edge follows: see `hung_up`.
+                    if 0 < n && n < buf.len() {
+                        slot.readable.set(false);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => {
-                    Slot::park(&self.slot.reader, cx.waker());
+                    slot.readable.set(false);
+                    Slot::park(&slot.reader, cx.waker());
                     return Poll::Pending;
                 }
                 Err(e) => return Poll::Ready(Err(e.into())),
@@ -369,12 +421,25 @@ impl AsyncWrite for ReadyStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let slot = &self.slot;
+        if !slot.writable.get() && !slot.hung_up.get() {
+            Slot::park(&slot.writer, cx.waker());
+            return Poll::Pending;
+        }
         loop {
             match rustix::net::send(self.fd(), buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+                Ok(n) => {
+                    // Short means the send buffer is full; the kernel raises
+                    // an edge when room frees up.
+                    if 0 < n && n < buf.len() {
+                        slot.writable.set(false);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => {
-                    Slot::park(&self.slot.writer, cx.waker());
+                    slot.writable.set(false);
+                    Slot::park(&slot.writer, cx.waker());
                     return Poll::Pending;
                 }
                 Err(e) => return Poll::Ready(Err(e.into())),
@@ -446,6 +511,69 @@ mod tests {
             writer.join().expect("writer");
             let want: Vec<u8> = (0..50u8).flat_map(|i| [i; 3]).collect();
             assert_eq!(got, want);
+        });
+    }
+
+    thread_local! {
+        /// `recv` calls made on this thread.
+        pub(super) static RECV_CALLS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn recv_calls() -> u64 {
+        RECV_CALLS.with(|c| c.get())
+    }
+
+    #[test]
+    fn a_drained_socket_waits_for_the_next_edge_without_a_read() {
+        run(|| async {
+            use std::io::Write;
+            let (mut ours, theirs) = pair();
+            (&theirs).write_all(b"one").expect("write");
+            let mut buf = [0u8; 64];
+            let before = recv_calls();
+            assert_eq!(ours.read(&mut buf).await.expect("read"), 3);
+            // Short: drained. The next read waits for the edge of the next
+            // arrival, without asking the kernel first.
+            let later = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                (&theirs).write_all(b"two").expect("write");
+                theirs
+            });
+            assert_eq!(ours.read(&mut buf).await.expect("read"), 3);
+            assert_eq!(&buf[..3], b"two");
+            assert_eq!(recv_calls() - before, 2, "one read per arrival, no EAGAIN");
+            // A full buffer is not proof of a drained socket: read on.
+            let theirs = later.join().expect("writer");
+            (&theirs).write_all(&[7u8; 100]).expect("write");
+            Timer::new(Duration::from_millis(10)).await;
+            let mut small = [0u8; 64];
+            assert_eq!(ours.read(&mut small).await.expect("read"), 64);
+            assert_eq!(ours.read(&mut small).await.expect("read"), 36);
+        });
+    }
+
+    #[test]
+    fn the_end_of_stream_is_seen_after_a_short_read() {
+        run(|| async {
+            use std::io::Write;
+            let (mut ours, theirs) = pair();
+            // Data and the hang-up both arrive before the first read: the
+            // short read drains the data, and the hang-up's edge is already
+            // taken, so no edge follows. The next read must still see 0.
+            (&theirs).write_all(b"last words").expect("write");
+            drop(theirs);
+            Timer::new(Duration::from_millis(10)).await;
+            let mut buf = [0u8; 64];
+            assert_eq!(ours.read(&mut buf).await.expect("read"), 10);
+            let eof = futures_lite::future::or(
+                async { Some(ours.read(&mut buf).await.expect("read")) },
+                async {
+                    Timer::new(Duration::from_secs(2)).await;
+                    None
+                },
+            )
+            .await;
+            assert_eq!(eof, Some(0), "the end of stream was not seen");
         });
     }
 
