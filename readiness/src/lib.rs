@@ -39,7 +39,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use rustix::buffer::spare_capacity;
@@ -51,6 +51,9 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 /// the next batch (the set stays readable, so the driver comes straight
 /// back).
 const EVENTS_PER_WAIT_MAX: usize = 1024;
+/// Longest the driver keeps taking batches without a turn through glommio's
+/// reactor (see `drive`): bounds how late a timer can fire under load.
+const REACTOR_TURN_PERIOD_MAX: Duration = Duration::from_micros(250);
 /// How often the driver polls the set when it cannot wait through glommio.
 const FALLBACK_POLL_PERIOD: Duration = Duration::from_millis(1);
 
@@ -152,6 +155,16 @@ impl Drop for DriverRunning {
 
 /// The shard's readiness driver: waits for the epoll set through glommio,
 /// takes a batch of ready sockets and wakes their tasks, again and again.
+///
+/// While sockets keep becoming ready, it does not go back to the reactor
+/// after each batch: it lets the woken tasks run (a yield puts it behind
+/// them) and then looks at the set again with a plain `epoll_wait(0)`. Each
+/// trip through the reactor costs a poll armed in io_uring, a turn of the
+/// executor loop (several `io_uring_enter`s) and, when the poll is armed on
+/// an empty set, a cross-thread wake-up by whoever sends next (an
+/// interrupt, costly in a VM). It goes back once a look finds nothing, or
+/// after `REACTOR_TURN_PERIOD_MAX`, so glommio's timers, channels and other
+/// I/O are served at least that often.
 async fn drive(readiness: Rc<Readiness>) {
     let running = DriverRunning(readiness);
     let readiness = &running.0;
@@ -165,52 +178,64 @@ async fn drive(readiness: Rc<Readiness>) {
             }
             glommio::timer::Timer::new(FALLBACK_POLL_PERIOD).await;
         }
-        events.clear();
-        match epoll::wait(
-            &readiness.epoll,
-            spare_capacity(&mut events),
-            Some(&Timespec::default()),
+        let back_from_reactor = Instant::now();
+        while take_batch(readiness, &mut events) > 0
+            && back_from_reactor.elapsed() < REACTOR_TURN_PERIOD_MAX
+        {
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+/// Takes the ready sockets (up to `EVENTS_PER_WAIT_MAX`) without waiting,
+/// marks their slots and wakes their tasks. Returns how many were ready.
+fn take_batch(readiness: &Readiness, events: &mut Vec<epoll::Event>) -> usize {
+    events.clear();
+    match epoll::wait(
+        &readiness.epoll,
+        spare_capacity(events),
+        Some(&Timespec::default()),
+    ) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(e) => {
+            log::error!("readiness: epoll_wait failed: {e}");
+            return 0;
+        }
+    }
+    readiness.batches.set(readiness.batches.get() + 1);
+    for event in events.iter() {
+        // Copied out: the kernel's struct is packed.
+        let (flags, data) = (event.flags, event.data);
+        // SAFETY: the registration holds a reference to the slot until
+        // the socket has left the set, which also drops its pending
+        // events; nothing in this loop can deregister a socket.
+        let slot = unsafe { &*(data.ptr() as *const Slot) };
+        if flags
+            .intersects(epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+        {
+            slot.hung_up.set(true);
+        }
+        if flags.intersects(
+            epoll::EventFlags::IN
+                | epoll::EventFlags::RDHUP
+                | epoll::EventFlags::HUP
+                | epoll::EventFlags::ERR,
         ) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => {
-                log::error!("readiness: epoll_wait failed: {e}");
-                continue;
+            slot.readable.set(true);
+            if let Some(waker) = slot.reader.take() {
+                waker.wake();
             }
         }
-        readiness.batches.set(readiness.batches.get() + 1);
-        for event in &events {
-            // Copied out: the kernel's struct is packed.
-            let (flags, data) = (event.flags, event.data);
-            // SAFETY: the registration holds a reference to the slot until
-            // the socket has left the set, which also drops its pending
-            // events; nothing in this loop can deregister a socket.
-            let slot = unsafe { &*(data.ptr() as *const Slot) };
-            if flags.intersects(
-                epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR,
-            ) {
-                slot.hung_up.set(true);
-            }
-            if flags.intersects(
-                epoll::EventFlags::IN
-                    | epoll::EventFlags::RDHUP
-                    | epoll::EventFlags::HUP
-                    | epoll::EventFlags::ERR,
-            ) {
-                slot.readable.set(true);
-                if let Some(waker) = slot.reader.take() {
-                    waker.wake();
-                }
-            }
-            if flags.intersects(
-                epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR,
-            ) {
-                slot.writable.set(true);
-                if let Some(waker) = slot.writer.take() {
-                    waker.wake();
-                }
+        if flags
+            .intersects(epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+        {
+            slot.writable.set(true);
+            if let Some(waker) = slot.writer.take() {
+                waker.wake();
             }
         }
     }
+    events.len()
 }
 
 /// Waits, through glommio's reactor, until the epoll set has ready sockets.
