@@ -9,6 +9,10 @@ use crate::suite::SuiteConfig;
 use crate::url::WsUrl;
 use crate::workload::Workload;
 
+/// Coarsest `--send-tick-us` accepted: beyond it the grid, not the server,
+/// would be what a run measures.
+const SEND_TICK_US_MAX: u64 = 10_000;
+
 /// Load generator for ws-uring (and any RFC 6455 echo server): runs scenarios,
 /// grades them A+..F, writes JSON and HTML reports.
 #[derive(FromArgs, Debug, Clone, PartialEq)]
@@ -34,6 +38,13 @@ pub struct Args {
     /// measured from each message's intended send time (default: closed loop)
     #[argh(option)]
     pub rate: Option<f64>,
+
+    /// open loop: a thread sleeping for its next sends wakes on this grid of
+    /// microseconds, so connections due within one tick share a wake-up
+    /// (default 250; 0 wakes for each send time exactly). Latency is still
+    /// measured from each message's intended time.
+    #[argh(option, default = "250")]
+    pub send_tick_us: u64,
 
     /// measured (steady) phase: 30, 30s, 500ms, 2m (overrides each scenario's)
     #[argh(option)]
@@ -115,6 +126,12 @@ impl Args {
                 return Err("--rate must be a positive number of messages per second".into());
             }
         }
+        if self.send_tick_us > SEND_TICK_US_MAX {
+            return Err(format!(
+                "--send-tick-us must be at most {SEND_TICK_US_MAX} (10 ms), not {}",
+                self.send_tick_us
+            ));
+        }
         if self.connections == Some(0) {
             return Err("--connections must be at least 1".into());
         }
@@ -160,6 +177,7 @@ impl Args {
                 url,
                 workload,
                 rate: self.rate,
+                send_tick: Duration::from_micros(self.send_tick_us),
                 in_flight: self.in_flight,
                 size: self.size,
                 group_size: self.group_size,
@@ -206,9 +224,12 @@ mod tests {
             "--report",
             "r.html",
             "--verbose",
+            "--send-tick-us",
+            "0",
         ])
         .unwrap();
         let c = a.to_config().unwrap();
+        assert_eq!(c.settings.send_tick, Duration::ZERO);
         assert_eq!(c.scenarios.len(), 2);
         assert_eq!(c.scenarios[0].connections, 50);
         assert_eq!(c.scenarios[1].steady, Duration::from_secs(2));
@@ -232,6 +253,14 @@ mod tests {
         assert!(args(&["--rate", "0"]).unwrap().to_config().is_err());
         assert!(args(&["--url", "http://x"]).unwrap().to_config().is_err());
         assert!(args(&["--duration", "abc"]).unwrap().to_config().is_err());
+        let tick = args(&["--send-tick-us", "10001"]).unwrap().to_config();
+        assert!(tick.unwrap_err().contains("--send-tick-us"));
+    }
+
+    #[test]
+    fn open_loop_sends_keep_to_a_250_us_grid_by_default() {
+        let c = args(&[]).unwrap().to_config().unwrap();
+        assert_eq!(c.settings.send_tick, Duration::from_micros(250));
     }
 
     #[test]

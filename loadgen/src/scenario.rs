@@ -165,6 +165,8 @@ pub struct RunSettings {
     pub url: WsUrl,
     pub workload: Workload,
     pub rate: Option<f64>,
+    /// Open loop: the grid the threads' send timers are kept to.
+    pub send_tick: Duration,
     pub in_flight: usize,
     pub size: usize,
     /// Connections per group (`publish`, `anycast`).
@@ -258,6 +260,7 @@ impl ScenarioSpec {
             duration: self.total(),
             measure_from: Duration::from_nanos(measure_from_ns),
             rate: settings.rate,
+            send_tick: settings.send_tick,
             in_flight: settings.in_flight,
             size: settings.size,
             group_size: settings.group_size,
@@ -278,6 +281,7 @@ mod tests {
             url: WsUrl::parse("ws://127.0.0.1:1/ws").unwrap(),
             workload: Workload::Echo,
             rate: None,
+            send_tick: Duration::from_micros(250),
             in_flight: 1,
             size: 64,
             group_size: crate::workload::GROUP_SIZE,

@@ -62,6 +62,7 @@ pub fn run(
             workload: s.workload.name().to_string(),
             mode: if s.rate.is_some() { "open" } else { "closed" }.to_string(),
             rate: s.rate,
+            send_tick_us: s.rate.map(|_| s.send_tick.as_micros() as u64),
             in_flight: s.in_flight,
             message_bytes: s.size,
             threads: s.threads,

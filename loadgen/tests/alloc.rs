@@ -89,6 +89,7 @@ fn run(url: &str, workload: Workload, rate: Option<f64>, steady_ms: u64) -> (u64
         url: WsUrl::parse(url).unwrap(),
         workload,
         rate,
+        send_tick: Duration::from_micros(250),
         in_flight: 4,
         size: 64,
         group_size: loadgen::workload::GROUP_SIZE,

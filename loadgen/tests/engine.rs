@@ -28,6 +28,7 @@ fn plan(
         url: WsUrl::parse(url).unwrap(),
         workload,
         rate,
+        send_tick: Duration::from_micros(250),
         in_flight: 2,
         size: 64,
         group_size: loadgen::workload::GROUP_SIZE,

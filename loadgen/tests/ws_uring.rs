@@ -89,6 +89,7 @@ fn plan(addr: &str, workload: Workload) -> RunPlan {
         url: WsUrl::parse(&format!("ws://{addr}/ws")).unwrap(),
         workload,
         rate: None,
+        send_tick: Duration::from_micros(250),
         in_flight: 1,
         size: 64,
         group_size: loadgen::workload::GROUP_SIZE,

@@ -57,6 +57,9 @@ pub struct RunPlan {
     /// Open loop: total messages a second over all sending connections.
     /// `None`: closed loop with `in_flight` messages per connection.
     pub rate: Option<f64>,
+    /// Open loop: send timers are kept to this grid (zero: exact), so that
+    /// a thread's connections due within one tick share one wake-up.
+    pub send_tick: Duration,
     pub in_flight: usize,
     /// Payload bytes to aim for.
     pub size: usize,

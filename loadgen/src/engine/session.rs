@@ -229,6 +229,8 @@ struct Session<'a> {
     /// Wakes the loop when the next message is due (open loop) or the grace
     /// period ends; re-armed, never re-created.
     timer: Timer,
+    /// The run-clock time `timer` is armed for.
+    timer_armed_for_ns: u64,
 }
 
 enum Step {
@@ -260,6 +262,7 @@ impl<'a> Session<'a> {
             stopping_since: None,
             close_sent: false,
             timer: Timer::new(Duration::from_secs(1)),
+            timer_armed_for_ns: u64::MAX,
             role,
             user,
             mask,
@@ -430,10 +433,22 @@ impl<'a> Session<'a> {
             let read = match self.wake_at() {
                 None => stream.read(&mut rbuf[filled..]).await.map(Some),
                 Some(at) => {
-                    // One timer per connection, re-armed: no allocation per wake-up.
-                    let now = self.ctx.now_ns();
-                    self.timer
-                        .reset(Duration::from_nanos(at.saturating_sub(now)));
+                    // One timer per connection, re-armed only when its time
+                    // changes (a reply wakes the loop, the next message's time
+                    // stays): no allocation and no timer-wheel update per
+                    // wake-up. Times are rounded up to the plan's send tick
+                    // so that the thread's connections due within one tick
+                    // wake it once instead of once each (tens of thousands
+                    // of times a second at `extreme` rates). A message still
+                    // carries its intended time: a late tick is measured.
+                    let tick_ns = (self.ctx.plan.send_tick.as_nanos() as u64).max(1);
+                    let at = at.div_ceil(tick_ns) * tick_ns;
+                    if at != self.timer_armed_for_ns {
+                        let now = self.ctx.now_ns();
+                        self.timer
+                            .reset(Duration::from_nanos(at.saturating_sub(now)));
+                        self.timer_armed_for_ns = at;
+                    }
                     let timer = &mut self.timer;
                     futures_lite::future::or(
                         async { stream.read(&mut rbuf[filled..]).await.map(Some) },

@@ -46,6 +46,9 @@ pub struct RunConfig {
     pub mode: String,
     /// Open loop: total intended messages a second.
     pub rate: Option<f64>,
+    /// Open loop: the grid of the send timers, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_tick_us: Option<u64>,
     pub in_flight: usize,
     pub message_bytes: usize,
     pub threads: usize,
@@ -255,6 +258,7 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
                 workload: "echo".into(),
                 mode: "closed".into(),
                 rate: None,
+                send_tick_us: None,
                 in_flight: 1,
                 message_bytes: 64,
                 threads: 1,

@@ -25,7 +25,11 @@ pub fn render(report: &Report) -> String {
         c.workload,
         c.mode,
         c.rate
-            .map(|r| format!(" rate={}/s", human(r)))
+            .map(|r| format!(
+                " rate={}/s send_tick={}us",
+                human(r),
+                c.send_tick_us.unwrap_or(0)
+            ))
             .unwrap_or_default(),
         c.threads,
         c.in_flight,
