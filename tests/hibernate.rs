@@ -21,6 +21,15 @@ fn hibernated(port: u16) -> u64 {
         .expect("gauge connections_hibernated")
 }
 
+/// The `readiness_sockets` gauge: sockets in the shards' epoll sets.
+fn readiness_sockets(port: u16) -> u64 {
+    let (status, text) = http_get(port, "/metrics.json");
+    assert_eq!(status, 200, "{text}");
+    body_json(&text)["gauges"]["readiness_sockets"]
+        .as_u64()
+        .expect("gauge readiness_sockets")
+}
+
 /// Waits (bounded) until exactly `n` connections hibernate.
 fn wait_hibernated(port: u16, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -47,6 +56,21 @@ fn quiet_connections_hibernate_and_wake_for_deliveries_and_input() {
     let (mut alice, _) = connect_welcomed(&server.url("?user=alice"));
     let (mut bob, _) = connect_welcomed(&server.url("?user=bob"));
     wait_hibernated(server.port, 2);
+    // Hibernating sockets leave the epoll sets: the two shards' listeners
+    // and the metrics request's own connection are left (once the previous
+    // requests' connections have finished lingering).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sockets = readiness_sockets(server.port);
+        if sockets == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sockets} sockets in the epoll sets with both connections hibernating"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A delivery wakes the recipient; the sender's command wakes the sender.
     bob.send(Message::text(

@@ -151,6 +151,13 @@ fn readiness() -> io::Result<Rc<Readiness>> {
     Ok(readiness)
 }
 
+/// Sockets in this thread's epoll set now (0 before the first): the
+/// shard's awake connections and its listener. A metric, so the set's size
+/// can be checked against the connection counts.
+pub fn registered_sockets() -> usize {
+    READINESS.with(|cell| cell.borrow().as_ref().map_or(0, |r| r.registered.get()))
+}
+
 /// Batches taken by this thread's driver so far (tests).
 #[cfg(test)]
 fn batches_for_test() -> u64 {
@@ -743,9 +750,7 @@ mod tests {
             let mut buf = [0u8; 32];
             let n = back.read(&mut buf).await.expect("read");
             assert_eq!(&buf[..n], b"while away");
-            let registered = || {
-                READINESS.with(|cell| cell.borrow().as_ref().expect("readiness").registered.get())
-            };
+            let registered = registered_sockets;
             assert_eq!(registered(), 1, "the first registration is gone");
             assert_eq!(
                 Rc::strong_count(&back.slot),

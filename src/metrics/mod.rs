@@ -151,11 +151,12 @@ pub enum Gauge {
     PendingAcks,
     DlqMsgs,
     ConnectionsHibernated,
+    ReadinessSockets,
 }
 
 impl Gauge {
     /// How many gauges there are.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Every gauge, in export order.
     pub const ALL: [Gauge; Gauge::COUNT] = [
         Gauge::Connections,
@@ -167,6 +168,7 @@ impl Gauge {
         Gauge::PendingAcks,
         Gauge::DlqMsgs,
         Gauge::ConnectionsHibernated,
+        Gauge::ReadinessSockets,
     ];
 
     /// The name used in every export format (Prometheus adds `wsuring_`).
@@ -181,6 +183,7 @@ impl Gauge {
             Gauge::PendingAcks => "pending_acks",
             Gauge::DlqMsgs => "dlq_msgs",
             Gauge::ConnectionsHibernated => "connections_hibernated",
+            Gauge::ReadinessSockets => "readiness_sockets",
         }
     }
 
@@ -199,6 +202,9 @@ impl Gauge {
             Gauge::DlqMsgs => "Messages in the dead-letter queue.",
             Gauge::ConnectionsHibernated => {
                 "Live connections resting without a task (quiet past hibernate_after_ms)."
+            }
+            Gauge::ReadinessSockets => {
+                "Sockets in the shards' epoll sets: connections with a task, and one listener per shard."
             }
         }
     }
@@ -451,6 +457,11 @@ impl ShardMetrics {
     /// Connections of this shard resting in hibernation.
     pub fn set_connections_hibernated(&self, connections: u64) {
         self.set_gauge(Gauge::ConnectionsHibernated, connections);
+    }
+
+    /// Sockets in this shard's readiness epoll set.
+    pub fn set_readiness_sockets(&self, sockets: u64) {
+        self.set_gauge(Gauge::ReadinessSockets, sockets);
     }
 
     /// The current value of a counter.

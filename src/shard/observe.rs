@@ -72,6 +72,7 @@ impl ShardState {
         }
         m.set_connections(self.connection_count() as u64);
         m.set_connections_hibernated(self.hibernation.as_ref().map_or(0, |h| h.len()) as u64);
+        m.set_readiness_sockets(ws_uring_readiness::registered_sockets() as u64);
         m.set_outbox_queued_msgs(queued_msgs);
         m.set_outbox_queued_bytes(queued_bytes);
         let r = self.reliable.borrow();
