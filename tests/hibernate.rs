@@ -12,22 +12,18 @@ use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-/// The `connections_hibernated` gauge from `/metrics.json`.
-fn hibernated(port: u16) -> u64 {
+/// A gauge from `/metrics.json`.
+fn gauge(port: u16, name: &str) -> u64 {
     let (status, text) = http_get(port, "/metrics.json");
     assert_eq!(status, 200, "{text}");
-    body_json(&text)["gauges"]["connections_hibernated"]
+    body_json(&text)["gauges"][name]
         .as_u64()
-        .expect("gauge connections_hibernated")
+        .unwrap_or_else(|| panic!("gauge {name}"))
 }
 
-/// The `readiness_sockets` gauge: sockets in the shards' epoll sets.
-fn readiness_sockets(port: u16) -> u64 {
-    let (status, text) = http_get(port, "/metrics.json");
-    assert_eq!(status, 200, "{text}");
-    body_json(&text)["gauges"]["readiness_sockets"]
-        .as_u64()
-        .expect("gauge readiness_sockets")
+/// The `connections_hibernated` gauge.
+fn hibernated(port: u16) -> u64 {
+    gauge(port, "connections_hibernated")
 }
 
 /// Waits (bounded) until exactly `n` connections hibernate.
@@ -61,7 +57,7 @@ fn quiet_connections_hibernate_and_wake_for_deliveries_and_input() {
     // requests' connections have finished lingering).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let sockets = readiness_sockets(server.port);
+        let sockets = gauge(server.port, "readiness_sockets");
         if sockets == 3 {
             break;
         }

@@ -88,6 +88,41 @@ impl Default for Slot {
 }
 
 impl Slot {
+    /// One read or write (`io`, of `len` bytes asked) under the drained
+    /// rule: skipped, with the waker parked, while `ready` is false and no
+    /// hang-up was seen; `ready` falls after a short transfer or `EAGAIN`,
+    /// and the driver raises it again on the next edge.
+    fn poll_io(
+        &self,
+        ready: &Cell<bool>,
+        waiter: &Cell<Option<Waker>>,
+        cx: &Context<'_>,
+        len: usize,
+        mut io: impl FnMut() -> Result<usize, Errno>,
+    ) -> Poll<io::Result<usize>> {
+        if !ready.get() && !self.hung_up.get() {
+            Slot::park(waiter, cx.waker());
+            return Poll::Pending;
+        }
+        loop {
+            match io() {
+                Ok(n) => {
+                    if 0 < n && n < len {
+                        ready.set(false);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    ready.set(false);
+                    Slot::park(waiter, cx.waker());
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
     fn park(cell: &Cell<Option<Waker>>, waker: &Waker) {
         match cell.take() {
             Some(old) if old.will_wake(waker) => cell.set(Some(old)),
@@ -423,36 +458,18 @@ impl AsyncRead for ReadyStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        let fd = self.fd();
         let slot = &self.slot;
-        if !slot.readable.get() && !slot.hung_up.get() {
-            Slot::park(&slot.reader, cx.waker());
-            return Poll::Pending;
-        }
-        loop {
+        // Short means drained: an edge-triggered socket raises a new event
+        // for whatever arrives after this read, so the next read can wait
+        // for it instead of asking the kernel for `EAGAIN` first (tokio does
+        // the same, tokio#5866). End of stream (0) stays readable: it reads
+        // 0 again. After a hang-up no edge follows: see `hung_up`.
+        slot.poll_io(&slot.readable, &slot.reader, cx, buf.len(), || {
             #[cfg(test)]
             tests::RECV_CALLS.with(|c| c.set(c.get() + 1));
-            match rustix::net::recv(self.fd(), &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => {
-                    // Short means drained: an edge-triggered socket raises a
-                    // new event for whatever arrives after this read, so the
-                    // next read can wait for it instead of asking the kernel
-                    // for `EAGAIN` first (tokio does the same, tokio#5866).
-                    // End of stream (0) stays readable: it reads 0 again.
-                    // After a hang-up no edge follows: see `hung_up`.
-                    if 0 < n && n < buf.len() {
-                        slot.readable.set(false);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => {
-                    slot.readable.set(false);
-                    Slot::park(&slot.reader, cx.waker());
-                    return Poll::Pending;
-                }
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
+            rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT).map(|(n, _)| n)
+        })
     }
 }
 
@@ -462,30 +479,13 @@ impl AsyncWrite for ReadyStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let fd = self.fd();
         let slot = &self.slot;
-        if !slot.writable.get() && !slot.hung_up.get() {
-            Slot::park(&slot.writer, cx.waker());
-            return Poll::Pending;
-        }
-        loop {
-            match rustix::net::send(self.fd(), buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    // Short means the send buffer is full; the kernel raises
-                    // an edge when room frees up.
-                    if 0 < n && n < buf.len() {
-                        slot.writable.set(false);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => {
-                    slot.writable.set(false);
-                    Slot::park(&slot.writer, cx.waker());
-                    return Poll::Pending;
-                }
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
+        // Short means the send buffer is full; the kernel raises an edge
+        // when room frees up.
+        slot.poll_io(&slot.writable, &slot.writer, cx, buf.len(), || {
+            rustix::net::send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
