@@ -48,6 +48,16 @@ fn instant_of(ms: u64) -> Instant {
     clock_origin() + std::time::Duration::from_millis(ms)
 }
 
+thread_local! {
+    /// The connection whose task is inside its message loop on this thread
+    /// now (null: none). A signal a connection raises on itself while its
+    /// loop runs (the outbox signal of a reply, above all) needs no wake-up:
+    /// the loop reads its signals and its outbox before it parks. Waking
+    /// itself cost the task a second, empty run per echoed message. Only
+    /// compared, never dereferenced.
+    static LOOP_RUNNING: Cell<*const ConnHandle> = const { Cell::new(std::ptr::null()) };
+}
+
 /// Message id → the shard tracking its ack, and the ids in arrival order.
 type AckRoutes = (HashMap<String, usize>, VecDeque<String>);
 
@@ -130,7 +140,7 @@ impl ConnHandle {
     pub fn enqueue(
         &self,
         item: OutItem,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         evicted: impl FnMut(&OutItem),
     ) -> PushOutcome {
         let outcome = self.outbox.borrow_mut().push(item, now, evicted);
@@ -257,6 +267,9 @@ impl ConnHandle {
     /// connection to be given a task again.
     pub fn raise(&self, signal: u8) {
         self.signals.set(self.signals.get() | signal);
+        if self.loop_is_running() {
+            return; // it reads its signals before it parks
+        }
         if let Some(waker) = self.waker.take() {
             waker.wake();
             return;
@@ -334,6 +347,30 @@ impl ConnHandle {
         self.signals.replace(0)
     }
 
+    /// Clears signal bits the task has acted on without `take_signals`.
+    pub fn clear_signals(&self, signals: u8) {
+        self.signals.set(self.signals.get() & !signals);
+    }
+
+    /// Marks this connection's message loop as running on this thread: its
+    /// own `raise`s wake nothing until `loop_parked`.
+    pub fn loop_running(&self) {
+        LOOP_RUNNING.with(|running| running.set(self));
+    }
+
+    /// Marks its message loop as parked (or left): `raise` wakes it again.
+    pub fn loop_parked(&self) {
+        LOOP_RUNNING.with(|running| {
+            if std::ptr::eq(running.get(), self) {
+                running.set(std::ptr::null());
+            }
+        });
+    }
+
+    fn loop_is_running(&self) -> bool {
+        LOOP_RUNNING.with(|running| std::ptr::eq(running.get(), self))
+    }
+
     /// Registers the task's waker.
     pub fn park(&self, waker: &Waker) {
         match self.waker.take() {
@@ -388,6 +425,45 @@ mod tests {
         );
         h.raise(SIGNAL_PING);
         assert!(super::super::hibernate::take_requested_for_test().is_empty());
+    }
+
+    /// Counts wake-ups of a waker (std's `Wake`, no executor needed).
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_running_loop_is_not_woken_by_its_own_signals_but_others_are() {
+        let (a, b) = (handle(), handle());
+        let counter = std::sync::Arc::new(CountingWaker(Default::default()));
+        let woken = || counter.0.load(std::sync::atomic::Ordering::Relaxed);
+        let waker = Waker::from(counter.clone());
+        a.park(&waker);
+        b.park(&waker);
+
+        a.loop_running();
+        a.raise(SIGNAL_OUTBOX);
+        assert_eq!(woken(), 0, "a running loop reads its signals itself");
+        assert_eq!(a.take_signals(), SIGNAL_OUTBOX, "the signal is kept");
+        b.raise(SIGNAL_OUTBOX);
+        assert_eq!(woken(), 1, "another connection is woken");
+
+        b.loop_parked();
+        a.raise(SIGNAL_PING);
+        assert_eq!(woken(), 1, "parking another loop leaves this one running");
+
+        a.loop_parked();
+        a.raise(SIGNAL_PING);
+        assert_eq!(woken(), 2, "a parked loop is woken again");
+        a.clear_signals(SIGNAL_PING);
+        assert_eq!(a.take_signals(), 0);
     }
 
     #[test]

@@ -132,11 +132,13 @@ impl Outbox {
     }
 
     /// Queues `item` (or drops or refuses it, see the module doc). Evicted
-    /// anycasts are passed to `evicted` so their groups can be told.
+    /// anycasts are passed to `evicted` so their groups can be told. `now`
+    /// is read only when the queue goes over its bound: a reply costs no
+    /// clock read.
     pub fn push(
         &mut self,
         item: OutItem,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         mut evicted: impl FnMut(&OutItem),
     ) -> PushOutcome {
         let size = item.frame.len();
@@ -165,7 +167,7 @@ impl Outbox {
             if total > self.max_bytes.saturating_mul(2) {
                 return PushOutcome::Overflow;
             }
-            self.over_since.get_or_insert(now);
+            self.over_since.get_or_insert_with(now);
         }
         self.queued_bytes += size;
         self.lanes_mut()[item.lane as usize].push_back(item);
@@ -272,8 +274,8 @@ mod tests {
         let now = Instant::now();
         let mut o = Outbox::new(1 << 20);
         assert!(o.lanes.is_none(), "a new outbox allocates no lanes");
-        o.push(item(Lane::Normal, 1, 10), now, |_| {});
-        o.push(item(Lane::High, 2, 10), now, |_| {});
+        o.push(item(Lane::Normal, 1, 10), || now, |_| {});
+        o.push(item(Lane::High, 2, 10), || now, |_| {});
         o.release_idle_memory();
         assert_eq!(o.len(), 2, "queued frames survive a release");
         assert_eq!(drain_tags(&mut o), vec![2, 1]);
@@ -282,7 +284,7 @@ mod tests {
         assert!(o.lanes.is_none() && o.is_empty());
         assert_eq!(o.len(), 0);
         assert_eq!(o.take_into(&mut Vec::new(), usize::MAX, |_| {}), 0);
-        o.push(item(Lane::Low, 3, 10), now, |_| {});
+        o.push(item(Lane::Low, 3, 10), || now, |_| {});
         assert_eq!(
             drain_tags(&mut o),
             vec![3],
@@ -304,7 +306,7 @@ mod tests {
             (Lane::Critical, 7),
         ] {
             assert_eq!(
-                o.push(item(lane, tag, 10), now, |_| {}),
+                o.push(item(lane, tag, 10), || now, |_| {}),
                 PushOutcome::Queued
             );
         }
@@ -318,22 +320,22 @@ mod tests {
         let now = Instant::now();
         let mut o = Outbox::new(100);
         assert_eq!(
-            o.push(item(Lane::Low, 1, 40), now, |_| {}),
+            o.push(item(Lane::Low, 1, 40), || now, |_| {}),
             PushOutcome::Queued
         );
         assert_eq!(
-            o.push(item(Lane::Low, 2, 40), now, |_| {}),
+            o.push(item(Lane::Low, 2, 40), || now, |_| {}),
             PushOutcome::Queued
         );
         // A low message that does not fit is dropped.
         assert_eq!(
-            o.push(item(Lane::Low, 3, 40), now, |_| {}),
+            o.push(item(Lane::Low, 3, 40), || now, |_| {}),
             PushOutcome::DroppedLow
         );
         // A normal one evicts the oldest low.
         let mut evicted = 0;
         assert_eq!(
-            o.push(item(Lane::Normal, 4, 40), now, |_| evicted += 1),
+            o.push(item(Lane::Normal, 4, 40), || now, |_| evicted += 1),
             PushOutcome::Queued
         );
         assert_eq!(evicted, 1);
@@ -347,16 +349,16 @@ mod tests {
         let now = Instant::now();
         let mut o = Outbox::new(100);
         assert_eq!(
-            o.push(item(Lane::Normal, 1, 90), now, |_| {}),
+            o.push(item(Lane::Normal, 1, 90), || now, |_| {}),
             PushOutcome::Queued
         );
         assert_eq!(
-            o.push(item(Lane::Normal, 2, 60), now, |_| {}),
+            o.push(item(Lane::Normal, 2, 60), || now, |_| {}),
             PushOutcome::Queued
         );
         assert_eq!(o.over_since(), Some(now));
         assert_eq!(
-            o.push(item(Lane::Normal, 3, 60), now, |_| {}),
+            o.push(item(Lane::Normal, 3, 60), || now, |_| {}),
             PushOutcome::Overflow
         );
         // Draining below the bound clears the state.
@@ -370,17 +372,17 @@ mod tests {
         let mut o = Outbox::new(100);
         let mut acked = item(Lane::Low, 1, 60);
         acked.ack = true;
-        assert_eq!(o.push(acked.clone(), now, |_| {}), PushOutcome::Queued);
+        assert_eq!(o.push(acked.clone(), || now, |_| {}), PushOutcome::Queued);
         // Neither evicted by a normal push...
         assert_eq!(
-            o.push(item(Lane::Normal, 2, 60), now, |_| {}),
+            o.push(item(Lane::Normal, 2, 60), || now, |_| {}),
             PushOutcome::Queued
         );
         // ...nor accepted past the bound.
         let mut acked_normal = item(Lane::Normal, 3, 10);
         acked_normal.ack = true;
-        assert_eq!(o.push(acked_normal, now, |_| {}), PushOutcome::Refused);
-        assert_eq!(o.push(acked, now, |_| {}), PushOutcome::Refused);
+        assert_eq!(o.push(acked_normal, || now, |_| {}), PushOutcome::Refused);
+        assert_eq!(o.push(acked, || now, |_| {}), PushOutcome::Refused);
         assert_eq!(drain_tags(&mut o), vec![2, 1]);
     }
 
@@ -389,17 +391,17 @@ mod tests {
         let now = Instant::now();
         let mut o = Outbox::new(100);
         assert_eq!(
-            o.push(item(Lane::Normal, 1, 1000), now, |_| {}),
+            o.push(item(Lane::Normal, 1, 1000), || now, |_| {}),
             PushOutcome::Queued
         );
         assert_eq!(o.over_since(), None);
         // Behind it, the bound applies again.
         assert_eq!(
-            o.push(item(Lane::Low, 2, 10), now, |_| {}),
+            o.push(item(Lane::Low, 2, 10), || now, |_| {}),
             PushOutcome::DroppedLow
         );
         assert_eq!(
-            o.push(item(Lane::Normal, 3, 10), now, |_| {}),
+            o.push(item(Lane::Normal, 3, 10), || now, |_| {}),
             PushOutcome::Overflow
         );
     }
@@ -409,7 +411,7 @@ mod tests {
         let now = Instant::now();
         let mut o = Outbox::new(1000);
         for t in 0..10 {
-            o.push(item(Lane::Normal, t, 100), now, |_| {});
+            o.push(item(Lane::Normal, t, 100), || now, |_| {});
         }
         let mut out = Vec::new();
         assert_eq!(o.take_into(&mut out, 250, |_| {}), 200);
@@ -418,7 +420,7 @@ mod tests {
         assert_eq!(o.bytes(), 800);
         // A frame larger than the batch still goes alone.
         let mut o = Outbox::new(1000);
-        o.push(item(Lane::Normal, 1, 500), now, |_| {});
+        o.push(item(Lane::Normal, 1, 500), || now, |_| {});
         let mut out = Vec::new();
         assert_eq!(o.take_into(&mut out, 100, |_| {}), 500);
     }

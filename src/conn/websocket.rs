@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -14,7 +14,8 @@ use tungstenite::Message;
 
 use super::commands::Mode;
 use super::handle::{
-    ConnHandle, SIGNAL_IDLE, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW, SIGNAL_USER_LIMIT,
+    ConnHandle, SIGNAL_IDLE, SIGNAL_OUTBOX, SIGNAL_PING, SIGNAL_SHUTDOWN, SIGNAL_SLOW,
+    SIGNAL_USER_LIMIT,
 };
 use crate::shard::ShardState;
 use crate::ws::{WsSession, REPLIES_QUEUED_MAX_BYTES};
@@ -98,7 +99,12 @@ pub(super) async fn run_session<S: super::Transport>(
             Outcome::Closed
         }
     };
+    // However the loop ends (or is dropped), its raises wake it again.
+    let _parked_on_exit = LoopParkedOnDrop(handle);
     loop {
+        // Its own raises from here to the next park wake nothing: the
+        // loop reads its signals and outbox before it parks.
+        handle.loop_running();
         while !ended {
             match session.next_message() {
                 Ok(Some(message)) => {
@@ -224,9 +230,14 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
     pending.from_outbox = 0;
     session.append_output(&mut pending.bytes);
     pending.outbox_start = pending.bytes.len();
+    // The outbox is read now (an open session's, up to a batch; the rest
+    // once this write is done), so its signal needs no extra turn.
+    handle.clear_signals(SIGNAL_OUTBOX);
     if session.is_open() {
         let mut anycasts = Vec::new();
-        let now_us = crate::routing::envelope::unix_us();
+        // Read once, and only if a message carries its acceptance time
+        // (replies do not): clock reads were a tenth of the echo's user time.
+        let mut now_us = None;
         let mut messages = 0u64;
         pending.from_outbox = handle.outbox.borrow_mut().take_into(
             &mut pending.bytes,
@@ -234,6 +245,7 @@ fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pend
             |item| {
                 messages += 1;
                 if item.accepted_unix_us > 0 {
+                    let now_us = *now_us.get_or_insert_with(crate::routing::envelope::unix_us);
                     shard
                         .metrics
                         .record_delivery_latency_us(now_us.saturating_sub(item.accepted_unix_us));
@@ -279,38 +291,66 @@ async fn wait_for_wake<S: super::Transport>(
 ) -> Wake {
     let mut timer = deadline.map(|d| Timer::new(d.saturating_duration_since(Instant::now())));
     future::poll_fn(|cx| {
-        let signals = handle.take_signals();
-        if signals != 0 {
-            return Poll::Ready(Wake::Signals(signals));
+        handle.loop_running();
+        let polled = poll_wake(cx, shard, stream, session, handle, pending, timer.as_mut());
+        if polled.is_pending() {
+            handle.loop_parked();
         }
-        handle.park(cx.waker());
-        if let Some(timer) = timer.as_mut() {
-            if Pin::new(timer).poll(cx).is_ready() {
-                return Poll::Ready(Wake::Deadline);
-            }
-        }
-        if !pending.is_done() {
-            match Pin::new(&mut *stream).poll_write(cx, &pending.bytes[pending.written..]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wake::PeerGone),
-                Poll::Ready(Ok(n)) => return Poll::Ready(Wake::Wrote(n)),
-                Poll::Pending => {}
-            }
-        }
-        if !pending.is_done() && session.replies_queued_bytes() > REPLIES_QUEUED_MAX_BYTES {
-            // The peer pings but does not read: stop reading it (TCP pushes
-            // back) until our stuck write moves, so its pongs stay bounded.
-            return Poll::Pending;
-        }
-        let mut buf = shard.rx_buffer.borrow_mut();
-        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::PeerGone),
-            Poll::Ready(Ok(n)) => {
-                session.feed(&buf[..n]);
-                handle.heard_at(Instant::now());
-                Poll::Ready(Wake::Input)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        polled
     })
     .await
+}
+
+/// One look at everything `wait_for_wake` waits for; the task's waker is
+/// parked wherever it returns `Pending`.
+fn poll_wake<S: super::Transport>(
+    cx: &mut Context<'_>,
+    shard: &ShardState,
+    stream: &mut S,
+    session: &mut WsSession,
+    handle: &ConnHandle,
+    pending: &Pending,
+    timer: Option<&mut Timer>,
+) -> Poll<Wake> {
+    let signals = handle.take_signals();
+    if signals != 0 {
+        return Poll::Ready(Wake::Signals(signals));
+    }
+    handle.park(cx.waker());
+    if let Some(timer) = timer {
+        if Pin::new(timer).poll(cx).is_ready() {
+            return Poll::Ready(Wake::Deadline);
+        }
+    }
+    if !pending.is_done() {
+        match Pin::new(&mut *stream).poll_write(cx, &pending.bytes[pending.written..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wake::PeerGone),
+            Poll::Ready(Ok(n)) => return Poll::Ready(Wake::Wrote(n)),
+            Poll::Pending => {}
+        }
+    }
+    if !pending.is_done() && session.replies_queued_bytes() > REPLIES_QUEUED_MAX_BYTES {
+        // The peer pings but does not read: stop reading it (TCP pushes
+        // back) until our stuck write moves, so its pongs stay bounded.
+        return Poll::Pending;
+    }
+    let mut buf = shard.rx_buffer.borrow_mut();
+    match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::PeerGone),
+        Poll::Ready(Ok(n)) => {
+            session.feed(&buf[..n]);
+            handle.heard_at(Instant::now());
+            Poll::Ready(Wake::Input)
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Marks a connection's message loop parked when the loop is left.
+struct LoopParkedOnDrop<'a>(&'a ConnHandle);
+
+impl Drop for LoopParkedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.loop_parked();
+    }
 }

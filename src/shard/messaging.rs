@@ -414,9 +414,7 @@ impl ShardState {
             anycast_group: None,
             accepted_unix_us: 0,
         };
-        handle.enqueue(item, Instant::now(), |evicted| {
-            self.evicted(handle, evicted)
-        });
+        handle.enqueue(item, Instant::now, |evicted| self.evicted(handle, evicted));
     }
 
     fn reply_error(&self, handle: &ConnHandle, reference: Option<String>, f: Failure) {
@@ -550,7 +548,7 @@ impl ShardState {
                         anycast_group: anycast_group.cloned(),
                         accepted_unix_us: envelope.accepted_unix_us,
                     };
-                    match handle.enqueue(item, now, |evicted| self.evicted(&handle, evicted)) {
+                    match handle.enqueue(item, || now, |evicted| self.evicted(&handle, evicted)) {
                         PushOutcome::Queued => {
                             if let Some(home) = ack_home {
                                 handle.expect_ack(envelope.id(), home);

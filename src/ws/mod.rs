@@ -27,6 +27,9 @@ pub struct MemStream {
     inbound: Vec<u8>,
     inbound_pos: usize,
     outbound: Vec<u8>,
+    /// Tests: how often tungstenite was told "would block".
+    #[cfg(test)]
+    would_blocks: usize,
 }
 
 impl Read for MemStream {
@@ -37,6 +40,10 @@ impl Read for MemStream {
             self.inbound_pos = 0;
             if self.inbound.capacity() > IDLE_BUFFER_KEEP_BYTES {
                 self.inbound = Vec::new();
+            }
+            #[cfg(test)]
+            {
+                self.would_blocks += 1;
             }
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -125,7 +132,13 @@ pub struct WsSession {
     max_message_bytes: usize,
     /// Bytes of automatic replies (pongs, the close reply) queued since the
     /// output was last taken: the part of the output the peer controls.
-    replies_queued_bytes: usize,
+    /// (u32 with the next field: the session stays 48 bytes.)
+    replies_queued_bytes: u32,
+    /// Messages and control frames whose last byte was fed but that
+    /// `next_message` has not returned yet. At 0, at a message boundary,
+    /// tungstenite has nothing to give and is not asked: its "would block"
+    /// answer after each message was a sixth of an echo's user time.
+    messages_fed_unread: u32,
 }
 
 impl WsSession {
@@ -136,6 +149,7 @@ impl WsSession {
             frames: FrameTracker::default(),
             max_message_bytes,
             replies_queued_bytes: 0,
+            messages_fed_unread: 0,
         };
         if !leftover.is_empty() {
             session.feed(leftover);
@@ -177,7 +191,7 @@ impl WsSession {
     /// pings without reading grows this; the connection stops reading
     /// while it is over `REPLIES_QUEUED_MAX_BYTES` and a write is stuck.
     pub fn replies_queued_bytes(&self) -> usize {
-        self.replies_queued_bytes
+        self.replies_queued_bytes as usize
     }
 
     /// Whether the tungstenite state is in the pool (nothing in progress).
@@ -191,8 +205,12 @@ impl WsSession {
         let Some(ws) = self.ws.as_mut() else {
             return;
         };
+        // A pong tungstenite queued while reading is moved to the stream
+        // (and so counts as output not taken): its queue is never pooled.
+        let _ = ws.flush();
         let stream = ws.get_ref();
-        let idle = self.frames.at_message_boundary()
+        let idle = self.messages_fed_unread == 0
+            && self.frames.at_message_boundary()
             && ws.can_write()
             && stream.inbound_pos == stream.inbound.len()
             && stream.outbound.is_empty();
@@ -217,8 +235,16 @@ impl WsSession {
 
     /// Appends bytes read from the socket.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.frames.feed(bytes);
-        self.ws().get_mut().inbound.extend_from_slice(bytes);
+        let completed = self.frames.feed(bytes);
+        self.messages_fed_unread = self.messages_fed_unread.saturating_add(completed);
+        let stream = self.ws().get_mut();
+        if stream.inbound_pos == stream.inbound.len() {
+            // All taken: start over (tungstenite's "would block", which did
+            // this, is no longer asked for after every message).
+            stream.inbound.clear();
+            stream.inbound_pos = 0;
+        }
+        stream.inbound.extend_from_slice(bytes);
     }
 
     /// The next complete message, `Ok(None)` when more input is needed.
@@ -228,15 +254,34 @@ impl WsSession {
         let Some(ws) = self.ws.as_mut() else {
             return Ok(None);
         };
+        // Every message fed so far was returned and no frame is under way:
+        // tungstenite would only answer "would block". A fragmented message
+        // or a partial frame still goes to it at once (it enforces the size
+        // limits as bytes arrive), and so does a closing session (it ends
+        // the session on its next read).
+        if self.messages_fed_unread == 0
+            && self.frames.at_message_boundary()
+            && ws.can_read()
+            && ws.can_write()
+        {
+            return Ok(None);
+        }
         match ws.read() {
             Ok(message) => {
+                self.messages_fed_unread = self.messages_fed_unread.saturating_sub(1);
                 if let Message::Ping(payload) = &message {
                     // tungstenite queued the pong: header plus payload.
-                    self.replies_queued_bytes += payload.len() + 2;
+                    self.replies_queued_bytes = self
+                        .replies_queued_bytes
+                        .saturating_add(payload.len() as u32 + 2);
                 }
                 Ok(Some(message))
             }
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // All input taken: whatever was counted has been returned.
+                self.messages_fed_unread = 0;
+                Ok(None)
+            }
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Err(SessionEnd::Closed),
             Err(e) => Err(self.fail(e)),
         }
@@ -327,13 +372,19 @@ pub struct FrameTracker {
 }
 
 impl FrameTracker {
-    /// Follows `bytes`, the next part of the client's stream.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    /// Follows `bytes`, the next part of the client's stream. Returns how
+    /// many frames that end a message (a final data frame, or a control
+    /// frame) were completed by them.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> u32 {
+        let mut messages_completed = 0u32;
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = (bytes.len() as u64).min(self.payload_left);
                 self.payload_left -= n;
                 bytes = &bytes[n as usize..];
+                if self.payload_left == 0 && self.frame_ends_message() {
+                    messages_completed += 1;
+                }
                 continue;
             }
             let len = self.header_len as usize;
@@ -344,8 +395,20 @@ impl FrameTracker {
             bytes = &bytes[n..];
             if self.header_len as usize == self.header_needed() {
                 self.complete_header();
+                if self.payload_left == 0 && self.frame_ends_message() {
+                    messages_completed += 1;
+                }
             }
         }
+        messages_completed
+    }
+
+    /// Whether the current (or just completed) frame ends a message: a
+    /// control frame, or a data frame with FIN. Its first header byte stays
+    /// in `header[0]` until the next frame's header starts.
+    fn frame_ends_message(&self) -> bool {
+        let (fin, opcode) = (self.header[0] & 0x80 != 0, self.header[0] & 0x0f);
+        fin || opcode & 0x08 != 0
     }
 
     /// Whether every byte so far belongs to a whole frame and no
@@ -453,6 +516,72 @@ mod tests {
             [Message::Close(Some(f))] => assert_eq!(u16::from(f.code), 1009),
             other => panic!("expected a close frame, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn tungstenite_is_not_asked_again_once_every_message_fed_was_read() {
+        let bytes = client_bytes(vec![
+            Message::text("one"),
+            Message::Ping(vec![7u8].into()),
+            Message::binary(vec![2u8; 40]),
+        ]);
+        let mut s = WsSession::new(1024, &[]);
+        s.feed(&bytes);
+        let mut got = vec![];
+        while let Some(m) = s.next_message().unwrap() {
+            got.push(m);
+        }
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(
+            s.ws().get_ref().would_blocks,
+            0,
+            "the fourth call answers from the count"
+        );
+        // Half a frame: tungstenite takes it now (it checks sizes as bytes
+        // arrive), says "would block", and the rest completes the message.
+        let next = client_bytes(vec![Message::text("two")]);
+        s.feed(&next[..3]);
+        assert_eq!(s.next_message(), Ok(None));
+        assert_eq!(s.ws().get_ref().would_blocks, 1);
+        s.feed(&next[3..]);
+        assert_eq!(s.next_message(), Ok(Some(Message::text("two"))));
+        assert_eq!(s.next_message(), Ok(None));
+    }
+
+    #[test]
+    fn a_session_stays_small() {
+        // Held by every live connection: the idle-memory budget (1 KiB a
+        // connection, docs/PERFORMANCE.md) counts these bytes.
+        assert!(std::mem::size_of::<WsSession>() <= 48);
+        assert!(std::mem::size_of::<FrameTracker>() <= 24);
+    }
+
+    #[test]
+    fn an_oversize_frame_fails_on_its_header_alone() {
+        let bytes = client_bytes(vec![Message::binary(vec![0u8; 5000])]);
+        let mut s = WsSession::new(1024, &bytes[..8]);
+        assert!(matches!(
+            s.next_message(),
+            Err(SessionEnd::Failed { code: 1009, .. })
+        ));
+    }
+
+    #[test]
+    fn whole_fragments_over_the_limit_fail_before_the_message_ends() {
+        // Non-final fragments end no message; tungstenite still sees each
+        // one at once, so their sum cannot pile up unchecked.
+        let mut s = WsSession::new(1024, &[]);
+        s.feed(&masked(0x02, &[1u8; 120]));
+        for _ in 0..7 {
+            assert_eq!(s.next_message(), Ok(None));
+            s.feed(&masked(0x00, &[1u8; 120]));
+        }
+        assert_eq!(s.next_message(), Ok(None), "960 bytes so far");
+        s.feed(&masked(0x00, &[1u8; 120]));
+        assert!(matches!(
+            s.next_message(),
+            Err(SessionEnd::Failed { code: 1009, .. })
+        ));
     }
 
     #[test]

@@ -252,21 +252,26 @@ async fn run_thread(
         })
     };
 
-    // Past this point a slot is cancelled whatever it is doing.
+    // Past this point a slot is cancelled whatever it is doing. One timer
+    // for the thread, not one raced against each slot: a glommio `Timer`
+    // re-registers itself (a timer-tree removal and insertion) every time it
+    // is polled, and a slot's future is polled for every message.
     let hard_stop_ns = ctx.end_ns + 3 * ctx.grace_ns;
-    let tasks: Vec<_> = (thread..ctx.plan.slots.len())
+    let mut tasks: Vec<_> = (thread..ctx.plan.slots.len())
         .step_by(threads)
-        .map(|slot| {
-            let ctx = Rc::clone(&ctx);
-            glommio::spawn_local(async move {
-                let hard_stop = sleep_until(&ctx, hard_stop_ns);
-                futures_lite::future::or(run_slot(Rc::clone(&ctx), slot), hard_stop).await;
-            })
-        })
+        .map(|slot| glommio::spawn_local(run_slot(Rc::clone(&ctx), slot)))
         .collect();
-    for task in tasks {
-        task.await;
-    }
+    futures_lite::future::or(
+        async {
+            for task in tasks.iter_mut() {
+                task.await;
+            }
+        },
+        sleep_until(&ctx, hard_stop_ns),
+    )
+    .await;
+    // Dropping a glommio task cancels it: the slots still running stop here.
+    drop(tasks);
     drop(publisher);
     live.publish(&ctx.stats.borrow(), ctx.open_connections.get());
     let stats = ctx.stats.borrow().clone();
