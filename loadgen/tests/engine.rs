@@ -137,6 +137,28 @@ fn connection_refused_is_counted() {
 }
 
 #[test]
+fn a_server_that_never_answers_cannot_hold_the_run_past_its_hard_stop() {
+    // The kernel completes TCP connects to a listener that never accepts:
+    // every slot then waits for a WebSocket handshake that never comes
+    // (CONNECT_TIMEOUT, 10 s). The thread's hard stop (end + 3 × grace)
+    // cancels them long before.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let plan = plan(&format!("ws://{addr}/ws"), Workload::Echo, 5, 500, None);
+    let hard_stop = plan.duration + 3 * plan.grace;
+    assert!(hard_stop + Duration::from_secs(3) < engine::CONNECT_TIMEOUT);
+    let started = std::time::Instant::now();
+    let stats = run(&plan);
+    let took = started.elapsed();
+    assert!(
+        took < hard_stop + Duration::from_secs(3),
+        "the run took {took:?}; hard stop at {hard_stop:?}"
+    );
+    assert_eq!(stats.connects_succeeded, 0, "{:?}", stats.errors);
+    drop(listener);
+}
+
+#[test]
 fn direct_publish_and_anycast_against_protocol_model() {
     let server = support::protocol_server();
     for workload in [
