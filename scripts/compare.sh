@@ -13,7 +13,7 @@
 # and, for fan-out, ws-uring `publish` against a uWS.js pub/sub peer.
 #
 # Not part of CI. Peer code is generated under $WORK (default /tmp/wsu-peers)
-# and never lands in the repository. Results: $WORK/results/compare-<date>.json
+# and never lands in the repository. Results: $WORK/results/<UTC time>/compare-<date>.json
 #
 # Usage: scripts/compare.sh [--connections N] [--duration SECS] [--in-flight K]
 #                           [--size BYTES] [--only a,b,...] [--skip-build] [--no-fanout]
@@ -52,7 +52,9 @@ PEERS_ALL="ws-uring raw-echo tokio-tungstenite fastwebsockets python-websockets 
 PEERS="${ONLY//,/ }"
 PEERS="${PEERS:-$PEERS_ALL}"
 DATE="$(date -u +%Y-%m-%d)"
-RESULTS="$WORK/results"
+# One directory per run: a second run the same day keeps the first's files
+# (its loadgen JSON holds the per-second series and the errors by kind).
+RESULTS="$WORK/results/$(date -u +%Y-%m-%dT%H%M%SZ)"
 mkdir -p "$WORK" "$RESULTS"
 # Set LOADGEN / WS_URING to use existing binaries instead of building them here.
 BUILD_REPO=1
@@ -487,6 +489,7 @@ for peer in peers:
         "peer": peer, "workload": s["workload"], "msg_per_s": round(m["msg_per_s"]),
         "p50_us": m["latency_us"]["p50"], "p99_us": m["latency_us"]["p99"],
         "p999_us": m["latency_us"]["p999"], "errors": m["errors_total"], "grade": s["grade"]["grade"],
+        "errors_by_kind": m.get("errors") or {},
     })
 def base(workload):
     ref = "ws-uring" if workload == "echo" else "ws-uring-pubsub"
@@ -504,5 +507,9 @@ for r in rows:
     ratio = f"{r['ratio_to_ws_uring']:.2f}x" if r["ratio_to_ws_uring"] is not None else "-"
     print(f"{r['peer']:<20} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
           f"{r['p999_us']/1000:>8.2f} {r['errors']:>7} {r['grade']:>5} {ratio:>11}")
+for r in rows:
+    if r["errors_by_kind"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["errors_by_kind"].items()))
+        print(f"  {r['peer']} errors: {kinds}")
 print(f"\nwrote {out}")
 EOF
