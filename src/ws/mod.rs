@@ -32,21 +32,32 @@ pub struct MemStream {
     would_blocks: usize,
 }
 
+impl MemStream {
+    /// Starts the inbound buffer over once everything in it was taken
+    /// (releasing it if a large message grew it); whether it was drained.
+    fn restart_inbound_if_drained(&mut self) -> bool {
+        if self.inbound_pos < self.inbound.len() {
+            return false;
+        }
+        self.inbound.clear();
+        self.inbound_pos = 0;
+        if self.inbound.capacity() > IDLE_BUFFER_KEEP_BYTES {
+            self.inbound = Vec::new();
+        }
+        true
+    }
+}
+
 impl Read for MemStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = &self.inbound[self.inbound_pos..];
-        if available.is_empty() {
-            self.inbound.clear();
-            self.inbound_pos = 0;
-            if self.inbound.capacity() > IDLE_BUFFER_KEEP_BYTES {
-                self.inbound = Vec::new();
-            }
+        if self.restart_inbound_if_drained() {
             #[cfg(test)]
             {
                 self.would_blocks += 1;
             }
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        let available = &self.inbound[self.inbound_pos..];
         let n = available.len().min(buf.len());
         buf[..n].copy_from_slice(&available[..n]);
         self.inbound_pos += n;
@@ -218,12 +229,7 @@ impl WsSession {
             return;
         }
         let mut ws = self.ws.take().expect("checked above");
-        let stream = ws.get_mut();
-        stream.inbound.clear();
-        stream.inbound_pos = 0;
-        if stream.inbound.capacity() > IDLE_BUFFER_KEEP_BYTES {
-            stream.inbound = Vec::new();
-        }
+        ws.get_mut().restart_inbound_if_drained();
         let max = self.max_message_bytes;
         RESTING.with(|pool| {
             let mut pool = pool.borrow_mut();
@@ -238,12 +244,9 @@ impl WsSession {
         let completed = self.frames.feed(bytes);
         self.messages_fed_unread = self.messages_fed_unread.saturating_add(completed);
         let stream = self.ws().get_mut();
-        if stream.inbound_pos == stream.inbound.len() {
-            // All taken: start over (tungstenite's "would block", which did
-            // this, is no longer asked for after every message).
-            stream.inbound.clear();
-            stream.inbound_pos = 0;
-        }
+        // tungstenite's "would block", which used to do this, is no longer
+        // asked for after every message.
+        stream.restart_inbound_if_drained();
         stream.inbound.extend_from_slice(bytes);
     }
 
