@@ -134,7 +134,7 @@ fn handle(message: Message, mode: Mode) -> Action {
         user: USER,
         max_message_bytes: MAX_MESSAGE_BYTES,
         compress_min_bytes: COMPRESS_MIN_BYTES,
-        now_unix_ms: NOW_UNIX_MS,
+        now_unix_us: NOW_UNIX_MS * 1000,
         schedule_max_ms: SCHEDULE_MAX_MS,
         next_message_id: &mut next_id,
         processors: &processors,
@@ -507,6 +507,8 @@ fn check_action(action: &Action, binary_payload: Option<&[u8]>, from_processor: 
             let parts = &envelope.parts;
             assert_eq!(parts.from, USER);
             assert_eq!(parts.ts_unix_ms, NOW_UNIX_MS);
+            // One clock read: the delivery latency starts at the timestamp.
+            assert_eq!(envelope.accepted_unix_us, NOW_UNIX_MS * 1000);
             match target {
                 Target::User(u) => {
                     assert!(identity::is_valid_user_id(u));

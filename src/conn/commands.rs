@@ -78,7 +78,10 @@ pub struct CommandContext<'a> {
     pub user: &'a str,
     pub max_message_bytes: usize,
     pub compress_min_bytes: usize,
-    pub now_unix_ms: u64,
+    /// When the message was taken in (unix µs): its timestamp, the start
+    /// of its delivery latency and of its TTL and delay. One clock read
+    /// serves all of these.
+    pub now_unix_us: u64,
     /// Furthest ahead `delay_ms` / `at` may schedule.
     pub schedule_max_ms: u64,
     /// Makes the id of a new message.
@@ -87,6 +90,13 @@ pub struct CommandContext<'a> {
     pub processors: &'a Processors,
     /// Every error answered while handling the message (for metrics).
     pub errors: Vec<ErrorCode>,
+}
+
+impl CommandContext<'_> {
+    /// `now_unix_us` in milliseconds.
+    pub fn now_unix_ms(&self) -> u64 {
+        self.now_unix_us / 1000
+    }
 }
 
 /// Handles one data message (control frames are the session's business).
@@ -300,7 +310,7 @@ fn processor_route(
         to,
         group,
         priority,
-        ts_unix_ms: ctx.now_unix_ms,
+        ts_unix_ms: ctx.now_unix_ms(),
         ack: false,
         expires_unix_ms: None,
         body: MessageBody::Json(data.to_string()),
@@ -308,11 +318,16 @@ fn processor_route(
     Action::Route {
         reference: None,
         target,
-        envelope: Arc::new(Envelope::new(parts, 1, ctx.compress_min_bytes)),
+        envelope: Arc::new(Envelope::accepted_at(
+            parts,
+            1,
+            ctx.compress_min_bytes,
+            ctx.now_unix_us,
+        )),
         // A processor may pass on any delay a client gave it.
         deliver_at_unix_ms: delay_ms
             .filter(|d| *d > 0)
-            .map(|d| ctx.now_unix_ms.saturating_add(d)),
+            .map(|d| ctx.now_unix_ms().saturating_add(d)),
     }
 }
 
@@ -376,7 +391,7 @@ fn route_or_membership(
         Command::Anycast { group, options, .. } => (Target::Anycast(group.into_owned()), options),
         Command::Ping { .. } | Command::Echo { .. } => unreachable!("answered by the caller"),
     };
-    let now = ctx.now_unix_ms;
+    let now = ctx.now_unix_ms();
     let deliver_at_unix_ms = match (options.delay_ms, options.at_unix_ms) {
         (Some(delay), _) if delay > 0 => Some(now.saturating_add(delay)),
         (_, Some(at)) if at > now => Some(at),
@@ -415,7 +430,12 @@ fn route_or_membership(
     Ok(Action::Route {
         reference: owned_ref,
         target,
-        envelope: Arc::new(Envelope::new(parts, 1, ctx.compress_min_bytes)),
+        envelope: Arc::new(Envelope::accepted_at(
+            parts,
+            1,
+            ctx.compress_min_bytes,
+            ctx.now_unix_us,
+        )),
         deliver_at_unix_ms,
     })
 }
@@ -451,7 +471,7 @@ mod tests {
             user: "alice",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 64,
-            now_unix_ms: 1000,
+            now_unix_us: 1_000_000,
             schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
             processors: &Processors::default(),
@@ -486,7 +506,7 @@ mod tests {
             user: "u",
             max_message_bytes: 100,
             compress_min_bytes: 10,
-            now_unix_ms: 0,
+            now_unix_us: 0,
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &Processors::default(),
@@ -637,7 +657,7 @@ mod tests {
             user: "carol",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 1024,
-            now_unix_ms: 7,
+            now_unix_us: 7_000,
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &processors,
@@ -711,7 +731,7 @@ mod tests {
             user: "carol",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 1024,
-            now_unix_ms: 1000,
+            now_unix_us: 1_000_000,
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &processors,

@@ -20,7 +20,7 @@ use crate::protocol::ErrorCode;
 use crate::routing::envelope::MessageBody;
 use crate::routing::Target;
 use crate::shard::mesh::Failure;
-use crate::shard::messaging::{held_word, unix_ms, RouteOutcome, SCHEDULE_HORIZON_MS};
+use crate::shard::messaging::{held_word, RouteOutcome, SCHEDULE_HORIZON_MS};
 use crate::shard::observe::ExportFormat;
 use crate::shard::ShardState;
 
@@ -160,7 +160,7 @@ async fn api_route(shard: &Rc<ShardState>, op: &str, body: &[u8]) -> Response {
         user: API_SENDER,
         max_message_bytes: shard.config.max_message_bytes,
         compress_min_bytes: shard.config.compress_min_bytes,
-        now_unix_ms: unix_ms(),
+        now_unix_us: crate::routing::envelope::unix_us(),
         schedule_max_ms: SCHEDULE_HORIZON_MS,
         next_message_id: &mut next_id,
         processors: &shard.processors,

@@ -49,7 +49,8 @@ pub enum Outcome {
 
 /// What woke the connection task.
 enum Wake {
-    Input,
+    /// Bytes arrived, read at this time.
+    Input(Instant),
     Wrote(usize),
     PeerGone,
     Signals(u8),
@@ -101,6 +102,11 @@ pub(super) async fn run_session<S: super::Transport>(
     };
     // However the loop ends (or is dropped), its raises wake it again.
     let _parked_on_exit = LoopParkedOnDrop(handle);
+    // When the bytes now being handled were read: the rate limiter's clock
+    // for the messages they hold (one clock read per read, not per message;
+    // reads come back at least once per turn, so it is never older than
+    // this turn's input).
+    let mut read_at: Option<Instant> = None;
     loop {
         // Its own raises from here to the next park wake nothing: the
         // loop reads its signals and outbox before it parks.
@@ -114,7 +120,10 @@ pub(super) async fn run_session<S: super::Transport>(
                     }
                     if is_data
                         && mode == Mode::Protocol
-                        && !handle.rate_limit.borrow_mut().try_take(Instant::now())
+                        && !handle
+                            .rate_limit
+                            .borrow_mut()
+                            .try_take(*read_at.get_or_insert_with(Instant::now))
                     {
                         shard.refuse_rate_limited(handle, &message);
                         continue;
@@ -163,7 +172,7 @@ pub(super) async fn run_session<S: super::Transport>(
         let wake = wait_for_wake(shard, stream, session, handle, &pending, close_deadline).await;
         waited = true;
         match wake {
-            Wake::Input => {}
+            Wake::Input(at) => read_at = Some(at),
             Wake::Wrote(n) => {
                 // The part of [written, written + n) inside the outbox range.
                 let start = pending.written.max(pending.outbox_start);
@@ -339,8 +348,9 @@ fn poll_wake<S: super::Transport>(
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::PeerGone),
         Poll::Ready(Ok(n)) => {
             session.feed(&buf[..n]);
-            handle.heard_at(Instant::now());
-            Poll::Ready(Wake::Input)
+            let now = Instant::now();
+            handle.heard_at(now);
+            Poll::Ready(Wake::Input(now))
         }
         Poll::Pending => Poll::Pending,
     }

@@ -132,6 +132,30 @@ impl Directory {
         by_shard
     }
 
+    /// The live connections of `user` as delivery parts: one per shard that
+    /// has any, in shard order (empty when the user is offline). What
+    /// routing a message to a user needs, without a list per shard.
+    pub fn user_parts(&self, user: &str) -> Vec<(usize, std::sync::Arc<[u64]>)> {
+        let conns = self.users.get(user).map(UserConns::as_slice).unwrap_or(&[]);
+        if let [one] = conns {
+            return vec![(one.shard, std::sync::Arc::from([one.conn]))];
+        }
+        let mut shards: Vec<usize> = conns.iter().map(|c| c.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+            .into_iter()
+            .map(|shard| {
+                let on_shard: Vec<u64> = conns
+                    .iter()
+                    .filter(|c| c.shard == shard)
+                    .map(|c| c.conn)
+                    .collect();
+                (shard, std::sync::Arc::from(on_shard))
+            })
+            .collect()
+    }
+
     /// Live connections of `user`.
     pub fn user_connection_count(&self, user: &str) -> usize {
         self.users.get(user).map_or(0, |c| c.as_slice().len())
@@ -365,6 +389,28 @@ mod tests {
         d.detach_user("u", at(2, 7));
         assert_eq!(d.user_connection_count("u"), 0);
         assert!(d.users.is_empty(), "empty entries are dropped");
+    }
+
+    #[test]
+    fn user_parts_hold_each_shard_with_connections_once_in_shard_order() {
+        let parts = |d: &Directory| -> Vec<(usize, Vec<u64>)> {
+            d.user_parts("u")
+                .into_iter()
+                .map(|(shard, conns)| (shard, conns.to_vec()))
+                .collect()
+        };
+        let mut d = Directory::default();
+        assert!(parts(&d).is_empty(), "offline: no parts");
+        d.attach_user("u", at(1, 4));
+        assert_eq!(parts(&d), vec![(1, vec![4])]);
+        d.attach_user("u", at(3, 9));
+        d.attach_user("u", at(1, 5));
+        d.attach_user("u", at(0, 2));
+        assert_eq!(parts(&d), vec![(0, vec![2]), (1, vec![4, 5]), (3, vec![9])]);
+        d.detach_user("u", at(1, 4));
+        d.detach_user("u", at(0, 2));
+        assert_eq!(parts(&d), vec![(1, vec![5]), (3, vec![9])]);
+        assert!(d.user_parts("someone else").is_empty());
     }
 
     #[test]

@@ -106,6 +106,17 @@ pub struct Envelope {
 impl Envelope {
     /// Encodes the frames of `parts` for delivery attempt `attempt`.
     pub fn new(parts: MessageParts, attempt: u32, compress_min_bytes: usize) -> Envelope {
+        Envelope::accepted_at(parts, attempt, compress_min_bytes, unix_us())
+    }
+
+    /// `new`, for an attempt accepted at `accepted_unix_us` (a time the
+    /// caller already read).
+    pub fn accepted_at(
+        parts: MessageParts,
+        attempt: u32,
+        compress_min_bytes: usize,
+        accepted_unix_us: u64,
+    ) -> Envelope {
         let header = parts.header(attempt);
         let frames = match &parts.body {
             MessageBody::Json(data) => {
@@ -136,7 +147,7 @@ impl Envelope {
         Envelope {
             parts,
             attempt,
-            accepted_unix_us: unix_us(),
+            accepted_unix_us,
             frames,
         }
     }
