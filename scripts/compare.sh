@@ -12,12 +12,23 @@
 #   uWS.js                           npm `uwebsockets@3.0.6` (prebuilt for Node 20, --ignore-scripts)
 # and, for fan-out, ws-uring `publish` against a uWS.js pub/sub peer.
 #
+# Each run also measures the server's CPU (utime + stime of its process, from
+# /proc, over the loadgen's measured window) and reports it per message: the
+# figure to compare when the loadgen's own core sets the pace, and the only
+# one when every peer is offered the same open-loop load (--rate).
+# With --rounds N the echo peers run N times, alternated (each round starts
+# one peer later in the list), and the table ends with each peer's median
+# ratios to ws-uring over the rounds.
+#
 # Not part of CI. Peer code is generated under $WORK (default /tmp/wsu-peers)
 # and never lands in the repository. Results: $WORK/results/<UTC time>/compare-<date>.json
+# (and each run's loadgen JSON, PEER.rK.json, and CPU samples, PEER.rK.cpu)
 #
 # Usage: scripts/compare.sh [--connections N] [--duration SECS] [--in-flight K]
 #                           [--size BYTES] [--only a,b,...] [--skip-build] [--no-fanout]
 #                           [--fanout-members N]  (fan-out: N members in one group, default 2000)
+#                           [--rate MSG_PER_S]    (echo in open loop at this total rate)
+#                           [--rounds N]          (echo rounds, alternated; default 1)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +41,8 @@ ONLY=""
 SKIP_BUILD=0
 FANOUT=1
 FANOUT_MEMBERS=2000
+RATE=""
+ROUNDS=1
 SERVER_CORE="${SERVER_CORE:-0}"
 LOADGEN_CORE="${LOADGEN_CORE:-1}"
 
@@ -43,10 +56,15 @@ while [ $# -gt 0 ]; do
         --skip-build) SKIP_BUILD=1; shift ;;
         --no-fanout) FANOUT=0; shift ;;
         --fanout-members) FANOUT_MEMBERS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --rate) RATE="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
+
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "compare.sh: --rounds takes a whole number of at least 1, not '$ROUNDS'" >&2; exit 2 ;; esac
+case "$RATE" in *[!0-9]*) echo "compare.sh: --rate takes a whole number of messages a second, not '$RATE'" >&2; exit 2 ;; esac
 
 PEERS_ALL="ws-uring raw-echo tokio-tungstenite fastwebsockets python-websockets node-ws uws-js"
 PEERS="${ONLY//,/ }"
@@ -432,14 +450,36 @@ start_peer() {
     return 1
 }
 
-# run_loadgen NAME URL WORKLOAD: one baseline run, loadgen pinned to $LOADGEN_CORE.
+# sample_cpu PID FILE: appends "unix_ms cpu_ticks" (utime + stime of PID)
+# every 0.2 s until PID is gone; the table takes the loadgen's measured
+# window out of it.
+sample_cpu() {
+    local pid="$1" file="$2" stat
+    while stat="$(cat "/proc/$pid/stat" 2>/dev/null)"; do
+        # Fields after the parenthesised command name: utime is the 12th, stime the 13th.
+        stat="${stat##*) }"
+        set -- $stat
+        echo "$(date +%s%3N) $(( ${12} + ${13} ))" >>"$file"
+        sleep 0.2
+    done
+}
+
+# run_loadgen NAME URL WORKLOAD [CONNECTIONS IN_FLIGHT GROUP RATE]: one
+# baseline run, loadgen pinned to $LOADGEN_CORE, the server's CPU sampled;
+# files are $RESULTS/NAME.*.
 run_loadgen() {
-    local name="$1" url="$2" workload="$3" connections="${4:-$CONNECTIONS}" in_flight="${5:-$IN_FLIGHT}" group="${6:-10}"
+    local name="$1" url="$2" workload="$3" connections="${4:-$CONNECTIONS}" in_flight="${5:-$IN_FLIGHT}" group="${6:-10}" rate="${7:-}"
+    local rate_args=() sampler
+    [ -n "$rate" ] && rate_args=(--rate "$rate")
+    sample_cpu "$SERVER_PID" "$RESULTS/$name.cpu" &
+    sampler=$!
     taskset -c "$LOADGEN_CORE" "$LOADGEN" --url "$url" --scenario baseline --workload "$workload" \
         --connections "$connections" --duration "$DURATION" --threads 1 --in-flight "$in_flight" \
-        --size "$SIZE" --group-size "$group" \
+        --size "$SIZE" --group-size "$group" "${rate_args[@]}" \
         --output "$RESULTS/$name.json" >"$RESULTS/$name.table" 2>"$RESULTS/$name.loadgen.log" \
         || log "loadgen failed against $name (see $RESULTS/$name.loadgen.log)"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------- main
@@ -448,15 +488,20 @@ write_sources
 [ -x "$LOADGEN" ] || { log "missing $LOADGEN"; exit 1; }
 
 RAN=()
-for peer in $PEERS; do
-    port="$(free_port)"
-    if start_peer "$peer" "$port"; then
-        log "running echo against $peer ($PEER_URL)"
-        run_loadgen "$peer" "$PEER_URL" echo
-        stop_server
-        RAN+=("$peer")
-        sleep 1
-    fi
+read -r -a PEER_LIST <<<"$PEERS"
+for round in $(seq "$ROUNDS"); do
+    # Round k starts with the k-th peer, so no peer always runs first.
+    shift_by=$(( (round - 1) % ${#PEER_LIST[@]} ))
+    for peer in "${PEER_LIST[@]:shift_by}" "${PEER_LIST[@]:0:shift_by}"; do
+        port="$(free_port)"
+        if start_peer "$peer" "$port"; then
+            log "round $round/$ROUNDS: running echo${RATE:+ at $RATE msg/s} against $peer ($PEER_URL)"
+            run_loadgen "$peer.r$round" "$PEER_URL" echo "$CONNECTIONS" "$IN_FLIGHT" 10 "$RATE"
+            stop_server
+            RAN+=("$peer.r$round")
+            sleep 1
+        fi
+    done
 done
 if [ "$FANOUT" = 1 ]; then
     for peer in ws-uring-pubsub uws-js-pubsub; do
@@ -466,50 +511,89 @@ if [ "$FANOUT" = 1 ]; then
             # each publishing (echo) with one message in flight: every publish
             # is delivered to all members.
             log "running publish ($FANOUT_MEMBERS members, one group) against $peer ($PEER_URL)"
-            run_loadgen "$peer" "$PEER_URL" publish "$FANOUT_MEMBERS" 1 "$FANOUT_MEMBERS"
+            run_loadgen "$peer.r1" "$PEER_URL" publish "$FANOUT_MEMBERS" 1 "$FANOUT_MEMBERS"
             stop_server
-            RAN+=("$peer")
+            RAN+=("$peer.r1")
             sleep 1
         fi
     done
 fi
 
 OUT="$RESULTS/compare-$DATE.json"
-python3 - "$RESULTS" "$OUT" "$DATE" "$CONNECTIONS" "$DURATION" "$IN_FLIGHT" "$SIZE" "${RAN[@]}" <<'EOF'
-import json, os, platform, sys
-results, out, date, conns, duration, in_flight, size, *peers = sys.argv[1:]
+python3 - "$RESULTS" "$OUT" "$DATE" "$CONNECTIONS" "$DURATION" "$IN_FLIGHT" "$SIZE" "$(getconf CLK_TCK)" "${RATE:-0}" "${RAN[@]}" <<'EOF'
+import json, os, platform, statistics, sys
+results, out, date, conns, duration, in_flight, size, clk_tck, rate, *runs = sys.argv[1:]
+clk_tck, rate = int(clk_tck), int(rate)
+
+def cpu_s_between(path, start_ms, end_ms):
+    """Server CPU seconds between two unix-ms times, from the sampler's file
+    (the samples nearest inside the window; None if too few)."""
+    if not os.path.exists(path):
+        return None, None
+    samples = [tuple(map(int, l.split())) for l in open(path) if len(l.split()) == 2]
+    inside = [s for s in samples if start_ms <= s[0] <= end_ms]
+    if len(inside) < 2:
+        return None, None
+    (t0, c0), (t1, c1) = inside[0], inside[-1]
+    return (c1 - c0) / clk_tck, (t1 - t0) / 1000.0
+
 rows = []
-for peer in peers:
-    path = os.path.join(results, peer + ".json")
+for run in runs:
+    path = os.path.join(results, run + ".json")
     if not os.path.exists(path):
         continue
+    peer, _, rnd = run.rpartition(".r")
     s = json.load(open(path))["scenarios"][0]
     m = s["summary"]
+    start_ms = s["started_unix_ms"] + s["measure_from_s"] * 1000
+    cpu_s, cpu_window_s = cpu_s_between(os.path.join(results, run + ".cpu"), start_ms, start_ms + m["window_s"] * 1000)
+    cpu_us = round(cpu_s * 1e6 / (m["msg_per_s"] * cpu_window_s), 2) if cpu_s is not None and m["msg_per_s"] > 0 else None
     rows.append({
-        "peer": peer, "workload": s["workload"], "msg_per_s": round(m["msg_per_s"]),
+        "peer": peer, "round": int(rnd), "workload": s["workload"], "msg_per_s": round(m["msg_per_s"]),
         "p50_us": m["latency_us"]["p50"], "p99_us": m["latency_us"]["p99"],
         "p999_us": m["latency_us"]["p999"], "errors": m["errors_total"], "grade": s["grade"]["grade"],
         "errors_by_kind": m.get("errors") or {},
+        "server_cpu_percent": round(100 * cpu_s / cpu_window_s, 1) if cpu_s is not None else None,
+        "server_cpu_us_per_msg": cpu_us,
     })
-def base(workload):
-    ref = "ws-uring" if workload == "echo" else "ws-uring-pubsub"
-    return next((r["msg_per_s"] for r in rows if r["peer"] == ref), None)
+def base(r):
+    ref = "ws-uring" if r["workload"] == "echo" else "ws-uring-pubsub"
+    return next((b for b in rows if b["peer"] == ref and b["round"] == r["round"]), None)
 for r in rows:
-    b = base(r["workload"])
-    r["ratio_to_ws_uring"] = round(r["msg_per_s"] / b, 3) if b else None
+    b = base(r)
+    r["ratio_to_ws_uring"] = round(r["msg_per_s"] / b["msg_per_s"], 3) if b else None
+    # Above 1: the peer spends more CPU per message than ws-uring.
+    r["cpu_ratio_to_ws_uring"] = (round(r["server_cpu_us_per_msg"] / b["server_cpu_us_per_msg"], 3)
+                                  if b and r["server_cpu_us_per_msg"] and b["server_cpu_us_per_msg"] else None)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 doc = {"schema": "ws-uring-compare/1", "date": date, "machine": {"cpu": cpu, "cores": os.cpu_count(),
        "kernel": platform.release()}, "connections": int(conns), "duration_s": float(duration),
-       "in_flight": int(in_flight), "message_bytes": int(size), "server_core": 0, "loadgen_core": 1, "peers": rows}
+       "in_flight": int(in_flight), "message_bytes": int(size), "server_core": 0, "loadgen_core": 1,
+       "echo_rate_msg_per_s": rate or None, "peers": rows}
 json.dump(doc, open(out, "w"), indent=2)
-print(f"\n{'peer':<20} {'workload':<8} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'errors':>7} {'grade':>5} {'vs ws-uring':>11}")
+fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+print(f"\n{'peer':<20} {'round':>5} {'workload':<8} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'errors':>7} {'grade':>5} "
+      f"{'srv cpu %':>9} {'us/msg':>7} {'vs ws-uring':>11} {'cpu vs':>7}")
 for r in rows:
     ratio = f"{r['ratio_to_ws_uring']:.2f}x" if r["ratio_to_ws_uring"] is not None else "-"
-    print(f"{r['peer']:<20} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
-          f"{r['p999_us']/1000:>8.2f} {r['errors']:>7} {r['grade']:>5} {ratio:>11}")
+    cpu_ratio = f"{r['cpu_ratio_to_ws_uring']:.2f}x" if r["cpu_ratio_to_ws_uring"] is not None else "-"
+    print(f"{r['peer']:<20} {r['round']:>5} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
+          f"{r['p999_us']/1000:>8.2f} {r['errors']:>7} {r['grade']:>5} {fmt(r['server_cpu_percent'], '>9.1f')} "
+          f"{fmt(r['server_cpu_us_per_msg'], '>7.2f')} {ratio:>11} {cpu_ratio:>7}")
+rounds = max((r["round"] for r in rows), default=1)
+if rounds > 1:
+    print(f"\nmedians over {rounds} rounds (msg/s ratio: above 1 the peer is faster; CPU ratio: above 1 the peer spends more per message)")
+    for peer in dict.fromkeys(r["peer"] for r in rows if r["workload"] == "echo"):
+        mine = [r for r in rows if r["peer"] == peer and r["workload"] == "echo"]
+        ratios = [r["ratio_to_ws_uring"] for r in mine if r["ratio_to_ws_uring"] is not None]
+        cpu = [r["cpu_ratio_to_ws_uring"] for r in mine if r["cpu_ratio_to_ws_uring"] is not None]
+        p99 = [r["p99_us"] / 1000 for r in mine]
+        print(f"  {peer:<20} msg/s {fmt(statistics.median(ratios) if ratios else None, '.2f')}x"
+              f"  cpu/msg {fmt(statistics.median(cpu) if cpu else None, '.2f')}x  p99 median {statistics.median(p99):.2f} ms"
+              f"  ({len(mine)} runs)")
 for r in rows:
     if r["errors_by_kind"]:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["errors_by_kind"].items()))
-        print(f"  {r['peer']} errors: {kinds}")
+        print(f"  {r['peer']} (round {r['round']}) errors: {kinds}")
 print(f"\nwrote {out}")
 EOF
