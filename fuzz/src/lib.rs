@@ -134,7 +134,7 @@ fn handle(message: Message, mode: Mode) -> Action {
         user: USER,
         max_message_bytes: MAX_MESSAGE_BYTES,
         compress_min_bytes: COMPRESS_MIN_BYTES,
-        now_unix_us: NOW_UNIX_MS * 1000,
+        taken_in_unix_us: std::cell::OnceCell::from(NOW_UNIX_MS * 1000),
         schedule_max_ms: SCHEDULE_MAX_MS,
         next_message_id: &mut next_id,
         processors: &processors,

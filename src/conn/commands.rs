@@ -79,9 +79,11 @@ pub struct CommandContext<'a> {
     pub max_message_bytes: usize,
     pub compress_min_bytes: usize,
     /// When the message was taken in (unix µs): its timestamp, the start
-    /// of its delivery latency and of its TTL and delay. One clock read
-    /// serves all of these.
-    pub now_unix_us: u64,
+    /// of its delivery latency and of its TTL and delay. Read from the
+    /// clock on first use (`now_unix_us`), so one read serves all of these
+    /// and a command that needs none (echo, ping) reads nothing; a test
+    /// sets it with `OnceCell::from`.
+    pub taken_in_unix_us: std::cell::OnceCell<u64>,
     /// Furthest ahead `delay_ms` / `at` may schedule.
     pub schedule_max_ms: u64,
     /// Makes the id of a new message.
@@ -93,9 +95,16 @@ pub struct CommandContext<'a> {
 }
 
 impl CommandContext<'_> {
+    /// When the message was taken in, in unix µs.
+    pub fn now_unix_us(&self) -> u64 {
+        *self
+            .taken_in_unix_us
+            .get_or_init(crate::routing::envelope::unix_us)
+    }
+
     /// `now_unix_us` in milliseconds.
     pub fn now_unix_ms(&self) -> u64 {
-        self.now_unix_us / 1000
+        self.now_unix_us() / 1000
     }
 }
 
@@ -322,7 +331,7 @@ fn processor_route(
             parts,
             1,
             ctx.compress_min_bytes,
-            ctx.now_unix_us,
+            ctx.now_unix_us(),
         )),
         // A processor may pass on any delay a client gave it.
         deliver_at_unix_ms: delay_ms
@@ -434,7 +443,7 @@ fn route_or_membership(
             parts,
             1,
             ctx.compress_min_bytes,
-            ctx.now_unix_us,
+            ctx.now_unix_us(),
         )),
         deliver_at_unix_ms,
     })
@@ -471,7 +480,7 @@ mod tests {
             user: "alice",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 64,
-            now_unix_us: 1_000_000,
+            taken_in_unix_us: std::cell::OnceCell::from(1_000_000),
             schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
             processors: &Processors::default(),
@@ -500,13 +509,46 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_is_read_only_by_commands_that_use_the_time() {
+        let mut next = || "id".to_string();
+        let mut ctx = CommandContext {
+            user: "alice",
+            max_message_bytes: 1 << 20,
+            compress_min_bytes: 64,
+            taken_in_unix_us: std::cell::OnceCell::new(),
+            schedule_max_ms: 86_400_000,
+            next_message_id: &mut next,
+            processors: &Processors::default(),
+            errors: Vec::new(),
+        };
+        assert!(handle_message(Message::text("hi"), Mode::Echo, &mut ctx).is_some());
+        let ping = Message::text(r#"{"op":"ping","ref":1}"#);
+        assert!(handle_message(ping, Mode::Protocol, &mut ctx).is_some());
+        assert_eq!(
+            ctx.taken_in_unix_us.get(),
+            None,
+            "echo and ping read no clock"
+        );
+        let before = crate::routing::envelope::unix_us();
+        let send = Message::text(r#"{"op":"send","to":"bob","data":1}"#);
+        let Some(Action::Route { envelope, .. }) = handle_message(send, Mode::Protocol, &mut ctx)
+        else {
+            panic!("send routes");
+        };
+        let taken_in = *ctx.taken_in_unix_us.get().expect("send reads the clock");
+        assert!(taken_in >= before);
+        assert_eq!(envelope.accepted_unix_us, taken_in, "one read for both");
+        assert_eq!(envelope.parts.ts_unix_ms, taken_in / 1000);
+    }
+
+    #[test]
     fn echo_mode_returns_messages_verbatim() {
         let mut next = String::new;
         let mut ctx = CommandContext {
             user: "u",
             max_message_bytes: 100,
             compress_min_bytes: 10,
-            now_unix_us: 0,
+            taken_in_unix_us: std::cell::OnceCell::from(0),
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &Processors::default(),
@@ -657,7 +699,7 @@ mod tests {
             user: "carol",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 1024,
-            now_unix_us: 7_000,
+            taken_in_unix_us: std::cell::OnceCell::from(7_000),
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &processors,
@@ -731,7 +773,7 @@ mod tests {
             user: "carol",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 1024,
-            now_unix_us: 1_000_000,
+            taken_in_unix_us: std::cell::OnceCell::from(1_000_000),
             schedule_max_ms: 1000,
             next_message_id: &mut next,
             processors: &processors,

@@ -160,7 +160,7 @@ async fn api_route(shard: &Rc<ShardState>, op: &str, body: &[u8]) -> Response {
         user: API_SENDER,
         max_message_bytes: shard.config.max_message_bytes,
         compress_min_bytes: shard.config.compress_min_bytes,
-        now_unix_us: crate::routing::envelope::unix_us(),
+        taken_in_unix_us: std::cell::OnceCell::new(),
         schedule_max_ms: SCHEDULE_HORIZON_MS,
         next_message_id: &mut next_id,
         processors: &shard.processors,
