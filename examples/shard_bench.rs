@@ -117,13 +117,18 @@ fn throughput(url: &str, shards: usize, receiver_shard: usize, tag: &str, total:
     windowed_throughput(&mut receiver, senders, message, total / SENDERS as u64)
 }
 
-/// CPU seconds used so far by each of the server's `shard-*` threads.
-fn shard_cpu_s(pid: u32) -> Vec<f64> {
-    let ticks_per_s = 100.0; // USER_HZ: `/proc` reports clock ticks of 1/100 s on Linux
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
+/// CPU seconds used so far by each of the server's `shard-*` threads, by
+/// thread id.
+fn shard_cpu_s(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
     };
-    let mut cpu = Vec::new();
+    let mut cpu = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return cpu;
+    };
     for task in tasks.flatten() {
         let path = task.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
@@ -143,7 +148,8 @@ fn shard_cpu_s(pid: u32) -> Vec<f64> {
                 .and_then(|f| f.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        cpu.push((ticks(11) + ticks(12)) / ticks_per_s);
+        let tid = task.file_name().to_string_lossy().into_owned();
+        cpu.insert(tid, (ticks(11) + ticks(12)) / ticks_per_s);
     }
     cpu
 }
@@ -170,13 +176,13 @@ fn measured_throughput(
     let (cpu_us_per_msg, busiest_us_per_msg) = match (pid, before) {
         (Some(pid), Some(before)) => {
             let after = shard_cpu_s(pid);
-            // Thread order from /proc is stable for a live process.
             let used: Vec<f64> = after
                 .iter()
-                .zip(before.iter().chain(std::iter::repeat(&0.0)))
-                .map(|(a, b)| a - b)
+                .map(|(tid, a)| a - before.get(tid).unwrap_or(&0.0))
                 .collect();
-            let per_msg = |s: f64| s * 1e6 / total as f64;
+            // What `throughput` sends: `total` rounded down to whole senders.
+            let sent = total / SENDERS as u64 * SENDERS as u64;
+            let per_msg = |s: f64| s * 1e6 / sent as f64;
             (
                 Some(per_msg(used.iter().sum())),
                 Some(per_msg(used.iter().cloned().fold(0.0, f64::max))),
@@ -271,7 +277,7 @@ fn main() {
         }
         if round == 1 {
             println!(
-                "across / same: throughput {ratio:.2}, p50 latency {:.2}",
+                "{label}across / same: throughput {ratio:.2}, p50 latency {:.2}",
                 cross50 / same50
             );
         } else {

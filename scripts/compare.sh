@@ -64,7 +64,7 @@ while [ $# -gt 0 ]; do
 done
 
 case "$ROUNDS" in ''|*[!0-9]*|0) echo "compare.sh: --rounds takes a whole number of at least 1, not '$ROUNDS'" >&2; exit 2 ;; esac
-case "$RATE" in *[!0-9]*) echo "compare.sh: --rate takes a whole number of messages a second, not '$RATE'" >&2; exit 2 ;; esac
+case "$RATE" in *[!0-9]*|0) echo "compare.sh: --rate takes a whole number of messages a second (at least 1), not '$RATE'" >&2; exit 2 ;; esac
 
 PEERS_ALL="ws-uring raw-echo tokio-tungstenite fastwebsockets python-websockets node-ws uws-js"
 PEERS="${ONLY//,/ }"
@@ -473,6 +473,8 @@ run_loadgen() {
     [ -n "$rate" ] && rate_args=(--rate "$rate")
     sample_cpu "$SERVER_PID" "$RESULTS/$name.cpu" &
     sampler=$!
+    # Off the server's core: the sampler's own processes would be measured.
+    taskset -pc "$LOADGEN_CORE" "$sampler" >/dev/null 2>&1 || true
     taskset -c "$LOADGEN_CORE" "$LOADGEN" --url "$url" --scenario baseline --workload "$workload" \
         --connections "$connections" --duration "$DURATION" --threads 1 --in-flight "$in_flight" \
         --size "$SIZE" --group-size "$group" "${rate_args[@]}" \
@@ -489,6 +491,7 @@ write_sources
 
 RAN=()
 read -r -a PEER_LIST <<<"$PEERS"
+[ "${#PEER_LIST[@]}" -gt 0 ] || { echo "compare.sh: --only names no peer" >&2; exit 2; }
 for round in $(seq "$ROUNDS"); do
     # Round k starts with the k-th peer, so no peer always runs first.
     shift_by=$(( (round - 1) % ${#PEER_LIST[@]} ))
