@@ -103,9 +103,10 @@ pub(super) async fn run_session<S: super::Transport>(
     // However the loop ends (or is dropped), its raises wake it again.
     let _parked_on_exit = LoopParkedOnDrop(handle);
     // When the bytes now being handled were read: the rate limiter's clock
-    // for the messages they hold (one clock read per read, not per message;
-    // reads come back at least once per turn, so it is never older than
-    // this turn's input).
+    // for the messages they hold (one clock read per read, not per
+    // message). Messages are only parsed on a turn that follows a read,
+    // which sets it; the handshake's leftover bytes, parsed before any
+    // read, take the clock once.
     let mut read_at: Option<Instant> = None;
     loop {
         // Its own raises from here to the next park wake nothing: the

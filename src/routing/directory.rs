@@ -140,19 +140,17 @@ impl Directory {
         if let [one] = conns {
             return vec![(one.shard, std::sync::Arc::from([one.conn]))];
         }
-        let mut shards: Vec<usize> = conns.iter().map(|c| c.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        shards
+        let mut parts: Vec<(usize, Vec<u64>)> = Vec::new();
+        for c in conns {
+            match parts.iter_mut().find(|(shard, _)| *shard == c.shard) {
+                Some((_, on_shard)) => on_shard.push(c.conn),
+                None => parts.push((c.shard, vec![c.conn])),
+            }
+        }
+        parts.sort_unstable_by_key(|(shard, _)| *shard);
+        parts
             .into_iter()
-            .map(|shard| {
-                let on_shard: Vec<u64> = conns
-                    .iter()
-                    .filter(|c| c.shard == shard)
-                    .map(|c| c.conn)
-                    .collect();
-                (shard, std::sync::Arc::from(on_shard))
-            })
+            .map(|(shard, on_shard)| (shard, std::sync::Arc::from(on_shard)))
             .collect()
     }
 

@@ -1044,7 +1044,6 @@ impl ShardState {
                             .track(key, msg, target, envelope.attempt, now());
                         self.wake_timers();
                     }
-
                     (
                         self.fan_out(&envelope, parts, None, None, origin, reply),
                         Held::No,
