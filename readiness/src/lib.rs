@@ -738,6 +738,66 @@ mod tests {
     }
 
     #[test]
+    fn timers_fire_on_time_while_sockets_never_stop_being_ready() {
+        run(|| async {
+            // Two tasks bounce a byte across a pair whose both ends are in
+            // the set: every batch the driver takes holds the next edge, so
+            // only `REACTOR_TURN_PERIOD_MAX` sends it back to glommio's
+            // reactor, which fires timers. Without that bound a timer
+            // waits for the executor's preempt timer (100 ms here).
+            let (left, right) = UnixStream::pair().expect("pair");
+            let mut left = ReadyStream::adopt(OwnedFd::from(left)).expect("adopt");
+            let mut right = ReadyStream::adopt(OwnedFd::from(right)).expect("adopt");
+            let stop = Rc::new(Cell::new(false));
+            let bounces = Rc::new(Cell::new(0u64));
+            let echo = {
+                glommio::spawn_local(async move {
+                    // Until the other side hangs up (`read_exact` fails).
+                    let mut byte = [0u8; 1];
+                    while right.read_exact(&mut byte).await.is_ok() {
+                        right.write_all(&byte).await.expect("write");
+                    }
+                })
+            };
+            let serve = {
+                let (stop, bounces) = (stop.clone(), bounces.clone());
+                glommio::spawn_local(async move {
+                    let mut byte = [1u8; 1];
+                    while !stop.get() {
+                        left.write_all(&byte).await.expect("write");
+                        left.read_exact(&mut byte).await.expect("read");
+                        bounces.set(bounces.get() + 1);
+                    }
+                })
+            };
+            const TIMER: Duration = Duration::from_millis(1);
+            let mut late = Vec::new();
+            for _ in 0..20 {
+                let started = Instant::now();
+                Timer::new(TIMER).await;
+                late.push(started.elapsed() - TIMER);
+            }
+            stop.set(true);
+            let bounced = bounces.get();
+            // One more bounce ends the serving loop, whose hang-up ends
+            // the echo.
+            serve.await;
+            echo.await;
+            late.sort();
+            let median = late[late.len() / 2];
+            assert!(
+                bounced > 100,
+                "the sockets were not kept busy ({bounced} bounces)"
+            );
+            assert!(
+                median < Duration::from_millis(20),
+                "1 ms timers fired {median:?} late (median of {}) with sockets always ready",
+                late.len()
+            );
+        });
+    }
+
+    #[test]
     fn a_handed_on_socket_leaves_the_set_and_comes_back() {
         run(|| async {
             let (ours, theirs) = pair();
