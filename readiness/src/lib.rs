@@ -15,6 +15,12 @@
 //! `epoll_wait(0)` and wakes the waiting tasks. Timers, files, the
 //! channel mesh and the cluster links stay on glommio.
 //!
+//! A socket with no task to serve it (a hibernating connection, in
+//! ws-uring) stays in the same set as a `Sleeper`: its registration is
+//! modified to carry a token instead of a slot, one-shot, for input or a
+//! hang-up only, and the driver hands the token to whoever waits in
+//! `poll_woken_sleepers`. No second epoll set, no thread to watch it.
+//!
 //! Invariants:
 //! - a task only waits after the socket was found drained (a `recv`/`send`
 //!   that came back short or said `EAGAIN`) with no edge taken since, and
@@ -28,6 +34,12 @@
 //!   and before its descriptor is closed or handed on (`Drop`,
 //!   `into_owned_fd`); the driver wakes tasks but runs none while it walks
 //!   a batch, so no slot is freed under it;
+//! - an event's data is either a slot pointer (aligned: low bit clear) or
+//!   a sleeper's token shifted left with the low bit set; a registration
+//!   is modified from one to the other in place (`epoll_ctl(MOD)`), and an
+//!   event not yet taken carries the data of the registration as it is
+//!   when taken, so a slot is released only after its socket's
+//!   registration stopped pointing at it;
 //! - the driver never spins: it waits through glommio between batches, and
 //!   if it cannot (no descriptor left to duplicate the epoll set) it polls
 //!   on a timer of `FALLBACK_POLL_PERIOD` until it can again.
@@ -54,6 +66,10 @@ const EVENTS_PER_WAIT_MAX: usize = 1024;
 /// Longest the driver keeps taking batches without a turn through glommio's
 /// reactor (see `drive`): bounds how late a timer can fire under load.
 const REACTOR_TURN_PERIOD_MAX: Duration = Duration::from_micros(250);
+/// The low bit of a sleeper's event data (see the module docs).
+const SLEEPER_BIT: u64 = 1;
+/// Tokens a sleeper may carry: all but the top bit, which the shift drops.
+pub const SLEEPER_TOKEN_MAX: u64 = u64::MAX >> 1;
 /// How often the driver polls the set when it cannot wait through glommio.
 const FALLBACK_POLL_PERIOD: Duration = Duration::from_millis(1);
 
@@ -149,8 +165,14 @@ fn wake_and_keep(cell: &Cell<Option<Waker>>) {
 /// busiest moment).
 struct Readiness {
     epoll: OwnedFd,
-    /// Sockets in the set now.
+    /// Sockets in the set now with a slot (served for a task).
     registered: Cell<usize>,
+    /// Sockets in the set now as sleepers.
+    sleeping: Cell<usize>,
+    /// Tokens of sleepers the driver found ready, not yet taken.
+    woken_sleepers: RefCell<Vec<u64>>,
+    /// Who waits for them (`poll_woken_sleepers`).
+    sleepers_waker: Cell<Option<Waker>>,
     /// Whether this thread's driver task is alive (it dies with its
     /// executor; the next stream on the thread starts another).
     driver_running: Cell<bool>,
@@ -173,6 +195,9 @@ fn readiness() -> io::Result<Rc<Readiness>> {
         let r = Rc::new(Readiness {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             registered: Cell::new(0),
+            sleeping: Cell::new(0),
+            woken_sleepers: RefCell::new(Vec::new()),
+            sleepers_waker: Cell::new(None),
             driver_running: Cell::new(false),
             batches: Cell::new(0),
         });
@@ -187,10 +212,35 @@ fn readiness() -> io::Result<Rc<Readiness>> {
 }
 
 /// Sockets in this thread's epoll set now (0 before the first): the
-/// shard's awake connections and its listener. A metric, so the set's size
-/// can be checked against the connection counts.
+/// shard's awake connections and its listener, and its sleepers. A metric,
+/// so the set's size can be checked against the connection counts.
 pub fn registered_sockets() -> usize {
-    READINESS.with(|cell| cell.borrow().as_ref().map_or(0, |r| r.registered.get()))
+    READINESS.with(|cell| {
+        cell.borrow()
+            .as_ref()
+            .map_or(0, |r| r.registered.get() + r.sleeping.get())
+    })
+}
+
+/// Moves the tokens of sleepers found ready since the last call into
+/// `into`: `Ready(Ok)` if there were any, else `Pending` with the waker
+/// kept (one waiter per thread: a later call replaces it). A token is
+/// reported once per `ReadyStream::into_sleeper`; one whose sleeper was
+/// woken or dropped since may still be reported, and means nothing then.
+/// Fails only if this thread has no epoll set and cannot make one. Must be
+/// called from inside a glommio executor.
+pub fn poll_woken_sleepers(cx: &Context<'_>, into: &mut Vec<u64>) -> Poll<io::Result<()>> {
+    let readiness = match readiness() {
+        Ok(readiness) => readiness,
+        Err(e) => return Poll::Ready(Err(e)),
+    };
+    let mut woken = readiness.woken_sleepers.borrow_mut();
+    if woken.is_empty() {
+        Slot::park(&readiness.sleepers_waker, cx.waker());
+        return Poll::Pending;
+    }
+    into.append(&mut woken);
+    Poll::Ready(Ok(()))
 }
 
 /// Batches taken by this thread's driver so far (tests).
@@ -258,12 +308,19 @@ fn take_batch(readiness: &Readiness, events: &mut Vec<epoll::Event>) -> usize {
         }
     }
     readiness.batches.set(readiness.batches.get() + 1);
+    let mut sleepers_woken = false;
     for event in events.iter() {
         // Copied out: the kernel's struct is packed.
         let (flags, data) = (event.flags, event.data);
+        if data.u64() & SLEEPER_BIT != 0 {
+            readiness.woken_sleepers.borrow_mut().push(data.u64() >> 1);
+            sleepers_woken = true;
+            continue;
+        }
         // SAFETY: the registration holds a reference to the slot until
-        // the socket has left the set, which also drops its pending
-        // events; nothing in this loop can deregister a socket.
+        // the socket has left the set or its registration was modified to
+        // a sleeper's (either way an event not yet taken no longer carries
+        // the pointer); nothing in this loop can change a registration.
         let slot = unsafe { &*(data.ptr() as *const Slot) };
         if flags
             .intersects(epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
@@ -284,6 +341,11 @@ fn take_batch(readiness: &Readiness, events: &mut Vec<epoll::Event>) -> usize {
         {
             slot.writable.set(true);
             wake_and_keep(&slot.writer);
+        }
+    }
+    if sleepers_woken {
+        if let Some(waker) = readiness.sleepers_waker.take() {
+            waker.wake();
         }
     }
     events.len()
@@ -378,6 +440,40 @@ impl ReadyStream {
         self.fd.take().expect("socket taken")
     }
 
+    /// Puts the socket to sleep under `token` (at most
+    /// `SLEEPER_TOKEN_MAX`): no task waits on it any more, and the first
+    /// input, hang-up or error reports `token` once, through
+    /// `poll_woken_sleepers`. The socket stays in the set (one
+    /// `epoll_ctl`, no second set): `Sleeper::wake` gives it a task again.
+    /// On failure the stream is handed back unchanged.
+    pub fn into_sleeper(mut self, token: u64) -> Result<Sleeper, (ReadyStream, io::Error)> {
+        assert!(
+            token <= SLEEPER_TOKEN_MAX,
+            "sleeper token {token} over the maximum"
+        );
+        let modified = epoll::modify(
+            &self.readiness.epoll,
+            self.fd(),
+            epoll::EventData::new_u64((token << 1) | SLEEPER_BIT),
+            // Level-triggered and one-shot: input already waiting reports
+            // at once, and a sleeper is reported once.
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT,
+        );
+        if let Err(e) = modified {
+            return Err((self, e.into()));
+        }
+        let readiness = &self.readiness;
+        readiness.registered.set(readiness.registered.get() - 1);
+        readiness.sleeping.set(readiness.sleeping.get() + 1);
+        // SAFETY: the registration's reference from `adopt`; the
+        // registration no longer points at the slot.
+        drop(unsafe { Rc::from_raw(Rc::as_ptr(&self.slot)) });
+        Ok(Sleeper {
+            fd: Some(self.fd.take().expect("socket taken")),
+            _thread_bound: std::marker::PhantomData,
+        })
+    }
+
     fn deregister(&self) {
         let Some(fd) = &self.fd else {
             return;
@@ -397,6 +493,82 @@ impl ReadyStream {
                 log::error!("readiness: cannot leave the epoll set: {e}");
             }
         }
+    }
+}
+
+/// A socket asleep in this thread's epoll set (`ReadyStream::into_sleeper`):
+/// just the descriptor, so a sleeper costs no more memory than its socket.
+/// It must be woken or dropped on the thread that put it to sleep; dropping
+/// it takes the socket out of the set and closes it.
+#[derive(Debug)]
+pub struct Sleeper {
+    /// `None` only once woken (an `Option` of a descriptor is no larger).
+    fd: Option<OwnedFd>,
+    /// Neither `Send` nor `Sync`: it belongs to its thread's set.
+    _thread_bound: std::marker::PhantomData<Rc<()>>,
+}
+
+impl Sleeper {
+    /// Gives the socket a task again: its registration carries a new slot,
+    /// edge-triggered as before, and input that arrived while asleep is
+    /// reported at once. On failure the socket is closed (it leaves the set).
+    pub fn wake(self) -> io::Result<ReadyStream> {
+        let readiness = readiness()?;
+        let slot = Rc::new(Slot::default());
+        // The registration's reference, given back in `deregister`.
+        let registration = Rc::into_raw(slot.clone());
+        // From here on the stream, or the error path, owns the socket.
+        let mut this = self;
+        let fd = this.fd.take().expect("a sleeper holds its socket");
+        let modified = epoll::modify(
+            &readiness.epoll,
+            &fd,
+            epoll::EventData::new_ptr(registration as *mut std::ffi::c_void),
+            epoll::EventFlags::IN
+                | epoll::EventFlags::OUT
+                | epoll::EventFlags::RDHUP
+                | epoll::EventFlags::ET,
+        );
+        readiness.sleeping.set(readiness.sleeping.get() - 1);
+        if let Err(e) = modified {
+            // SAFETY: the registration does not point at the slot.
+            drop(unsafe { Rc::from_raw(registration) });
+            let _ = epoll::delete(&readiness.epoll, &fd);
+            return Err(e.into());
+        }
+        readiness.registered.set(readiness.registered.get() + 1);
+        Ok(ReadyStream {
+            fd: Some(fd),
+            slot,
+            readiness,
+        })
+    }
+}
+
+impl AsRawFd for Sleeper {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+            .as_ref()
+            .expect("a sleeper holds its socket")
+            .as_raw_fd()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else {
+            return; // woken
+        };
+        // (At thread exit the set may be gone already: closing suffices.)
+        let _ = READINESS.try_with(|cell| {
+            if let Some(readiness) = cell.borrow().as_ref() {
+                readiness.sleeping.set(readiness.sleeping.get() - 1);
+                if let Err(e) = epoll::delete(&readiness.epoll, &fd) {
+                    log::error!("readiness: a sleeper cannot leave the epoll set: {e}");
+                }
+            }
+        });
+        drop(fd);
     }
 }
 
@@ -794,6 +966,98 @@ mod tests {
                 "1 ms timers fired {median:?} late (median of {}) with sockets always ready",
                 late.len()
             );
+        });
+    }
+
+    /// The sleeper tokens reported within `wait` (all of them, in order).
+    async fn woken_within(wait: Duration) -> Vec<u64> {
+        let mut woken = Vec::new();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            futures_lite::future::or(
+                async {
+                    std::future::poll_fn(|cx| poll_woken_sleepers(cx, &mut woken))
+                        .await
+                        .expect("epoll set");
+                },
+                async {
+                    Timer::new(deadline.saturating_duration_since(Instant::now())).await;
+                },
+            )
+            .await;
+        }
+        woken
+    }
+
+    #[test]
+    fn a_sleeper_reports_its_token_once_and_wakes_with_its_input() {
+        run(|| async {
+            use std::io::Write;
+            let (ours, theirs) = pair();
+            let (quiet, _quiet_peer) = pair();
+            assert_eq!(registered_sockets(), 2);
+            let sleeper = ours.into_sleeper(41).map_err(|(_, e)| e).expect("sleep");
+            let _quiet_sleeper = quiet.into_sleeper(7).map_err(|(_, e)| e).expect("sleep");
+            assert_eq!(registered_sockets(), 2, "sleepers stay in the set");
+            assert!(
+                woken_within(Duration::from_millis(30)).await.is_empty(),
+                "reported with nothing to read"
+            );
+            (&theirs).write_all(b"wake").expect("write");
+            (&theirs).write_all(b" up").expect("write");
+            assert_eq!(
+                woken_within(Duration::from_millis(100)).await,
+                vec![41],
+                "once, and only the sleeper with input"
+            );
+            let mut back = sleeper.wake().expect("wake");
+            let mut buf = [0u8; 16];
+            let n = back.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], b"wake up");
+            // Served by the driver again: later input is read too.
+            (&theirs).write_all(b"!").expect("write");
+            assert_eq!(back.read(&mut buf).await.expect("read"), 1);
+            assert_eq!(registered_sockets(), 2);
+        });
+    }
+
+    #[test]
+    fn input_waiting_before_sleep_and_a_hang_up_report_the_token() {
+        run(|| async {
+            use std::io::Write;
+            let (ours, theirs) = pair();
+            // Arrived (and raised its edge) while the socket had a slot;
+            // the driver may not have taken the event yet.
+            (&theirs).write_all(b"early").expect("write");
+            let sleeper = ours.into_sleeper(5).map_err(|(_, e)| e).expect("sleep");
+            assert_eq!(woken_within(Duration::from_millis(100)).await, vec![5]);
+            let mut back = sleeper.wake().expect("wake");
+            let mut buf = [0u8; 16];
+            assert_eq!(back.read(&mut buf).await.expect("read"), 5);
+            let sleeper = back.into_sleeper(6).map_err(|(_, e)| e).expect("sleep");
+            drop(theirs);
+            assert_eq!(woken_within(Duration::from_millis(100)).await, vec![6]);
+            let mut back = sleeper.wake().expect("wake");
+            assert_eq!(back.read(&mut buf).await.expect("read"), 0, "end of stream");
+        });
+    }
+
+    #[test]
+    fn a_dropped_sleeper_leaves_the_set_and_closes_its_socket() {
+        run(|| async {
+            use std::io::Read;
+            // What a hibernating connection keeps of its socket.
+            assert_eq!(
+                std::mem::size_of::<Sleeper>(),
+                std::mem::size_of::<OwnedFd>()
+            );
+            let (ours, mut theirs) = pair();
+            let sleeper = ours.into_sleeper(9).map_err(|(_, e)| e).expect("sleep");
+            assert_eq!(registered_sockets(), 1);
+            drop(sleeper);
+            assert_eq!(registered_sockets(), 0);
+            let mut buf = [0u8; 4];
+            assert_eq!(theirs.read(&mut buf).expect("read"), 0, "closed");
         });
     }
 
