@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
@@ -96,7 +95,7 @@ pub struct ConnHandle {
     /// May give up its task when quiet (plain TCP; TLS state cannot rest).
     can_hibernate: Cell<bool>,
     /// Its socket while it hibernates (no task; `hibernate`).
-    sleeping_fd: Cell<Option<OwnedFd>>,
+    sleeping: Cell<Option<ws_uring_readiness::Sleeper>>,
     /// Hibernating and a resume already asked for: a burst of deliveries
     /// asks once.
     resume_asked: Cell<bool>,
@@ -118,7 +117,7 @@ impl ConnHandle {
             allowed_groups: None,
             mailbox_paused: Cell::new(false),
             can_hibernate: Cell::new(false),
-            sleeping_fd: Cell::new(None),
+            sleeping: Cell::new(None),
             resume_asked: Cell::new(false),
             last_data_tick: Cell::new(0),
             id,
@@ -302,24 +301,24 @@ impl ConnHandle {
     /// Whether it is hibernating (has no task).
     pub fn is_hibernating(&self) -> bool {
         // A Cell of a non-Copy value: take it and put it back.
-        let fd = self.sleeping_fd.take();
-        let asleep = fd.is_some();
-        self.sleeping_fd.set(fd);
+        let sleeper = self.sleeping.take();
+        let asleep = sleeper.is_some();
+        self.sleeping.set(sleeper);
         asleep
     }
 
     /// Enters hibernation holding its socket: the task is gone, so its
     /// waker is dropped and `raise` asks for a resume instead.
-    pub(super) fn enter_hibernation(&self, fd: OwnedFd) {
+    pub(super) fn enter_hibernation(&self, sleeper: ws_uring_readiness::Sleeper) {
         self.waker.set(None);
         self.resume_asked.set(false);
-        self.sleeping_fd.set(Some(fd));
+        self.sleeping.set(Some(sleeper));
     }
 
     /// Leaves hibernation, handing back the socket (`None`: was awake).
-    pub(super) fn leave_hibernation(&self) -> Option<OwnedFd> {
+    pub(super) fn leave_hibernation(&self) -> Option<ws_uring_readiness::Sleeper> {
         self.resume_asked.set(false);
-        self.sleeping_fd.take()
+        self.sleeping.take()
     }
 
     /// Records a data message in or out at sweep tick `tick`.
@@ -398,6 +397,15 @@ mod tests {
 
     #[test]
     fn a_hibernating_handle_asks_for_its_resume_once() {
+        // A sleeper lives in a shard's epoll set, so on an executor.
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async { hibernating_handle_asks_for_its_resume_once() })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    fn hibernating_handle_asks_for_its_resume_once() {
         let h = handle();
         super::super::hibernate::take_requested_for_test();
         h.raise(SIGNAL_OUTBOX);
@@ -406,8 +414,9 @@ mod tests {
             "an awake handle (no task parked in this test) asks nothing"
         );
         h.take_signals();
-        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        h.enter_hibernation(fd);
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let stream = ws_uring_readiness::ReadyStream::adopt(ours.into()).unwrap();
+        h.enter_hibernation(stream.into_sleeper(7).map_err(|(_, e)| e).unwrap());
         assert!(h.is_hibernating());
         h.raise(SIGNAL_OUTBOX);
         h.raise(SIGNAL_PING);

@@ -228,12 +228,7 @@ impl ShardState {
             handoffs: RefCell::new(std::collections::VecDeque::new()),
             handoffs_in_flight: Cell::new(0),
             hibernation: (start.config.hibernate_after_ms > 0)
-                .then(|| crate::conn::hibernate::Hibernation::start(mesh_id))
-                .and_then(|started| {
-                    started
-                        .map_err(|e| log::warn!("shard {mesh_id}: hibernation off: {e}"))
-                        .ok()
-                }),
+                .then(crate::conn::hibernate::Hibernation::default),
             sweep_tick: Cell::new(0),
             hibernate_after_ticks: hibernate_after_ticks(&start.config),
         }
@@ -579,7 +574,6 @@ pub async fn run(start: ShardStart) {
         for handle in shard.conns.borrow().values() {
             hibernation.forget(handle);
         }
-        hibernation.shutdown();
     }
     shard.finish_cluster().await;
     // Whatever was journaled last reaches the log before the shard stops.
