@@ -434,7 +434,8 @@ impl ReadyStream {
         socket2::SockRef::from(&self.fd()).set_nodelay(nodelay)
     }
 
-    /// Leaves the epoll set and hands the socket on (hibernation).
+    /// Leaves the epoll set and hands the socket on (to a caller that
+    /// serves it some other way; hibernation uses `into_sleeper`).
     pub fn into_owned_fd(mut self) -> OwnedFd {
         self.deregister();
         self.fd.take().expect("socket taken")
@@ -469,7 +470,7 @@ impl ReadyStream {
         // registration no longer points at the slot.
         drop(unsafe { Rc::from_raw(Rc::as_ptr(&self.slot)) });
         Ok(Sleeper {
-            fd: Some(self.fd.take().expect("socket taken")),
+            fd: self.fd.take().expect("socket taken"),
             _thread_bound: std::marker::PhantomData,
         })
     }
@@ -502,8 +503,9 @@ impl ReadyStream {
 /// it takes the socket out of the set and closes it.
 #[derive(Debug)]
 pub struct Sleeper {
-    /// `None` only once woken (an `Option` of a descriptor is no larger).
-    fd: Option<OwnedFd>,
+    /// A plain descriptor, so that an `Option<Sleeper>` (what a hibernating
+    /// connection keeps) is no larger than one.
+    fd: OwnedFd,
     /// Neither `Send` nor `Sync`: it belongs to its thread's set.
     _thread_bound: std::marker::PhantomData<Rc<()>>,
 }
@@ -517,9 +519,11 @@ impl Sleeper {
         let slot = Rc::new(Slot::default());
         // The registration's reference, given back in `deregister`.
         let registration = Rc::into_raw(slot.clone());
-        // From here on the stream, or the error path, owns the socket.
-        let mut this = self;
-        let fd = this.fd.take().expect("a sleeper holds its socket");
+        // From here on the stream, or the error path, owns the socket:
+        // taken out without running `Drop` (which would close it).
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: read once from a value that is never used or dropped again.
+        let fd = unsafe { std::ptr::read(&this.fd) };
         let modified = epoll::modify(
             &readiness.epoll,
             &fd,
@@ -547,28 +551,22 @@ impl Sleeper {
 
 impl AsRawFd for Sleeper {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd
-            .as_ref()
-            .expect("a sleeper holds its socket")
-            .as_raw_fd()
+        self.fd.as_raw_fd()
     }
 }
 
 impl Drop for Sleeper {
+    /// Leaves the set; the descriptor then closes (the field's own drop).
     fn drop(&mut self) {
-        let Some(fd) = self.fd.take() else {
-            return; // woken
-        };
         // (At thread exit the set may be gone already: closing suffices.)
         let _ = READINESS.try_with(|cell| {
             if let Some(readiness) = cell.borrow().as_ref() {
                 readiness.sleeping.set(readiness.sleeping.get() - 1);
-                if let Err(e) = epoll::delete(&readiness.epoll, &fd) {
+                if let Err(e) = epoll::delete(&readiness.epoll, &self.fd) {
                     log::error!("readiness: a sleeper cannot leave the epoll set: {e}");
                 }
             }
         });
-        drop(fd);
     }
 }
 
@@ -989,6 +987,47 @@ mod tests {
         woken
     }
 
+    /// Longest a test waits for something that must come.
+    const MUST_COME_WAIT_MAX: Duration = Duration::from_secs(5);
+    /// How long a test watches for a token reported twice.
+    const DUPLICATE_WINDOW: Duration = Duration::from_millis(50);
+
+    /// The tokens reported: waits (bounded) for the first, then watches a
+    /// little longer for more.
+    async fn tokens_reported() -> Vec<u64> {
+        let mut woken = Vec::new();
+        let came = futures_lite::future::or(
+            async {
+                std::future::poll_fn(|cx| poll_woken_sleepers(cx, &mut woken))
+                    .await
+                    .expect("epoll set");
+                true
+            },
+            async {
+                Timer::new(MUST_COME_WAIT_MAX).await;
+                false
+            },
+        )
+        .await;
+        if came {
+            woken.extend(woken_within(DUPLICATE_WINDOW).await);
+        }
+        woken
+    }
+
+    /// One read, which must bring something (or the end) in time.
+    async fn read_soon(stream: &mut ReadyStream, buf: &mut [u8]) -> usize {
+        futures_lite::future::or(
+            async { Some(stream.read(buf).await.expect("read")) },
+            async {
+                Timer::new(MUST_COME_WAIT_MAX).await;
+                None
+            },
+        )
+        .await
+        .expect("nothing to read: the socket is not served")
+    }
+
     #[test]
     fn a_sleeper_reports_its_token_once_and_wakes_with_its_input() {
         run(|| async {
@@ -1006,17 +1045,18 @@ mod tests {
             (&theirs).write_all(b"wake").expect("write");
             (&theirs).write_all(b" up").expect("write");
             assert_eq!(
-                woken_within(Duration::from_millis(100)).await,
+                tokens_reported().await,
                 vec![41],
                 "once, and only the sleeper with input"
             );
             let mut back = sleeper.wake().expect("wake");
             let mut buf = [0u8; 16];
-            let n = back.read(&mut buf).await.expect("read");
+            let n = read_soon(&mut back, &mut buf).await;
             assert_eq!(&buf[..n], b"wake up");
-            // Served by the driver again: later input is read too.
+            // Served by the driver again: it waits for the next edge, and
+            // later input is read too.
             (&theirs).write_all(b"!").expect("write");
-            assert_eq!(back.read(&mut buf).await.expect("read"), 1);
+            assert_eq!(read_soon(&mut back, &mut buf).await, 1);
             assert_eq!(registered_sockets(), 2);
         });
     }
@@ -1030,15 +1070,15 @@ mod tests {
             // the driver may not have taken the event yet.
             (&theirs).write_all(b"early").expect("write");
             let sleeper = ours.into_sleeper(5).map_err(|(_, e)| e).expect("sleep");
-            assert_eq!(woken_within(Duration::from_millis(100)).await, vec![5]);
+            assert_eq!(tokens_reported().await, vec![5]);
             let mut back = sleeper.wake().expect("wake");
             let mut buf = [0u8; 16];
-            assert_eq!(back.read(&mut buf).await.expect("read"), 5);
+            assert_eq!(read_soon(&mut back, &mut buf).await, 5);
             let sleeper = back.into_sleeper(6).map_err(|(_, e)| e).expect("sleep");
             drop(theirs);
-            assert_eq!(woken_within(Duration::from_millis(100)).await, vec![6]);
+            assert_eq!(tokens_reported().await, vec![6]);
             let mut back = sleeper.wake().expect("wake");
-            assert_eq!(back.read(&mut buf).await.expect("read"), 0, "end of stream");
+            assert_eq!(read_soon(&mut back, &mut buf).await, 0, "end of stream");
         });
     }
 
@@ -1048,10 +1088,13 @@ mod tests {
             use std::io::Read;
             // What a hibernating connection keeps of its socket.
             assert_eq!(
-                std::mem::size_of::<Sleeper>(),
+                std::mem::size_of::<Option<Sleeper>>(),
                 std::mem::size_of::<OwnedFd>()
             );
             let (ours, mut theirs) = pair();
+            theirs
+                .set_read_timeout(Some(MUST_COME_WAIT_MAX))
+                .expect("timeout");
             let sleeper = ours.into_sleeper(9).map_err(|(_, e)| e).expect("sleep");
             assert_eq!(registered_sockets(), 1);
             drop(sleeper);

@@ -184,8 +184,9 @@ impl Hibernation {
                 self.wake(&shard, id);
             }
             if !driver_ok {
-                // Input would not wake a sleeper: wake them all and
-                // hibernate no more.
+                // The shard's thread has no epoll set and cannot make one
+                // (so no socket could have been put to sleep either): hand
+                // back anything asleep all the same, and hibernate no more.
                 self.disabled.set(true);
                 for id in shard.conn_ids() {
                     self.wake(&shard, id);
