@@ -9,13 +9,17 @@
 //! fall asleep again before the next.
 //!
 //! ```sh
-//! ./target/release/ws-uring --port 8765 --host 127.0.0.1 --no-persist \
-//!     --hibernate-after-ms 100 &
-//! cargo run --release --example hibernate_bench -- ws://127.0.0.1:8765/ws 1000 5 $!
+//! taskset -c 0 ./target/release/ws-uring --port 8765 --host 127.0.0.1 --no-persist \
+//!     --shards 1 --hibernate-after-ms 100 &
+//! taskset -c 1 ./target/release/examples/hibernate_bench ws://127.0.0.1:8765/ws 5000 4 $!
 //! ```
 //! (arguments: URL, connections, rounds, and optionally the server's
-//! process id: then the server's CPU over each round's wakes, all its
-//! threads, is divided by the connections woken)
+//! process id: then the server's CPU over each round, from the first wake
+//! until every connection is asleep again, all its threads, is divided by
+//! the connections: one wake, two echoes and one return to sleep each.
+//! The connections fall asleep at the first liveness sweep after
+//! `hibernate_after_ms` of quiet, up to a second later, so some sleep
+//! while others are still being woken: the latencies include that work.)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -78,19 +82,37 @@ fn echo_rtt_us(ws: &mut Ws, n: u64) -> f64 {
     }
 }
 
-/// CPU seconds the process has used (all threads).
+/// CPU seconds the process's threads alive now have used, from their
+/// `schedstat` (nanoseconds: `/proc/PID/stat` counts 10 ms ticks, too
+/// coarse for a round).
 fn process_cpu_s(pid: u32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_s = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        t if t > 0 => t as f64,
-        _ => 100.0,
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
-    let after_name = stat.rsplit_once(')').expect("stat format").1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime: the 14th and 15th fields, counting the pid as 1.
-    let ticks = |i: usize| fields[i].parse::<f64>().expect("ticks");
-    (ticks(11) + ticks(12)) / ticks_per_s
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("server threads");
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        ns += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|on_cpu| on_cpu.parse::<u64>().ok())
+            .expect("schedstat: time on the CPU in ns");
+    }
+    ns as f64 / 1e9
+}
+
+/// Waits (bounded) until all `connections` hibernate.
+fn wait_all_asleep(addr: &str, connections: usize, round: usize) {
+    let deadline = Instant::now() + HIBERNATE_WAIT_MAX;
+    while hibernated(addr) < connections as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: {} of {connections} hibernating after {HIBERNATE_WAIT_MAX:?} \
+             (is hibernate_after_ms short, and the server in protocol mode?)",
+            hibernated(addr)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -141,17 +163,8 @@ fn main() {
         .collect();
 
     let (mut woken, mut awake, mut cpu_per_wake) = (Vec::new(), Vec::new(), Vec::new());
+    wait_all_asleep(&addr, connections, 0);
     for round in 1..=rounds {
-        let deadline = Instant::now() + HIBERNATE_WAIT_MAX;
-        while hibernated(&addr) < connections as u64 {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: {} of {connections} hibernating after {HIBERNATE_WAIT_MAX:?} \
-                 (is hibernate_after_ms short, and the server in protocol mode?)",
-                hibernated(&addr)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let cpu_before = pid.map(process_cpu_s);
         let (mut round_woken, mut round_awake) = (Vec::new(), Vec::new());
         for (i, ws) in clients.iter_mut().enumerate() {
@@ -159,6 +172,8 @@ fn main() {
             round_woken.push(echo_rtt_us(ws, n));
             round_awake.push(echo_rtt_us(ws, n + 1));
         }
+        // The round ends when all are asleep again (the next one starts so).
+        wait_all_asleep(&addr, connections, round);
         if let (Some(pid), Some(before)) = (pid, cpu_before) {
             cpu_per_wake.push((process_cpu_s(pid) - before) * 1e6 / connections as f64);
         }
@@ -173,7 +188,7 @@ fn main() {
             quantile(&round_awake, 0.99),
             cpu_per_wake
                 .last()
-                .map(|us| format!("; server CPU {us:.1} us per wake and two echoes"))
+                .map(|us| format!("; server CPU {us:.1} us per wake, two echoes and sleep"))
                 .unwrap_or_default()
         );
         woken.extend(round_woken);
@@ -194,7 +209,7 @@ fn main() {
             String::new()
         } else {
             format!(
-                "; server CPU per wake and two echoes, median of {} rounds: {:.1} us",
+                "; server CPU per wake, two echoes and sleep, median of {} rounds: {:.1} us",
                 cpu_per_wake.len(),
                 quantile(&cpu_per_wake, 0.5)
             )
