@@ -21,13 +21,16 @@
 //! `hibernate_after_ms` of quiet, up to a second later, so some sleep
 //! while others are still being woken: the latencies include that work.)
 
+// Only its frame reading is used here.
+#[allow(dead_code)]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tungstenite::{Message, WebSocket};
-
-type Ws = WebSocket<TcpStream>;
+use common::{next_text, Ws};
+use tungstenite::Message;
 
 /// Longest wait for all connections to hibernate, per round.
 const HIBERNATE_WAIT_MAX: Duration = Duration::from_secs(20);
@@ -54,17 +57,6 @@ fn hibernated(addr: &str) -> u64 {
     http_get_json(addr, "/metrics.json")["gauges"]["connections_hibernated"]
         .as_u64()
         .expect("connections_hibernated gauge")
-}
-
-/// The next text frame (control frames skipped).
-fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return t.to_string(),
-            Message::Close(c) => panic!("closed: {c:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// Round trip of one `echo` (µs).

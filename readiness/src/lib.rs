@@ -103,7 +103,27 @@ impl Default for Slot {
     }
 }
 
+/// What a socket served for a task is registered for: edge-triggered,
+/// both ways, and the peer's hang-up.
+const SERVED_EVENTS: epoll::EventFlags = epoll::EventFlags::IN
+    .union(epoll::EventFlags::OUT)
+    .union(epoll::EventFlags::RDHUP)
+    .union(epoll::EventFlags::ET);
+
 impl Slot {
+    /// A fresh slot and the registration's own reference to it (given back
+    /// in `ReadyStream::deregister`, or by the caller if registering fails).
+    fn registered() -> (Rc<Slot>, *const Slot) {
+        let slot = Rc::new(Slot::default());
+        let registration = Rc::into_raw(slot.clone());
+        (slot, registration)
+    }
+
+    /// A registration's event data: the pointer to its slot.
+    fn event_data(registration: *const Slot) -> epoll::EventData {
+        epoll::EventData::new_ptr(registration as *mut std::ffi::c_void)
+    }
+
     /// One read or write (`io`, of `len` bytes asked) under the drained
     /// rule: skipped, with the waker parked, while `ready` is false and no
     /// hang-up was seen; `ready` falls after a short transfer or `EAGAIN`,
@@ -383,17 +403,12 @@ impl ReadyStream {
     /// hibernation) and registers it with this shard's epoll set.
     pub fn adopt(fd: OwnedFd) -> io::Result<ReadyStream> {
         let readiness = readiness()?;
-        let slot = Rc::new(Slot::default());
-        // The registration's reference, given back in `deregister`.
-        let registration = Rc::into_raw(slot.clone());
+        let (slot, registration) = Slot::registered();
         let added = epoll::add(
             &readiness.epoll,
             &fd,
-            epoll::EventData::new_ptr(registration as *mut std::ffi::c_void),
-            epoll::EventFlags::IN
-                | epoll::EventFlags::OUT
-                | epoll::EventFlags::RDHUP
-                | epoll::EventFlags::ET,
+            Slot::event_data(registration),
+            SERVED_EVENTS,
         );
         if let Err(e) = added {
             // SAFETY: not in the set, so no event points at it.
@@ -516,9 +531,7 @@ impl Sleeper {
     /// reported at once. On failure the socket is closed (it leaves the set).
     pub fn wake(self) -> io::Result<ReadyStream> {
         let readiness = readiness()?;
-        let slot = Rc::new(Slot::default());
-        // The registration's reference, given back in `deregister`.
-        let registration = Rc::into_raw(slot.clone());
+        let (slot, registration) = Slot::registered();
         // From here on the stream, or the error path, owns the socket:
         // taken out without running `Drop` (which would close it).
         let this = std::mem::ManuallyDrop::new(self);
@@ -527,11 +540,8 @@ impl Sleeper {
         let modified = epoll::modify(
             &readiness.epoll,
             &fd,
-            epoll::EventData::new_ptr(registration as *mut std::ffi::c_void),
-            epoll::EventFlags::IN
-                | epoll::EventFlags::OUT
-                | epoll::EventFlags::RDHUP
-                | epoll::EventFlags::ET,
+            Slot::event_data(registration),
+            SERVED_EVENTS,
         );
         readiness.sleeping.set(readiness.sleeping.get() - 1);
         if let Err(e) = modified {
