@@ -14,6 +14,10 @@ use std::str::FromStr;
 use argh::FromArgs;
 use serde::Deserialize;
 
+/// Largest `nap_max_us`: naps keep glommio's timers and I/O waiting, and
+/// more than 100 ms of that is never what anyone wants.
+pub const NAP_MAX_US_LIMIT: u64 = 100_000;
+
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -178,6 +182,8 @@ settings! {
     idle_timeout_ms: u64 = 60_000;
     /// quiet (no data either way) after which a plain-TCP connection gives up its task and waits in the shard's epoll set, in ms; 0 never (default 5000)
     hibernate_after_ms: u64 = 5_000;
+    /// longest a shard waits for its sockets in epoll_wait (a nap) instead of parking through glommio, in µs: also how late its timers may fire meanwhile (log writes hold naps off; no naps in cluster mode); 0 never naps (default 5000)
+    nap_max_us: u64 = 5_000;
     /// grace period for clients to finish the close handshake at shutdown, in ms (default 2000)
     shutdown_timeout_ms: u64 = 2_000;
     /// bound on each connection's outgoing queue, in bytes (default 1 MiB)
@@ -275,6 +281,13 @@ impl Config {
                 "shards",
                 self.shards.to_string(),
                 "expected 1 to 1024",
+            ));
+        }
+        if self.nap_max_us > NAP_MAX_US_LIMIT {
+            return Err(invalid(
+                "nap_max_us",
+                self.nap_max_us.to_string(),
+                "expected 0 (never) to 100000 µs",
             ));
         }
         if self.max_connections == 0 {

@@ -48,6 +48,15 @@ pub mod store;
 pub mod tls;
 pub mod ws;
 
+/// Spawns a task on the current shard's executor. Every shard task goes
+/// through here: `counted` lets the readiness driver see it run, which it
+/// must before it naps in the epoll set (readiness crate docs).
+pub(crate) fn spawn_local<T: 'static>(
+    future: impl std::future::Future<Output = T> + 'static,
+) -> glommio::Task<T> {
+    glommio::spawn_local(ws_uring_readiness::counted(future))
+}
+
 pub use config::Config;
 pub use processor::{Processor, ProcessorContext, ProcessorRequest};
 pub use server::{Server, ServerBuilder, ServerError};

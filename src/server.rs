@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -137,6 +137,7 @@ impl Server {
         let resources: crate::shard::observe::SharedResources = Arc::default();
         let export_tx = start_sampler_thread(&config, resources.clone(), shutdown_flag.clone())?;
         let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
+        let doorbells: shard::Doorbells = (0..shards).map(|_| OnceLock::new()).collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let started_at = Instant::now();
         let boot_unix_ms = std::time::SystemTime::now()
@@ -152,6 +153,7 @@ impl Server {
                 registry: registry.clone(),
                 listener,
                 mesh: mesh.clone(),
+                doorbells: doorbells.clone(),
                 shutdown_flag: shutdown_flag.clone(),
                 started_at,
                 boot_unix_ms,
@@ -342,7 +344,7 @@ fn run_shard_thread(index: usize, core: Option<core_affinity::CoreId>, start: Sh
         .io_memory(SHARD_IO_MEMORY_BYTES)
         .make();
     match executor {
-        Ok(executor) => executor.run(shard::run(start)),
+        Ok(executor) => executor.run(ws_uring_readiness::counted(shard::run(start))),
         Err(e) => {
             let _ = start.ready.send(Err(format!(
                 "shard {index}: io_uring setup failed ({e}); glommio needs at least {} KiB of \

@@ -21,6 +21,17 @@
 //! hang-up only, and the driver hands the token to whoever waits in
 //! `poll_woken_sleepers`. No second epoll set, no thread to watch it.
 //!
+//! Naps (opt-in per thread, `enable_naps`): when the set is empty and no
+//! other task of the thread is runnable, the driver may wait for the set
+//! itself, in `epoll_wait` with a timeout, instead of parking through
+//! glommio. glommio's park costs ~10 system calls a wake-up (its
+//! `io_uring_enter`s and a `membarrier`) on top of the wait; a nap costs
+//! the one `epoll_wait`. While the driver naps, glommio's reactor is not
+//! running, so its timers, io_uring completions and channel messages wait;
+//! the driver bounds that by visiting the reactor at least every
+//! `nap_max`, and a `Doorbell` lets another thread that has just handed this
+//! one a message end a nap at once (the shard mesh rings it).
+//!
 //! Invariants:
 //! - a task only waits after the socket was found drained (a `recv`/`send`
 //!   that came back short or said `EAGAIN`) with no edge taken since, and
@@ -42,7 +53,19 @@
 //!   registration stopped pointing at it;
 //! - the driver never spins: it waits through glommio between batches, and
 //!   if it cannot (no descriptor left to duplicate the epoll set) it polls
-//!   on a timer of `FALLBACK_POLL_PERIOD` until it can again.
+//!   on a timer of `FALLBACK_POLL_PERIOD` until it can again;
+//! - the driver naps only when no other task ran between its last yield
+//!   and now (`counted` tasks bump `TASK_POLLS`; a yield puts the driver
+//!   behind every task runnable at that moment, so a task woken by one that
+//!   ran since may still be queued behind it, and the driver yields again
+//!   instead), and only until `nap_max` after its last visit to glommio's
+//!   reactor; after `nap_max` without any ready socket it parks through
+//!   glommio;
+//! - a `Doorbell` is rung after the message it announces is in its channel:
+//!   the ringer bumps `rung`, then reads `napping`; the napper sets
+//!   `napping`, then reads `rung` (all sequentially consistent), so either
+//!   the ringer sees the nap and writes the eventfd, or the napper sees the
+//!   ring and visits the reactor instead of napping.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -50,6 +73,8 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -72,6 +97,9 @@ const SLEEPER_BIT: u64 = 1;
 pub const SLEEPER_TOKEN_MAX: u64 = u64::MAX >> 1;
 /// How often the driver polls the set when it cannot wait through glommio.
 const FALLBACK_POLL_PERIOD: Duration = Duration::from_millis(1);
+/// The event data of a thread's doorbell in its set: even (not a sleeper)
+/// and never a slot's address (slots are heap-allocated, far above it).
+const DOORBELL_DATA: u64 = 2;
 
 /// The wakers of one socket's waiting reader and writer, and what the
 /// socket may have for them.
@@ -198,6 +226,96 @@ struct Readiness {
     driver_running: Cell<bool>,
     /// Batches the driver has taken (tests: it must not spin).
     batches: Cell<u64>,
+    /// `enable_naps`: the longest the driver naps in the set, and the
+    /// longest it keeps glommio's reactor waiting while it does. `None`:
+    /// it never naps.
+    nap_max: Cell<Option<Duration>>,
+    /// Rung by other threads after handing this one a message.
+    doorbell: RefCell<Option<Arc<Doorbell>>>,
+    /// The doorbell's `rung` as of the driver's last visit to the reactor
+    /// (which takes every message sent before it).
+    rung_seen: Cell<u64>,
+    /// The doorbell rang (or had rung) since that visit: visit again.
+    doorbell_pending: Cell<bool>,
+    /// Naps taken (a metric; tests).
+    naps: Cell<u64>,
+    /// An eventfd whose count is never read: always readable
+    /// (`visit_reactor`).
+    always_ready: OwnedFd,
+    /// Live `NapHold`s: while any is, the driver does not nap.
+    nap_holds: Cell<usize>,
+}
+
+/// Lets another thread end this thread's nap when it hands it something
+/// the epoll set does not show (a message in a glommio channel): see
+/// `enable_naps`. Shared as an `Arc`; `ring` may be called from any thread.
+#[derive(Debug)]
+pub struct Doorbell {
+    /// In the owning thread's set, level-triggered, read empty by its
+    /// driver when it reports.
+    eventfd: OwnedFd,
+    /// The owner is in (or about to start) a nap.
+    napping: AtomicBool,
+    /// Rings so far.
+    rung: AtomicU64,
+}
+
+impl Doorbell {
+    pub fn new() -> io::Result<Arc<Doorbell>> {
+        let eventfd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Arc::new(Doorbell {
+            eventfd,
+            napping: AtomicBool::new(false),
+            rung: AtomicU64::new(0),
+        }))
+    }
+
+    /// Call after the message is in the channel: ends the owner's nap, if
+    /// it naps, so its reactor takes the message now rather than at the
+    /// end of the nap. Costs two atomic operations when it does not nap.
+    pub fn ring(&self) {
+        self.rung.fetch_add(1, Ordering::SeqCst);
+        if self.napping.load(Ordering::SeqCst) {
+            // Fails only if the counter would overflow (2^64 - 2 rings not
+            // yet read), when the set reports it readable anyway.
+            let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());
+        }
+    }
+}
+
+thread_local! {
+    /// Polls of `counted` tasks on this thread (see the module docs).
+    static TASK_POLLS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn task_polls() -> u64 {
+    TASK_POLLS.with(Cell::get)
+}
+
+/// A future whose polls the readiness driver counts (`counted`).
+pub struct Counted<F> {
+    inner: F,
+}
+
+impl<F: std::future::Future> std::future::Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        TASK_POLLS.with(|polls| polls.set(polls.get().wrapping_add(1)));
+        // SAFETY: `inner` is never moved out of a pinned `Counted`.
+        unsafe { self.map_unchecked_mut(|c| &mut c.inner) }.poll(cx)
+    }
+}
+
+/// Wraps a task's future so the driver sees when it runs. On a thread with
+/// naps enabled, every task spawned there must be `counted`: the driver
+/// naps only when none ran since its last yield, and a task it cannot see
+/// could sit queued behind a nap (at most `nap_max`).
+pub fn counted<F: std::future::Future>(inner: F) -> Counted<F> {
+    Counted { inner }
 }
 
 thread_local! {
@@ -220,6 +338,16 @@ fn readiness() -> io::Result<Rc<Readiness>> {
             sleepers_waker: Cell::new(None),
             driver_running: Cell::new(false),
             batches: Cell::new(0),
+            nap_max: Cell::new(None),
+            doorbell: RefCell::new(None),
+            rung_seen: Cell::new(0),
+            doorbell_pending: Cell::new(false),
+            naps: Cell::new(0),
+            always_ready: rustix::event::eventfd(
+                1,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )?,
+            nap_holds: Cell::new(0),
         });
         *cell = Some(r.clone());
         Ok(r)
@@ -263,6 +391,63 @@ pub fn poll_woken_sleepers(cx: &Context<'_>, into: &mut Vec<u64>) -> Poll<io::Re
     Poll::Ready(Ok(()))
 }
 
+/// Lets this thread's driver nap (see the module docs) for at most
+/// `nap_max` at a time, which is also the longest glommio's reactor then
+/// waits for a visit (its timers can fire that late, and its I/O and
+/// channel messages wait that long, unless `doorbell` is rung). Every task
+/// on the thread must be `counted`. `doorbell`, if any, joins the set; the
+/// threads that send this one messages ring it. Must be called from inside
+/// a glommio executor; a second call replaces the first's settings.
+pub fn enable_naps(nap_max: Duration, doorbell: Option<Arc<Doorbell>>) -> io::Result<()> {
+    let readiness = readiness()?;
+    if let Some(bell) = &doorbell {
+        let already = readiness
+            .doorbell
+            .borrow()
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, bell));
+        if !already {
+            if let Some(old) = readiness.doorbell.borrow_mut().take() {
+                let _ = epoll::delete(&readiness.epoll, &old.eventfd);
+            }
+            epoll::add(
+                &readiness.epoll,
+                &bell.eventfd,
+                epoll::EventData::new_u64(DOORBELL_DATA),
+                epoll::EventFlags::IN,
+            )?;
+            readiness.rung_seen.set(bell.rung.load(Ordering::SeqCst));
+            *readiness.doorbell.borrow_mut() = Some(bell.clone());
+        }
+    }
+    readiness.nap_max.set(Some(nap_max));
+    Ok(())
+}
+
+/// Keeps this thread's driver from napping while it lives: for work that
+/// waits on glommio's reactor and must not wait for a nap to end (a log
+/// write whose answers are held until it completes). `None` if the thread
+/// has no epoll set and cannot make one (then there are no naps either).
+pub fn hold_naps() -> Option<NapHold> {
+    let readiness = readiness().ok()?;
+    readiness.nap_holds.set(readiness.nap_holds.get() + 1);
+    Some(NapHold(readiness))
+}
+
+/// See `hold_naps`.
+pub struct NapHold(Rc<Readiness>);
+
+impl Drop for NapHold {
+    fn drop(&mut self) {
+        self.0.nap_holds.set(self.0.nap_holds.get() - 1);
+    }
+}
+
+/// Naps this thread's driver has taken (a metric).
+pub fn naps_taken() -> u64 {
+    READINESS.with(|cell| cell.borrow().as_ref().map_or(0, |r| r.naps.get()))
+}
+
 /// Batches taken by this thread's driver so far (tests).
 #[cfg(test)]
 fn batches_for_test() -> u64 {
@@ -289,13 +474,15 @@ impl Drop for DriverRunning {
 /// an empty set, a cross-thread wake-up by whoever sends next (an
 /// interrupt, costly in a VM). It goes back once a look finds nothing, or
 /// after `REACTOR_TURN_PERIOD_MAX`, so glommio's timers, channels and other
-/// I/O are served at least that often.
+/// I/O are served at least that often. With naps enabled, see
+/// `serve_until_idle`.
 async fn drive(readiness: Rc<Readiness>) {
     let running = DriverRunning(readiness);
     let readiness = &running.0;
     let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS_PER_WAIT_MAX);
     let mut fallback_logged = false;
     loop {
+        readiness.before_reactor_visit();
         if let Err(e) = wait_readable(&readiness.epoll).await {
             if !fallback_logged {
                 log::warn!("readiness: cannot wait for the epoll set ({e}); polling it every {FALLBACK_POLL_PERIOD:?} until it can");
@@ -303,24 +490,141 @@ async fn drive(readiness: Rc<Readiness>) {
             }
             glommio::timer::Timer::new(FALLBACK_POLL_PERIOD).await;
         }
-        let back_from_reactor = Instant::now();
-        while take_batch(readiness, &mut events) > 0
-            && back_from_reactor.elapsed() < REACTOR_TURN_PERIOD_MAX
-        {
-            futures_lite::future::yield_now().await;
-        }
+        serve_until_idle(readiness, &mut events).await;
     }
 }
 
-/// Takes the ready sockets (up to `EVENTS_PER_WAIT_MAX`) without waiting,
-/// marks their slots and wakes their tasks. Returns how many were ready.
-fn take_batch(readiness: &Readiness, events: &mut Vec<epoll::Event>) -> usize {
+/// Takes batches and wakes their tasks until the set has been empty for a
+/// while, then returns (the driver then parks through glommio).
+///
+/// Without naps: until a look finds the set empty, or
+/// `REACTOR_TURN_PERIOD_MAX` after the reactor let the driver go (the
+/// driver's wait through the reactor finds the set ready then, so that
+/// trip does not park).
+///
+/// With naps: an empty set, once no other task ran since the driver's last
+/// yield, is waited for in `epoll_wait` (a nap) until `nap_max` after the
+/// last ready socket; it returns only then. Every `nap_max` (or when the
+/// doorbell rang) it visits the reactor without parking: a timer already
+/// due, which glommio's executor loop fires before it would park.
+async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>) {
+    let mut back_from_reactor = Instant::now();
+    let mut last_ready = back_from_reactor;
+    // `TASK_POLLS` when the driver last yielded; `None` until it has, this
+    // turn (tasks woken before it came back may be queued behind it).
+    let mut polls_at_yield: Option<u64> = None;
+    loop {
+        let mut ready = take_batch(readiness, events, None);
+        let naps = readiness
+            .nap_max
+            .get()
+            .filter(|_| readiness.nap_holds.get() == 0);
+        let Some(nap_max) = naps else {
+            if ready == 0 || back_from_reactor.elapsed() >= REACTOR_TURN_PERIOD_MAX {
+                return;
+            }
+            futures_lite::future::yield_now().await;
+            continue;
+        };
+        if ready == 0 && !readiness.doorbell_pending.get() {
+            let polls = task_polls();
+            if polls_at_yield != Some(polls) {
+                // Tasks ran since the driver last yielded: what they woke
+                // may wait behind it. Let that run first.
+                polls_at_yield = Some(polls);
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            let now = Instant::now();
+            let idle_at = last_ready + nap_max;
+            if now >= idle_at {
+                return;
+            }
+            let reactor_due = back_from_reactor + nap_max;
+            if now < reactor_due {
+                ready = readiness.nap(events, idle_at.min(reactor_due) - now);
+                if ready == 0 && !readiness.doorbell_pending.get() {
+                    // Nothing until the nap's end: the idle bound or the
+                    // reactor's turn, decided on the next pass.
+                    continue;
+                }
+            }
+        }
+        let now = Instant::now();
+        if ready > 0 {
+            last_ready = now;
+        }
+        let turn_max = nap_max.max(REACTOR_TURN_PERIOD_MAX);
+        if readiness.doorbell_pending.get() || now.duration_since(back_from_reactor) >= turn_max {
+            readiness.before_reactor_visit();
+            visit_reactor(readiness).await;
+            back_from_reactor = Instant::now();
+            polls_at_yield = None;
+            continue;
+        }
+        polls_at_yield = Some(task_polls());
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// One turn through glommio's reactor (timers, completions, channel
+/// messages) that does not park: the same wait as for the set, on an
+/// eventfd that is always readable, so the poll completes as it is
+/// submitted. (A timer cannot do this: one due at once is ready without
+/// the reactor, one due later may park the thread until then.)
+async fn visit_reactor(readiness: &Readiness) {
+    if let Err(e) = wait_readable(&readiness.always_ready).await {
+        log::debug!("readiness: reactor visit by timer ({e})");
+        glommio::timer::Timer::new(FALLBACK_POLL_PERIOD).await;
+    }
+}
+
+impl Readiness {
+    /// Notes what the reactor visit about to start will take: every
+    /// message rung for so far.
+    fn before_reactor_visit(&self) {
+        self.doorbell_pending.set(false);
+        if let Some(bell) = self.doorbell.borrow().as_ref() {
+            self.rung_seen.set(bell.rung.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Waits up to `wait` for the set (a nap); returns the batch taken, as
+    /// `take_batch`. A doorbell rung since the last reactor visit (seen
+    /// before or during the nap) sets `doorbell_pending` instead.
+    fn nap(&self, events: &mut Vec<epoll::Event>, wait: Duration) -> usize {
+        let doorbell = self.doorbell.borrow().clone();
+        if let Some(bell) = &doorbell {
+            bell.napping.store(true, Ordering::SeqCst);
+            if bell.rung.load(Ordering::SeqCst) != self.rung_seen.get() {
+                bell.napping.store(false, Ordering::SeqCst);
+                self.doorbell_pending.set(true);
+                return 0;
+            }
+        }
+        self.naps.set(self.naps.get() + 1);
+        let ready = take_batch(self, events, Some(wait));
+        if let Some(bell) = &doorbell {
+            bell.napping.store(false, Ordering::SeqCst);
+        }
+        ready
+    }
+}
+
+/// Takes the ready sockets (up to `EVENTS_PER_WAIT_MAX`), waiting up to
+/// `wait` for the first (`None`: not at all), marks their slots and wakes
+/// their tasks. Returns how many were ready (a doorbell's report counts).
+fn take_batch(
+    readiness: &Readiness,
+    events: &mut Vec<epoll::Event>,
+    wait: Option<Duration>,
+) -> usize {
     events.clear();
-    match epoll::wait(
-        &readiness.epoll,
-        spare_capacity(events),
-        Some(&Timespec::default()),
-    ) {
+    let timeout = wait.map_or(Timespec::default(), |wait| Timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    });
+    match epoll::wait(&readiness.epoll, spare_capacity(events), Some(&timeout)) {
         Ok(_) | Err(Errno::INTR) => {}
         Err(e) => {
             log::error!("readiness: epoll_wait failed: {e}");
@@ -335,6 +639,15 @@ fn take_batch(readiness: &Readiness, events: &mut Vec<epoll::Event>) -> usize {
         if data.u64() & SLEEPER_BIT != 0 {
             readiness.woken_sleepers.borrow_mut().push(data.u64() >> 1);
             sleepers_woken = true;
+            continue;
+        }
+        if data.u64() == DOORBELL_DATA {
+            if let Some(bell) = readiness.doorbell.borrow().as_ref() {
+                let mut count = [0u8; 8];
+                // Empties the counter; `EAGAIN` if another report did.
+                let _ = rustix::io::read(&bell.eventfd, &mut count);
+            }
+            readiness.doorbell_pending.set(true);
             continue;
         }
         // SAFETY: the registration holds a reference to the slot until
@@ -1142,6 +1455,202 @@ mod tests {
                 1,
                 "the registration's reference is given back"
             );
+        });
+    }
+
+    /// `run`, with naps of at most `nap_max` (and no doorbell) on the test's
+    /// executor, whose main task is counted like a shard's.
+    fn run_napping<F: std::future::Future<Output = ()> + 'static>(
+        nap_max: Duration,
+        test: impl FnOnce() -> F + Send + 'static,
+    ) {
+        run(move || async move {
+            enable_naps(nap_max, None).expect("naps");
+            counted(test()).await
+        });
+    }
+
+    #[test]
+    fn a_nap_ends_when_a_socket_becomes_readable() {
+        run_napping(Duration::from_secs(5), || async {
+            let (mut ours, theirs) = pair();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                for i in 0..20u8 {
+                    std::thread::sleep(Duration::from_millis(5));
+                    (&theirs).write_all(&[i]).expect("write");
+                }
+                theirs
+            });
+            let started = Instant::now();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8];
+            while got.len() < 20 {
+                let n = read_soon(&mut ours, &mut buf).await;
+                got.extend_from_slice(&buf[..n]);
+            }
+            drop(writer.join().expect("writer"));
+            assert_eq!(got, (0..20u8).collect::<Vec<_>>());
+            assert!(naps_taken() > 0, "the driver never napped");
+            // Twenty writes 5 ms apart, against naps of up to 5 s each.
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "input waited for naps to end: {:?}",
+                started.elapsed()
+            );
+        });
+    }
+
+    #[test]
+    fn a_task_woken_by_another_runs_before_the_driver_naps() {
+        run_napping(MUST_COME_WAIT_MAX * 2, || async {
+            // The reader's task wakes a second task for each byte. That one
+            // is queued behind the driver (which yielded before the reader
+            // ran): a driver that napped now would leave it waiting until
+            // the next input, seconds later.
+            let (mut ours, theirs) = pair();
+            let (tx, rx) = glommio::channels::local_channel::new_bounded::<Instant>(4);
+            let reader = glommio::spawn_local(counted(async move {
+                let mut buf = [0u8; 1];
+                while ours.read(&mut buf).await.expect("read") == 1 {
+                    tx.send(Instant::now()).await.expect("send");
+                }
+            }));
+            let relayed = glommio::spawn_local(counted(async move {
+                let read_at = rx.recv().await.expect("relayed");
+                read_at.elapsed()
+            }));
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                std::thread::sleep(Duration::from_millis(20));
+                (&theirs).write_all(b"x").expect("write");
+                std::thread::sleep(MUST_COME_WAIT_MAX);
+                drop(theirs);
+            });
+            let waited = relayed.await;
+            assert!(
+                waited < Duration::from_secs(1),
+                "the relayed task ran {waited:?} after the read"
+            );
+            reader.await;
+            writer.join().expect("writer");
+        });
+    }
+
+    #[test]
+    fn timers_fire_on_time_while_the_driver_naps() {
+        run_napping(Duration::from_millis(2), || async {
+            // A byte every millisecond: the set is never quiet for a whole
+            // nap, so the driver never parks; only its visits to the
+            // reactor every `nap_max` fire timers.
+            let (mut ours, theirs) = pair();
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                        if (&theirs).write_all(b"x").is_err() {
+                            break;
+                        }
+                    }
+                })
+            };
+            let reader = glommio::spawn_local(counted(async move {
+                let mut buf = [0u8; 64];
+                while ours.read(&mut buf).await.expect("read") > 0 {}
+                drop(ours);
+            }));
+            const TIMER: Duration = Duration::from_millis(1);
+            let naps_before = naps_taken();
+            let mut late = Vec::new();
+            for _ in 0..20 {
+                let started = Instant::now();
+                Timer::new(TIMER).await;
+                late.push(started.elapsed() - TIMER);
+            }
+            let naps = naps_taken() - naps_before;
+            stop.store(true, Ordering::Relaxed);
+            writer.join().expect("writer");
+            reader.await;
+            late.sort();
+            let median = late[late.len() / 2];
+            assert!(naps > 10, "the driver napped {naps} times");
+            assert!(
+                median < Duration::from_millis(20),
+                "1 ms timers fired {median:?} late (median of {}) while the driver napped",
+                late.len()
+            );
+        });
+    }
+
+    #[test]
+    fn a_rung_doorbell_ends_a_nap() {
+        // The receiver naps (input just arrived, then nothing for seconds);
+        // a message from another executor reaches it through a glommio
+        // channel, which glommio announces only to executors it parked.
+        const NAP_MAX: Duration = Duration::from_secs(10);
+        let doorbell = Doorbell::new().expect("doorbell");
+        let (sender, receiver) = glommio::channels::shared_channel::new_bounded::<Instant>(4);
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let ringer = doorbell.clone();
+        let sending = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                use std::io::Write;
+                let sender = sender.connect().await;
+                Timer::new(Duration::from_millis(100)).await;
+                (&theirs).write_all(b"x").expect("write");
+                // The receiver reads it, then naps.
+                Timer::new(Duration::from_millis(200)).await;
+                sender.send(Instant::now()).await.expect("send");
+                ringer.ring();
+                Timer::new(MUST_COME_WAIT_MAX).await;
+                drop(theirs);
+            })
+            .expect("sender");
+        run(move || async move {
+            enable_naps(NAP_MAX, Some(doorbell)).expect("naps");
+            counted(async move {
+                let mut ours = ReadyStream::adopt(OwnedFd::from(ours)).expect("adopt");
+                let receiver = receiver.connect().await;
+                let mut buf = [0u8; 1];
+                assert_eq!(ours.read(&mut buf).await.expect("read"), 1);
+                let sent_at = receiver.recv().await.expect("message");
+                let waited = sent_at.elapsed();
+                assert!(naps_taken() > 0, "the receiver never napped");
+                assert!(
+                    waited < Duration::from_secs(1),
+                    "the message waited {waited:?}: the nap went on"
+                );
+            })
+            .await
+        });
+        sending.join().expect("sender");
+    }
+
+    #[test]
+    fn a_nap_hold_keeps_the_driver_from_napping() {
+        run_napping(MUST_COME_WAIT_MAX, || async {
+            let (mut ours, theirs) = pair();
+            let mut buf = [0u8; 4];
+            let hold = hold_naps().expect("hold");
+            let before = naps_taken();
+            for _ in 0..5 {
+                use std::io::Write;
+                (&theirs).write_all(b"x").expect("write");
+                read_soon(&mut ours, &mut buf).await;
+                Timer::new(Duration::from_millis(5)).await;
+            }
+            assert_eq!(naps_taken(), before, "napped while held");
+            drop(hold);
+            {
+                use std::io::Write;
+                (&theirs).write_all(b"y").expect("write");
+            }
+            read_soon(&mut ours, &mut buf).await;
+            Timer::new(Duration::from_millis(5)).await;
+            assert!(naps_taken() > before, "no nap once the hold was gone");
         });
     }
 }

@@ -158,7 +158,7 @@ impl Hibernation {
             mode: Mode::of(&shard.config),
             peer,
         };
-        glommio::spawn_local(super::run_upgraded(shard.clone(), upgraded)).detach();
+        crate::spawn_local(super::run_upgraded(shard.clone(), upgraded)).detach();
     }
 
     /// The shard's resumer: wakes sleepers as their ids arrive, from the

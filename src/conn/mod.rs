@@ -141,7 +141,7 @@ async fn serve_transport<S: Transport>(
     // request phase (HTTP parsing, endpoints, TLS), ends here, and an idle
     // connection keeps only what `run_upgraded` holds.
     if let Some(upgraded) = handle_request(&shard, stream, peer, accepted_at, timeout).await {
-        glommio::spawn_local(run_upgraded(shard, upgraded)).detach();
+        crate::spawn_local(run_upgraded(shard, upgraded)).detach();
     }
 }
 

@@ -1141,7 +1141,7 @@ impl ShardState {
             return;
         };
         let label = format!("shard {}: Redis link", self.id);
-        glommio::spawn_local(link::run_link(
+        crate::spawn_local(link::run_link(
             c.link.clone(),
             self.clone(),
             c.start.addr.clone(),
@@ -1149,10 +1149,10 @@ impl ShardState {
             label,
         ))
         .detach();
-        glommio::spawn_local(self.clone().run_cluster_maintenance()).detach();
+        crate::spawn_local(self.clone().run_cluster_maintenance()).detach();
         if self.id == 0 {
             let ping_every = Duration::from_millis(self.config.cluster_heartbeat_ms.max(500));
-            glommio::spawn_local(link::run_subscriber(
+            crate::spawn_local(link::run_subscriber(
                 self.clone(),
                 c.start.addr.clone(),
                 c.start.sock,

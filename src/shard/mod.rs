@@ -54,6 +54,9 @@ pub struct ShardStart {
     pub registry: Arc<Registry>,
     pub listener: OwnedFd,
     pub mesh: MeshBuilder<MeshMsg, Full>,
+    /// Each shard's doorbell, by mesh id, set by the shard once it joined
+    /// the mesh (if it naps): its peers ring it after each batch they send.
+    pub doorbells: Doorbells,
     /// Set by SIGINT/SIGTERM; shard 0 watches it and tells the others.
     pub shutdown_flag: Arc<AtomicBool>,
     pub started_at: Instant,
@@ -74,6 +77,9 @@ pub struct ShardStart {
     /// Cluster mode: the node id and where Redis is.
     pub cluster: Option<Arc<cluster::ClusterStart>>,
 }
+
+/// The shards' doorbells by mesh id (see `ShardStart::doorbells`).
+pub type Doorbells = Arc<[std::sync::OnceLock<Arc<ws_uring_readiness::Doorbell>>]>;
 
 /// Where the answers to a request this shard waits on arrive, by request id.
 type Waiters<T> = RefCell<HashMap<u64, LocalSender<T>>>;
@@ -165,6 +171,39 @@ pub struct ShardState {
 }
 
 impl ShardState {
+    /// Lets the readiness driver nap (`nap_max_us`; readiness crate docs)
+    /// and publishes this shard's doorbell for its peers' pumps to ring. A
+    /// shard that cannot make one naps without it, and mesh messages then
+    /// wait up to `nap_max_us` while it naps.
+    fn enable_naps(&self, doorbells: &Doorbells) {
+        if self.config.nap_max_us == 0 {
+            return;
+        }
+        if self.cluster.is_some() {
+            // The Redis links are glommio streams: their replies would wait
+            // for naps to end.
+            log::debug!("shard {}: no naps in cluster mode", self.id);
+            return;
+        }
+        let nap_max = Duration::from_micros(self.config.nap_max_us);
+        let doorbell = match ws_uring_readiness::Doorbell::new() {
+            Ok(bell) => {
+                let _ = doorbells[self.id].set(bell.clone());
+                Some(bell)
+            }
+            Err(e) => {
+                log::warn!(
+                    "shard {}: no doorbell ({e}): mesh messages may wait for a nap to end",
+                    self.id
+                );
+                None
+            }
+        };
+        if let Err(e) = ws_uring_readiness::enable_naps(nap_max, doorbell) {
+            log::warn!("shard {}: naps stay off ({e})", self.id);
+        }
+    }
+
     fn new(start: &ShardStart, mesh: Senders<MeshMsg>) -> Self {
         let shard_count = mesh.nr_consumers();
         let mesh_id = mesh.peer_id();
@@ -477,13 +516,16 @@ pub async fn run(start: ShardStart) {
         }
     };
     let shard = Rc::new(ShardState::new(&start, senders));
-    shard.outgoing.start_pumps(shard.id, shard.mesh.clone());
+    shard.enable_naps(&start.doorbells);
+    shard
+        .outgoing
+        .start_pumps(shard.id, shard.mesh.clone(), start.doorbells.clone());
     if !shard.config.no_persist {
         let dir = std::path::PathBuf::from(&shard.config.data_dir);
         match shard.open_log(&dir).await {
             Ok(wal) => {
                 shard.wal_done.set(false);
-                glommio::spawn_local(shard.clone().run_wal(wal)).detach();
+                crate::spawn_local(shard.clone().run_wal(wal)).detach();
             }
             Err(e) => {
                 let _ = start.ready.send(Err(format!("shard {}: {e}", shard.id)));
@@ -494,7 +536,7 @@ pub async fn run(start: ShardStart) {
 
     for (_peer, rx) in receivers.streams() {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        crate::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 shard.on_mesh(msg);
             }
@@ -508,10 +550,10 @@ pub async fn run(start: ShardStart) {
     while shard.handoffs_pending() && Instant::now() < handoff_deadline {
         Timer::new(Duration::from_millis(2)).await;
     }
-    glommio::spawn_local(shard.clone().sweep_liveness()).detach();
+    crate::spawn_local(shard.clone().sweep_liveness()).detach();
     if shard.hibernation.is_some() {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        crate::spawn_local(async move {
             if let Some(hibernation) = &shard.hibernation {
                 hibernation.run_resumer(shard.clone()).await;
             }
@@ -519,19 +561,19 @@ pub async fn run(start: ShardStart) {
         .detach();
     }
     shard.start_cluster_tasks();
-    glommio::spawn_local(shard.clone().run_timers()).detach();
+    crate::spawn_local(shard.clone().run_timers()).detach();
     if shard.id == 0 {
         let thresholds = shard.config.alert_thresholds();
         *shard.interval.borrow_mut() = Some(observe::IntervalState::new(
             crate::metrics::alerts::AlertState::new(thresholds),
             shard.started_at,
         ));
-        glommio::spawn_local(shard.clone().run_metrics_interval()).detach();
+        crate::spawn_local(shard.clone().run_metrics_interval()).detach();
     }
     if shard.id == 0 {
         let shard = shard.clone();
         let flag = start.shutdown_flag.clone();
-        glommio::spawn_local(async move {
+        crate::spawn_local(async move {
             while !flag.load(Ordering::Acquire) && !shard.is_shutting_down() {
                 Timer::new(SIGNAL_POLL_PERIOD).await;
             }
@@ -605,7 +647,7 @@ async fn accept_until_shutdown(shard: &Rc<ShardState>, listener: &ReadyListener)
             Next::Accepted(Ok(stream)) => {
                 let task = crate::conn::serve(shard.clone(), stream);
                 log::trace!("connection task: {} bytes", std::mem::size_of_val(&task));
-                glommio::spawn_local(task).detach();
+                crate::spawn_local(task).detach();
             }
             Next::Accepted(Err(e)) => {
                 // Out of descriptors or memory: back off instead of spinning,

@@ -16,6 +16,7 @@ use futures_lite::future;
 use glommio::channels::channel_mesh::Senders;
 
 use super::mesh::MeshMsg;
+use super::Doorbells;
 
 /// Queued messages to one peer past which client requests are refused.
 pub const MESH_QUEUE_MAX_MSGS: usize = 65_536;
@@ -52,15 +53,22 @@ impl Outgoing {
     }
 
     /// Starts one pump task per peer; they end when the mesh closes.
-    pub fn start_pumps(self: &Rc<Self>, self_id: usize, senders: Rc<Senders<MeshMsg>>) {
+    pub fn start_pumps(
+        self: &Rc<Self>,
+        self_id: usize,
+        senders: Rc<Senders<MeshMsg>>,
+        doorbells: Doorbells,
+    ) {
         for peer in (0..self.queues.len()).filter(|p| *p != self_id) {
             let outgoing = self.clone();
             let senders = senders.clone();
-            glommio::spawn_local(async move { outgoing.pump(peer, &senders).await }).detach();
+            let doorbells = doorbells.clone();
+            crate::spawn_local(async move { outgoing.pump(peer, &senders, &doorbells).await })
+                .detach();
         }
     }
 
-    async fn pump(&self, peer: usize, senders: &Senders<MeshMsg>) {
+    async fn pump(&self, peer: usize, senders: &Senders<MeshMsg>, doorbells: &Doorbells) {
         loop {
             let mut batch = future::poll_fn(|cx| {
                 let mut queue = self.queues[peer].borrow_mut();
@@ -87,6 +95,11 @@ impl Outgoing {
             if senders.send_to(peer, msg).await.is_err() {
                 log::debug!("mesh to shard {peer} closed; pump stops");
                 return;
+            }
+            // The batch is in the channel: a peer napping in its epoll set
+            // would otherwise take it only when the nap ends.
+            if let Some(doorbell) = doorbells.get(peer).and_then(|d| d.get()) {
+                doorbell.ring();
             }
         }
     }

@@ -173,6 +173,10 @@ impl ShardState {
             if !ready {
                 break;
             }
+            // Answers wait for this write: the shard's driver must not nap
+            // through its timer and completions (they come through
+            // glommio's reactor, which a nap keeps waiting).
+            let _no_naps = ws_uring_readiness::hold_naps();
             if self.fsync == FsyncMode::Batch && self.config.fsync_batch_ms > 0 {
                 // Let more records join this commit.
                 Timer::new(Duration::from_millis(self.config.fsync_batch_ms)).await;
