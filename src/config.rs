@@ -717,6 +717,21 @@ mod tests {
     }
 
     #[test]
+    fn naps_default_on_and_are_bounded() {
+        let c = Config::resolve(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.nap_max_us, 5_000);
+        let off = Config::resolve(&Flags::default(), &env(&[("WS_URING_NAP_MAX_US", "0")]));
+        assert_eq!(off.unwrap().nap_max_us, 0);
+        let too_long = Config::resolve(
+            &Flags::default(),
+            &env(&[("WS_URING_NAP_MAX_US", "100001")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(too_long.contains("`nap_max_us`"), "{too_long}");
+    }
+
+    #[test]
     fn echo_from_env() {
         let c = Config::resolve(&Flags::default(), &env(&[("WS_URING_ECHO", "true")])).unwrap();
         assert!(c.echo);

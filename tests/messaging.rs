@@ -78,6 +78,40 @@ fn msgs(events: &[Value]) -> Vec<&Value> {
 }
 
 #[test]
+fn messages_across_shards_do_not_wait_for_the_receiving_shard_to_end_its_nap() {
+    // Naps of up to 100 ms: a mesh message that waited for the receiving
+    // shard's nap to end would take tens of milliseconds. The sending
+    // shard rings the receiver's doorbell instead.
+    let server = TestServer::start(&["--shards", "2", "--nap-max-us", "100000"]);
+    let mut alice = user_on_shard(&server, "alice", 0);
+    let mut bob = user_on_shard(&server, "bob", 1);
+    let mut waits = Vec::new();
+    for i in 0..10 {
+        // Input on bob's shard, then quiet: that shard naps.
+        bob.send(Message::text(r#"{"op":"ping"}"#)).unwrap();
+        assert_eq!(next_json(&mut bob)["op"], "pong");
+        std::thread::sleep(Duration::from_millis(10));
+        let sent = Instant::now();
+        alice
+            .send(Message::text(
+                json!({"op":"send","to":"bob","data":i}).to_string(),
+            ))
+            .unwrap();
+        let m = next_json(&mut bob);
+        waits.push(sent.elapsed());
+        assert_eq!(m["op"], "msg", "{m}");
+        assert_eq!(m["data"], i);
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(
+        median < Duration::from_millis(25),
+        "a message across shards took {median:?} (median of {}): it waited for a nap",
+        waits.len()
+    );
+}
+
+#[test]
 fn send_crosses_shards_and_reaches_every_connection_once() {
     let server = TestServer::start(&["--shards", "3"]);
     let (mut alice, alice_shard) = user(&server, "alice");
