@@ -540,7 +540,9 @@ async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>)
             if now >= idle_at {
                 return;
             }
-            let reactor_due = back_from_reactor + nap_max;
+            // The same bound as the visit below: a nap must not end
+            // before the visit is due, or the driver would spin until it.
+            let reactor_due = back_from_reactor + nap_max.max(REACTOR_TURN_PERIOD_MAX);
             if now < reactor_due {
                 ready = readiness.nap(events, idle_at.min(reactor_due) - now);
                 if ready == 0 && !readiness.doorbell_pending.get() {
