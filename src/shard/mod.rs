@@ -173,8 +173,8 @@ pub struct ShardState {
 impl ShardState {
     /// Lets the readiness driver nap (`nap_max_us`; readiness crate docs)
     /// and publishes this shard's doorbell for its peers' pumps to ring. A
-    /// shard that cannot make one naps without it, and mesh messages then
-    /// wait up to `nap_max_us` while it naps.
+    /// shard that cannot make a doorbell does not nap: its mesh messages
+    /// would wait for its naps to end.
     fn enable_naps(&self, doorbells: &Doorbells) {
         if self.config.nap_max_us == 0 {
             return;
@@ -187,19 +187,14 @@ impl ShardState {
         }
         let nap_max = Duration::from_micros(self.config.nap_max_us);
         let doorbell = match ws_uring_readiness::Doorbell::new() {
-            Ok(bell) => {
-                let _ = doorbells[self.id].set(bell.clone());
-                Some(bell)
-            }
+            Ok(bell) => bell,
             Err(e) => {
-                log::warn!(
-                    "shard {}: no doorbell ({e}): mesh messages may wait for a nap to end",
-                    self.id
-                );
-                None
+                log::warn!("shard {}: naps stay off: no doorbell ({e})", self.id);
+                return;
             }
         };
-        if let Err(e) = ws_uring_readiness::enable_naps(nap_max, doorbell) {
+        let _ = doorbells[self.id].set(doorbell.clone());
+        if let Err(e) = ws_uring_readiness::enable_naps(nap_max, Some(doorbell)) {
             log::warn!("shard {}: naps stay off ({e})", self.id);
         }
     }
