@@ -58,7 +58,8 @@
 //!   and now (`counted` tasks bump `TASK_POLLS`; a yield puts the driver
 //!   behind every task runnable at that moment, so a task woken by one that
 //!   ran since may still be queued behind it, and the driver yields again
-//!   instead), and only until `nap_max` after its last visit to glommio's
+//!   instead), never while a `NapHold` lives, and only until `nap_max`
+//!   (at least `REACTOR_TURN_PERIOD_MAX`) after its last visit to glommio's
 //!   reactor; after `nap_max` without any ready socket it parks through
 //!   glommio;
 //! - a `Doorbell` is rung after the message it announces is in its channel:
