@@ -238,7 +238,7 @@ struct Readiness {
     rung_seen: Cell<u64>,
     /// The doorbell rang (or had rung) since that visit: visit again.
     doorbell_pending: Cell<bool>,
-    /// Naps taken (a metric; tests).
+    /// Naps taken (tests).
     naps: Cell<u64>,
     /// An eventfd whose count is never read: always readable
     /// (`visit_reactor`).
@@ -261,14 +261,16 @@ pub struct Doorbell {
     rung: AtomicU64,
 }
 
+/// A non-blocking eventfd whose count starts at `count`.
+fn eventfd(count: u32) -> io::Result<OwnedFd> {
+    let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+    Ok(rustix::event::eventfd(count, flags)?)
+}
+
 impl Doorbell {
     pub fn new() -> io::Result<Arc<Doorbell>> {
-        let eventfd = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
         Ok(Arc::new(Doorbell {
-            eventfd,
+            eventfd: eventfd(0)?,
             napping: AtomicBool::new(false),
             rung: AtomicU64::new(0),
         }))
@@ -344,10 +346,7 @@ fn readiness() -> io::Result<Rc<Readiness>> {
             rung_seen: Cell::new(0),
             doorbell_pending: Cell::new(false),
             naps: Cell::new(0),
-            always_ready: rustix::event::eventfd(
-                1,
-                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-            )?,
+            always_ready: eventfd(1)?,
             nap_holds: Cell::new(0),
         });
         *cell = Some(r.clone());
@@ -444,8 +443,9 @@ impl Drop for NapHold {
     }
 }
 
-/// Naps this thread's driver has taken (a metric).
-pub fn naps_taken() -> u64 {
+/// Naps this thread's driver has taken (tests).
+#[cfg(test)]
+fn naps_taken() -> u64 {
     READINESS.with(|cell| cell.borrow().as_ref().map_or(0, |r| r.naps.get()))
 }
 
@@ -505,9 +505,9 @@ async fn drive(readiness: Rc<Readiness>) {
 ///
 /// With naps: an empty set, once no other task ran since the driver's last
 /// yield, is waited for in `epoll_wait` (a nap) until `nap_max` after the
-/// last ready socket; it returns only then. Every `nap_max` (or when the
-/// doorbell rang) it visits the reactor without parking: a timer already
-/// due, which glommio's executor loop fires before it would park.
+/// last ready socket; it returns only then. Every `nap_max` (at least
+/// `REACTOR_TURN_PERIOD_MAX`), or when the doorbell rang, it visits the
+/// reactor without parking (`visit_reactor`).
 async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>) {
     let mut back_from_reactor = Instant::now();
     let mut last_ready = back_from_reactor;
@@ -527,6 +527,7 @@ async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>)
             futures_lite::future::yield_now().await;
             continue;
         };
+        let turn_max = nap_max.max(REACTOR_TURN_PERIOD_MAX);
         if ready == 0 && !readiness.doorbell_pending.get() {
             let polls = task_polls();
             if polls_at_yield != Some(polls) {
@@ -541,9 +542,9 @@ async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>)
             if now >= idle_at {
                 return;
             }
-            // The same bound as the visit below: a nap must not end
-            // before the visit is due, or the driver would spin until it.
-            let reactor_due = back_from_reactor + nap_max.max(REACTOR_TURN_PERIOD_MAX);
+            // A nap ends no later than the visit is due (and no earlier,
+            // or the driver would spin until it).
+            let reactor_due = back_from_reactor + turn_max;
             if now < reactor_due {
                 ready = readiness.nap(events, idle_at.min(reactor_due) - now);
                 if ready == 0 && !readiness.doorbell_pending.get() {
@@ -557,7 +558,6 @@ async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>)
         if ready > 0 {
             last_ready = now;
         }
-        let turn_max = nap_max.max(REACTOR_TURN_PERIOD_MAX);
         if readiness.doorbell_pending.get() || now.duration_since(back_from_reactor) >= turn_max {
             readiness.before_reactor_visit();
             visit_reactor(readiness).await;
@@ -596,8 +596,9 @@ impl Readiness {
     /// `take_batch`. A doorbell rung since the last reactor visit (seen
     /// before or during the nap) sets `doorbell_pending` instead.
     fn nap(&self, events: &mut Vec<epoll::Event>, wait: Duration) -> usize {
-        let doorbell = self.doorbell.borrow().clone();
-        if let Some(bell) = &doorbell {
+        // A shared borrow: `take_batch` only reads the doorbell too.
+        let doorbell = self.doorbell.borrow();
+        if let Some(bell) = doorbell.as_ref() {
             bell.napping.store(true, Ordering::SeqCst);
             if bell.rung.load(Ordering::SeqCst) != self.rung_seen.get() {
                 bell.napping.store(false, Ordering::SeqCst);
@@ -607,7 +608,7 @@ impl Readiness {
         }
         self.naps.set(self.naps.get() + 1);
         let ready = take_batch(self, events, Some(wait));
-        if let Some(bell) = &doorbell {
+        if let Some(bell) = doorbell.as_ref() {
             bell.napping.store(false, Ordering::SeqCst);
         }
         ready
