@@ -32,6 +32,13 @@
 //! `nap_max`, and a `Doorbell` lets another thread that has just handed this
 //! one a message end a nap at once (the shard mesh rings it).
 //!
+//! Timers (`ReadyTimer`) can be kept by the driver instead of glommio's
+//! reactor, for a thread that naps and must still keep time (the loadgen's
+//! send schedule): a nap ends when the earliest is due, and before the
+//! driver parks through glommio it arms a timerfd in the set for the
+//! earliest (re-armed if a task glommio runs meanwhile makes an earlier
+//! one). glommio's own timers still wait for a reactor visit.
+//!
 //! Invariants:
 //! - a task only waits after the socket was found drained (a `recv`/`send`
 //!   that came back short or said `EAGAIN`) with no edge taken since, and
@@ -62,13 +69,20 @@
 //!   (at least `REACTOR_TURN_PERIOD_MAX`) after its last visit to glommio's
 //!   reactor; after `nap_max` without any ready socket it parks through
 //!   glommio;
+//! - a waiting `ReadyTimer` has an entry keyed by its deadline; the driver
+//!   wakes every entry due on each pass and takes it out, naps no later
+//!   than the earliest, and parks through glommio only with the timerfd
+//!   armed for a time no later than the earliest (`Parked`), so a timer
+//!   fires late by at most a pass of the driver, or a glommio turn when it
+//!   parks; a timer reset or dropped takes its entry out first;
 //! - a `Doorbell` is rung after the message it announces is in its channel:
 //!   the ringer bumps `rung`, then reads `napping`; the napper sets
 //!   `napping`, then reads `rung` (all sequentially consistent), so either
 //!   the ringer sees the nap and writes the eventfd, or the napper sees the
 //!   ring and visits the reactor instead of napping.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -101,6 +115,9 @@ const FALLBACK_POLL_PERIOD: Duration = Duration::from_millis(1);
 /// The event data of a thread's doorbell in its set: even (not a sleeper)
 /// and never a slot's address (slots are heap-allocated, far above it).
 const DOORBELL_DATA: u64 = 2;
+/// The event data of a thread's timerfd (`ReadyTimer`s): even, and below
+/// any slot's address like `DOORBELL_DATA`.
+const TIMERFD_DATA: u64 = 4;
 
 /// The wakers of one socket's waiting reader and writer, and what the
 /// socket may have for them.
@@ -245,7 +262,22 @@ struct Readiness {
     always_ready: OwnedFd,
     /// Live `NapHold`s: while any is, the driver does not nap.
     nap_holds: Cell<usize>,
+    /// Waiting `ReadyTimer`s by deadline (then age, so none share a key).
+    timers: RefCell<BTreeMap<TimerKey, Waker>>,
+    /// The age of the next timer entry.
+    timer_entries: Cell<u64>,
+    /// Made by the first `ReadyTimer`, in the set from then on: armed for
+    /// the earliest timer while the driver parks through glommio, so the
+    /// set reports it when that timer is due.
+    timerfd: OnceCell<OwnedFd>,
+    /// The driver waits through glommio now (see `drive`).
+    parked: Cell<bool>,
+    /// When the timerfd goes off, if it is armed and has not been reported.
+    timerfd_armed_for: Cell<Option<Instant>>,
 }
+
+/// A timer's place among the waiting ones: deadline, then age.
+type TimerKey = (Instant, u64);
 
 /// Lets another thread end this thread's nap when it hands it something
 /// the epoll set does not show (a message in a glommio channel): see
@@ -348,6 +380,11 @@ fn readiness() -> io::Result<Rc<Readiness>> {
             naps: Cell::new(0),
             always_ready: eventfd(1)?,
             nap_holds: Cell::new(0),
+            timers: RefCell::new(BTreeMap::new()),
+            timer_entries: Cell::new(0),
+            timerfd: OnceCell::new(),
+            parked: Cell::new(false),
+            timerfd_armed_for: Cell::new(None),
         });
         *cell = Some(r.clone());
         Ok(r)
@@ -443,6 +480,126 @@ impl Drop for NapHold {
     }
 }
 
+/// A timer kept by this thread's readiness driver instead of glommio's
+/// reactor: it fires on time while the driver naps (a nap ends when the
+/// earliest one is due) and while it parks through glommio (a timerfd in
+/// the set is armed for the earliest). Re-armed with `reset`, never
+/// re-created, like glommio's `Timer`; fires once per arming (polled again
+/// after firing, it is ready at once). Must be made and polled on the
+/// thread whose executor made it.
+pub struct ReadyTimer {
+    readiness: Rc<Readiness>,
+    deadline: Instant,
+    /// Its entry among the driver's timers while it waits to fire; gone
+    /// from there (with this still set) once the driver fired it.
+    entry: Option<TimerKey>,
+}
+
+impl ReadyTimer {
+    /// A timer due `after` from now. Must be called from inside a glommio
+    /// executor.
+    pub fn new(after: Duration) -> io::Result<ReadyTimer> {
+        ReadyTimer::at(Instant::now() + after)
+    }
+
+    /// A timer due at `deadline` (at once if that has passed). Fails
+    /// only if this thread has no epoll set or timerfd and cannot make
+    /// them.
+    pub fn at(deadline: Instant) -> io::Result<ReadyTimer> {
+        let readiness = readiness()?;
+        readiness.timerfd()?;
+        Ok(ReadyTimer {
+            readiness,
+            deadline,
+            entry: None,
+        })
+    }
+
+    /// Re-arms the timer for `after` from now, fired or not.
+    pub fn reset(&mut self, after: Duration) {
+        self.reset_at(Instant::now() + after);
+    }
+
+    /// Re-arms the timer for `deadline`, fired or not.
+    pub fn reset_at(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if self.entry.is_some_and(|key| key.0 != deadline) {
+            self.leave();
+        }
+    }
+
+    /// When it is due.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Takes its entry out of the driver's timers, if it is there.
+    fn leave(&mut self) {
+        if let Some(key) = self.entry.take() {
+            self.readiness.timers.borrow_mut().remove(&key);
+        }
+    }
+}
+
+impl std::future::Future for ReadyTimer {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(key) = this.entry {
+            let mut timers = this.readiness.timers.borrow_mut();
+            return match timers.get_mut(&key) {
+                Some(waker) => {
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                    }
+                    Poll::Pending
+                }
+                None => {
+                    // The driver took the entry out when it fired it.
+                    drop(timers);
+                    this.entry = None;
+                    Poll::Ready(())
+                }
+            };
+        }
+        if Instant::now() >= this.deadline {
+            return Poll::Ready(());
+        }
+        let readiness = &this.readiness;
+        let age = readiness.timer_entries.get();
+        readiness.timer_entries.set(age.wrapping_add(1));
+        let key = (this.deadline, age);
+        readiness
+            .timers
+            .borrow_mut()
+            .insert(key, cx.waker().clone());
+        this.entry = Some(key);
+        if readiness.parked.get() {
+            // The driver waits through glommio with the timerfd armed for
+            // the earliest timer as it was then (or not at all).
+            readiness.arm_timerfd(this.deadline);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for ReadyTimer {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// `ReadyTimer`s waiting on this thread (tests).
+#[cfg(test)]
+fn timers_waiting() -> usize {
+    READINESS.with(|cell| {
+        cell.borrow()
+            .as_ref()
+            .map_or(0, |r| r.timers.borrow().len())
+    })
+}
+
 /// Naps this thread's driver has taken (tests).
 #[cfg(test)]
 fn naps_taken() -> u64 {
@@ -484,7 +641,10 @@ async fn drive(readiness: Rc<Readiness>) {
     let mut fallback_logged = false;
     loop {
         readiness.before_reactor_visit();
-        if let Err(e) = wait_readable(&readiness.epoll).await {
+        let parked = Parked::new(readiness);
+        let waited = wait_readable(&readiness.epoll).await;
+        drop(parked);
+        if let Err(e) = waited {
             if !fallback_logged {
                 log::warn!("readiness: cannot wait for the epoll set ({e}); polling it every {FALLBACK_POLL_PERIOD:?} until it can");
                 fallback_logged = true;
@@ -492,6 +652,29 @@ async fn drive(readiness: Rc<Readiness>) {
             glommio::timer::Timer::new(FALLBACK_POLL_PERIOD).await;
         }
         serve_until_idle(readiness, &mut events).await;
+    }
+}
+
+/// The driver parks through glommio while this lives: the timerfd is
+/// armed for the earliest `ReadyTimer`, and for any earlier one made
+/// meanwhile (by a task glommio runs), so the set wakes the driver for it.
+struct Parked<'a>(&'a Readiness);
+
+impl<'a> Parked<'a> {
+    fn new(readiness: &'a Readiness) -> Parked<'a> {
+        readiness.parked.set(true);
+        if let Some(deadline) = readiness.next_timer() {
+            readiness.arm_timerfd(deadline);
+        }
+        Parked(readiness)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        // The timerfd stays armed: if it goes off for nothing, the driver
+        // reads it once, which costs less than disarming it every time.
+        self.0.parked.set(false);
     }
 }
 
@@ -515,7 +698,7 @@ async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>)
     // turn (tasks woken before it came back may be queued behind it).
     let mut polls_at_yield: Option<u64> = None;
     loop {
-        let mut ready = take_batch(readiness, events, None);
+        let mut ready = take_batch(readiness, events, None) + readiness.fire_due_timers();
         let naps = readiness
             .nap_max
             .get()
@@ -538,15 +721,28 @@ async fn serve_until_idle(readiness: &Readiness, events: &mut Vec<epoll::Event>)
                 continue;
             }
             let now = Instant::now();
+            let next_timer = readiness.next_timer();
+            // A timer due within a nap keeps the driver napping: parking
+            // through glommio for it would cost more than the nap.
+            let timer_soon = next_timer.is_some_and(|due| due < now + nap_max);
             let idle_at = last_ready + nap_max;
-            if now >= idle_at {
+            if now >= idle_at && !timer_soon {
                 return;
             }
             // A nap ends no later than the visit is due (and no earlier,
-            // or the driver would spin until it).
+            // or the driver would spin until it), the idle bound or the
+            // next timer.
             let reactor_due = back_from_reactor + turn_max;
             if now < reactor_due {
-                ready = readiness.nap(events, idle_at.min(reactor_due) - now);
+                let mut nap_until = reactor_due;
+                if idle_at > now {
+                    nap_until = nap_until.min(idle_at);
+                }
+                if let Some(due) = next_timer {
+                    nap_until = nap_until.min(due);
+                }
+                ready = readiness.nap(events, nap_until.saturating_duration_since(now));
+                ready += readiness.fire_due_timers();
                 if ready == 0 && !readiness.doorbell_pending.get() {
                     // Nothing until the nap's end: the idle bound or the
                     // reactor's turn, decided on the next pass.
@@ -589,6 +785,87 @@ impl Readiness {
         self.doorbell_pending.set(false);
         if let Some(bell) = self.doorbell.borrow().as_ref() {
             self.rung_seen.set(bell.rung.load(Ordering::SeqCst));
+        }
+    }
+
+    /// The earliest waiting `ReadyTimer`'s deadline.
+    fn next_timer(&self) -> Option<Instant> {
+        self.timers.borrow().first_key_value().map(|(key, _)| key.0)
+    }
+
+    /// Wakes the tasks of the `ReadyTimer`s due now, taking them out of
+    /// the waiting ones; returns how many.
+    fn fire_due_timers(&self) -> usize {
+        let mut timers = self.timers.borrow_mut();
+        let Some((&(first, _), _)) = timers.first_key_value() else {
+            return 0;
+        };
+        let now = Instant::now();
+        if first > now {
+            return 0;
+        }
+        let mut fired = 0;
+        while let Some(entry) = timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            // Only queues the task: nothing runs under the borrow.
+            entry.remove().wake();
+            fired += 1;
+        }
+        fired
+    }
+
+    /// This thread's timerfd, made and added to the set on first use.
+    fn timerfd(&self) -> io::Result<&OwnedFd> {
+        if let Some(timerfd) = self.timerfd.get() {
+            return Ok(timerfd);
+        }
+        let timerfd = rustix::time::timerfd_create(
+            rustix::time::TimerfdClockId::Monotonic,
+            rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
+        )?;
+        epoll::add(
+            &self.epoll,
+            &timerfd,
+            epoll::EventData::new_u64(TIMERFD_DATA),
+            epoll::EventFlags::IN,
+        )?;
+        Ok(self.timerfd.get_or_init(|| timerfd))
+    }
+
+    /// Makes sure the timerfd goes off by `deadline` (the driver parks
+    /// through glommio, and only the set can wake it).
+    fn arm_timerfd(&self, deadline: Instant) {
+        if self
+            .timerfd_armed_for
+            .get()
+            .is_some_and(|armed| armed <= deadline)
+        {
+            return;
+        }
+        // Made with the first timer (`ReadyTimer::at`): this cannot fail.
+        let Ok(timerfd) = self.timerfd() else {
+            return;
+        };
+        // Zero would disarm it: a timer already due goes off in 1 ns.
+        let after = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let spec = rustix::time::Itimerspec {
+            it_interval: Timespec::default(),
+            it_value: Timespec {
+                tv_sec: after.as_secs() as _,
+                tv_nsec: after.subsec_nanos() as _,
+            },
+        };
+        match rustix::time::timerfd_settime(
+            timerfd,
+            rustix::time::TimerfdTimerFlags::empty(),
+            &spec,
+        ) {
+            Ok(_) => self.timerfd_armed_for.set(Some(deadline)),
+            Err(e) => log::error!("readiness: cannot arm the timerfd: {e}"),
         }
     }
 
@@ -652,6 +929,15 @@ fn take_batch(
                 let _ = rustix::io::read(&bell.eventfd, &mut count);
             }
             readiness.doorbell_pending.set(true);
+            continue;
+        }
+        if data.u64() == TIMERFD_DATA {
+            if let Some(timerfd) = readiness.timerfd.get() {
+                let mut expirations = [0u8; 8];
+                // Disarms the report; `EAGAIN` if it was re-armed since.
+                let _ = rustix::io::read(timerfd, &mut expirations);
+            }
+            readiness.timerfd_armed_for.set(None);
             continue;
         }
         // SAFETY: the registration holds a reference to the slot until
@@ -1655,6 +1941,145 @@ mod tests {
             read_soon(&mut ours, &mut buf).await;
             Timer::new(Duration::from_millis(5)).await;
             assert!(naps_taken() > before, "no nap once the hold was gone");
+        });
+    }
+    /// Waits for `timer`, or fails the test after `MUST_COME_WAIT_MAX`;
+    /// returns how late it fired.
+    async fn late_by(timer: &mut ReadyTimer) -> Duration {
+        let deadline = timer.deadline();
+        let fired = futures_lite::future::or(
+            async {
+                timer.await;
+                true
+            },
+            async {
+                Timer::new(MUST_COME_WAIT_MAX).await;
+                false
+            },
+        )
+        .await;
+        assert!(
+            fired,
+            "a ready timer due in ms had not fired after {MUST_COME_WAIT_MAX:?}"
+        );
+        Instant::now().saturating_duration_since(deadline)
+    }
+
+    fn median(mut samples: Vec<Duration>) -> Duration {
+        samples.sort();
+        samples[samples.len() / 2]
+    }
+
+    #[test]
+    fn ready_timers_fire_on_time_while_the_driver_parks() {
+        run(|| async {
+            // No naps and no sockets: the driver parks through glommio, and
+            // only the armed timerfd can wake it for the timers.
+            let mut timer = ReadyTimer::new(Duration::from_millis(2)).expect("timer");
+            let mut late = Vec::new();
+            for _ in 0..20 {
+                timer.reset(Duration::from_millis(2));
+                late.push(late_by(&mut timer).await);
+            }
+            let median = median(late);
+            assert!(
+                median < Duration::from_millis(20),
+                "2 ms ready timers fired {median:?} late (median of 20) while the driver parked"
+            );
+            assert_eq!(timers_waiting(), 0, "fired timers leave the driver's list");
+        });
+    }
+
+    #[test]
+    fn a_ready_timer_made_while_the_driver_parks_wakes_it_in_time() {
+        run(|| async {
+            // The driver parks with the timerfd armed for a far timer; a
+            // task glommio runs (its own timer) then makes a near one.
+            let far = glommio::spawn_local(async {
+                let mut far = ReadyTimer::new(MUST_COME_WAIT_MAX * 2).expect("timer");
+                (&mut far).await;
+            });
+            Timer::new(Duration::from_millis(30)).await;
+            let mut late = Vec::new();
+            for _ in 0..5 {
+                Timer::new(Duration::from_millis(5)).await;
+                let mut near = ReadyTimer::new(Duration::from_millis(3)).expect("timer");
+                late.push(late_by(&mut near).await);
+            }
+            let median = median(late);
+            assert!(
+                median < Duration::from_millis(20),
+                "a near ready timer made while the driver parked fired {median:?} late"
+            );
+            drop(far);
+        });
+    }
+
+    #[test]
+    fn ready_timers_fire_on_time_while_the_driver_naps() {
+        run_napping(Duration::from_secs(1), || async {
+            // One byte in: the driver then naps (up to a second) instead of
+            // parking. Only a nap that ends at the next timer fires it.
+            let (mut ours, theirs) = pair();
+            {
+                use std::io::Write;
+                (&theirs).write_all(b"x").expect("write");
+            }
+            let mut buf = [0u8; 4];
+            assert_eq!(read_soon(&mut ours, &mut buf).await, 1);
+            let naps_before = naps_taken();
+            let mut timer = ReadyTimer::new(Duration::from_millis(2)).expect("timer");
+            let mut late = Vec::new();
+            for _ in 0..20 {
+                timer.reset(Duration::from_millis(2));
+                late.push(late_by(&mut timer).await);
+            }
+            let naps = naps_taken() - naps_before;
+            assert!(naps >= 10, "the driver napped {naps} times");
+            let median = median(late);
+            assert!(
+                median < Duration::from_millis(20),
+                "2 ms ready timers fired {median:?} late (median of 20) while the driver napped"
+            );
+            drop(theirs);
+        });
+    }
+
+    #[test]
+    fn ready_timers_fire_in_deadline_order_and_a_reset_or_drop_moves_them() {
+        run(|| async {
+            let start = Instant::now();
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for (name, after_ms) in [(3u8, 30u64), (1, 10), (2, 20)] {
+                let order = order.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    ReadyTimer::at(start + Duration::from_millis(after_ms))
+                        .expect("timer")
+                        .await;
+                    order.borrow_mut().push(name);
+                }));
+            }
+            // Armed and polled once, then moved later, then dropped: it
+            // must neither fire nor stay in the list.
+            let others = timers_waiting();
+            let mut moved = ReadyTimer::new(Duration::from_millis(5)).expect("timer");
+            assert!(futures_lite::future::poll_once(&mut moved).await.is_none());
+            assert_eq!(timers_waiting(), others + 1);
+            moved.reset(Duration::from_secs(60));
+            assert_eq!(timers_waiting(), others, "a reset takes the old entry out");
+            assert!(futures_lite::future::poll_once(&mut moved).await.is_none());
+            for task in tasks {
+                task.await;
+            }
+            assert_eq!(*order.borrow(), vec![1, 2, 3]);
+            assert_eq!(timers_waiting(), 1, "only the moved timer waits");
+            drop(moved);
+            assert_eq!(timers_waiting(), 0, "a dropped timer leaves the list");
+            // A timer due in the past is ready at once, and stays ready.
+            let mut past = ReadyTimer::at(start).expect("timer");
+            assert!(futures_lite::future::poll_once(&mut past).await.is_some());
+            assert!(futures_lite::future::poll_once(&mut past).await.is_some());
         });
     }
 }
