@@ -12,6 +12,8 @@ use crate::workload::Workload;
 /// Coarsest `--send-tick-us` accepted: beyond it the grid, not the server,
 /// would be what a run measures.
 const SEND_TICK_US_MAX: u64 = 10_000;
+/// Longest `--nap-max-us` accepted (the server's bound too).
+const NAP_MAX_US_LIMIT: u64 = 100_000;
 
 /// Load generator for ws-uring (and any RFC 6455 echo server): runs scenarios,
 /// grades them A+..F, writes JSON and HTML reports.
@@ -45,6 +47,13 @@ pub struct Args {
     /// measured from each message's intended time.
     #[argh(option, default = "250")]
     pub send_tick_us: u64,
+
+    /// microseconds an engine thread with nothing to do may wait for its
+    /// sockets and send timers itself (epoll_wait) before it parks through
+    /// glommio, which costs ~10 system calls a wake-up (default 5000; 0:
+    /// never; at most 100000). Sends and replies are never late for it.
+    #[argh(option, default = "crate::engine::NAP_MAX_DEFAULT.as_micros() as u64")]
+    pub nap_max_us: u64,
 
     /// measured (steady) phase: 30, 30s, 500ms, 2m (overrides each scenario's)
     #[argh(option)]
@@ -132,6 +141,12 @@ impl Args {
                 self.send_tick_us
             ));
         }
+        if self.nap_max_us > NAP_MAX_US_LIMIT {
+            return Err(format!(
+                "--nap-max-us must be at most {NAP_MAX_US_LIMIT} (100 ms), not {}",
+                self.nap_max_us
+            ));
+        }
         if self.connections == Some(0) {
             return Err("--connections must be at least 1".into());
         }
@@ -178,6 +193,7 @@ impl Args {
                 workload,
                 rate: self.rate,
                 send_tick: Duration::from_micros(self.send_tick_us),
+                nap_max: Duration::from_micros(self.nap_max_us),
                 in_flight: self.in_flight,
                 size: self.size,
                 group_size: self.group_size,
@@ -255,12 +271,22 @@ mod tests {
         assert!(args(&["--duration", "abc"]).unwrap().to_config().is_err());
         let tick = args(&["--send-tick-us", "10001"]).unwrap().to_config();
         assert!(tick.unwrap_err().contains("--send-tick-us"));
+        let naps = args(&["--nap-max-us", "100001"]).unwrap().to_config();
+        assert!(naps.unwrap_err().contains("--nap-max-us"));
     }
 
     #[test]
     fn open_loop_sends_keep_to_a_250_us_grid_by_default() {
         let c = args(&[]).unwrap().to_config().unwrap();
         assert_eq!(c.settings.send_tick, Duration::from_micros(250));
+    }
+
+    #[test]
+    fn threads_nap_up_to_5_ms_by_default_and_0_turns_naps_off() {
+        let c = args(&[]).unwrap().to_config().unwrap();
+        assert_eq!(c.settings.nap_max, Duration::from_millis(5));
+        let c = args(&["--nap-max-us", "0"]).unwrap().to_config().unwrap();
+        assert_eq!(c.settings.nap_max, Duration::ZERO);
     }
 
     #[test]

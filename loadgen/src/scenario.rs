@@ -167,6 +167,8 @@ pub struct RunSettings {
     pub rate: Option<f64>,
     /// Open loop: the grid the threads' send timers are kept to.
     pub send_tick: Duration,
+    /// Longest an engine thread naps (zero: never); see `RunPlan`.
+    pub nap_max: Duration,
     pub in_flight: usize,
     pub size: usize,
     /// Connections per group (`publish`, `anycast`).
@@ -261,6 +263,7 @@ impl ScenarioSpec {
             measure_from: Duration::from_nanos(measure_from_ns),
             rate: settings.rate,
             send_tick: settings.send_tick,
+            nap_max: settings.nap_max,
             in_flight: settings.in_flight,
             size: settings.size,
             group_size: settings.group_size,
@@ -282,6 +285,7 @@ mod tests {
             workload: Workload::Echo,
             rate: None,
             send_tick: Duration::from_micros(250),
+            nap_max: crate::engine::NAP_MAX_DEFAULT,
             in_flight: 1,
             size: 64,
             group_size: crate::workload::GROUP_SIZE,

@@ -63,6 +63,7 @@ pub fn run(
             mode: if s.rate.is_some() { "open" } else { "closed" }.to_string(),
             rate: s.rate,
             send_tick_us: s.rate.map(|_| s.send_tick.as_micros() as u64),
+            nap_max_us: s.nap_max.as_micros() as u64,
             in_flight: s.in_flight,
             message_bytes: s.size,
             threads: s.threads,

@@ -90,6 +90,7 @@ fn run(url: &str, workload: Workload, rate: Option<f64>, steady_ms: u64) -> (u64
         workload,
         rate,
         send_tick: Duration::from_micros(250),
+        nap_max: loadgen::engine::NAP_MAX_DEFAULT,
         in_flight: 4,
         size: 64,
         group_size: loadgen::workload::GROUP_SIZE,

@@ -29,6 +29,7 @@ fn plan(
         workload,
         rate,
         send_tick: Duration::from_micros(250),
+        nap_max: loadgen::engine::NAP_MAX_DEFAULT,
         in_flight: 2,
         size: 64,
         group_size: loadgen::workload::GROUP_SIZE,
@@ -93,6 +94,30 @@ fn open_loop_keeps_the_intended_rate() {
     let rate = stats.summary(1.5).msg_per_s;
     // Loose bounds: a busy CI machine delays timers, never adds messages.
     assert!((1400.0..2200.0).contains(&rate), "open loop rate {rate}");
+}
+
+#[test]
+fn long_naps_make_neither_sends_nor_connects_late() {
+    // Threads that may nap 100 ms at a time: a send timer or a connect that
+    // waited for glommio's reactor would be up to that late, a median of
+    // tens of ms. Send times are `ReadyTimer`s (a nap ends at the earliest)
+    // and a connect holds naps off.
+    let server = support::echo_server();
+    let mut plan = plan(&server.url(), Workload::Echo, 20, 1500, Some(400.0));
+    plan.nap_max = Duration::from_millis(100);
+    let stats = run(&plan);
+    assert_clean(&stats, 20);
+    let summary = stats.summary(1.5);
+    assert!(
+        summary.latency_us.p50 < 10_000,
+        "send timers waited for naps: latency {:?}",
+        summary.latency_us
+    );
+    assert!(
+        summary.connect.time_us.p50 < 10_000,
+        "connects waited for naps: {:?}",
+        summary.connect.time_us
+    );
 }
 
 #[test]

@@ -90,6 +90,7 @@ fn plan(addr: &str, workload: Workload) -> RunPlan {
         workload,
         rate: None,
         send_tick: Duration::from_micros(250),
+        nap_max: loadgen::engine::NAP_MAX_DEFAULT,
         in_flight: 1,
         size: 64,
         group_size: loadgen::workload::GROUP_SIZE,

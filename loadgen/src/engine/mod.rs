@@ -5,6 +5,14 @@
 //! leave it until the run ends and the main thread merges the results. The
 //! only cross-thread traffic during a run is a few relaxed atomic stores a
 //! second for the progress line.
+//!
+//! Sockets and timers go through the readiness driver (ws-uring's own), with
+//! naps: a thread with nothing runnable waits in `epoll_wait` until its next
+//! reply or send time instead of parking through glommio, whose park costs
+//! ~10 system calls a wake-up. So every timer here is a `ReadyTimer` (a
+//! glommio timer would wait for the next reactor visit, up to `nap_max`),
+//! every task is `counted`, and a connect, which completes through glommio's
+//! io_uring, holds naps off until it has.
 
 mod session;
 
@@ -17,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
+use ws_uring_readiness::{counted, enable_naps, ReadyTimer};
 
 use crate::stats::{LiveCounters, ThreadStats};
 use crate::url::{UrlError, WsUrl};
@@ -26,6 +35,9 @@ use crate::workload::{identity, Workload};
 pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Limit for the TCP connect and for the WebSocket handshake, each.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--nap-max-us`'s default, the server's too: long enough that a thread
+/// sending on a grid of a few hundred µs never parks between sends.
+pub const NAP_MAX_DEFAULT: Duration = Duration::from_millis(5);
 
 /// When one connection slot opens, and how long each of its connections lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +72,11 @@ pub struct RunPlan {
     /// Open loop: send timers are kept to this grid (zero: exact), so that
     /// a thread's connections due within one tick share one wake-up.
     pub send_tick: Duration,
+    /// Longest an engine thread waits for its sockets and `ReadyTimer`s in
+    /// `epoll_wait` (a nap) before it parks through glommio; zero: it
+    /// always parks. Naps end at the next send time or reply, so only
+    /// glommio's own work (connects, which hold naps off) can wait for one.
+    pub nap_max: Duration,
     pub in_flight: usize,
     /// Payload bytes to aim for.
     pub size: usize,
@@ -154,13 +171,20 @@ pub fn run(
         let handle = LocalExecutorBuilder::new(placement)
             .spin_before_park(Duration::from_micros(spin))
             .name(&format!("loadgen-{thread}"))
-            .spawn(move || async move {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                let stats = run_thread(plan, thread, threads, addr, epoch, live).await;
-                finished.fetch_add(1, Ordering::Release);
-                stats
+            .spawn(move || {
+                counted(async move {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    if !plan.nap_max.is_zero() {
+                        if let Err(e) = enable_naps(plan.nap_max, None) {
+                            log::warn!("loadgen-{thread}: no naps ({e}): parks through glommio");
+                        }
+                    }
+                    let stats = run_thread(plan, thread, threads, addr, epoch, live).await;
+                    finished.fetch_add(1, Ordering::Release);
+                    stats
+                })
             })
             .map_err(|e| EngineError::Executor(e.to_string()))?;
         handles.push(handle);
@@ -244,12 +268,12 @@ async fn run_thread(
     let publisher = {
         let ctx = Rc::clone(&ctx);
         let live = Arc::clone(&live);
-        glommio::spawn_local(async move {
+        glommio::spawn_local(counted(async move {
             loop {
-                glommio::timer::sleep(Duration::from_millis(100)).await;
+                sleep_for(Duration::from_millis(100)).await;
                 live.publish(&ctx.stats.borrow(), ctx.open_connections.get());
             }
-        })
+        }))
     };
 
     // Past this point a slot is cancelled whatever it is doing. One timer
@@ -259,7 +283,7 @@ async fn run_thread(
     let hard_stop_ns = ctx.end_ns + 3 * ctx.grace_ns;
     let mut tasks: Vec<_> = (thread..ctx.plan.slots.len())
         .step_by(threads)
-        .map(|slot| glommio::spawn_local(run_slot(Rc::clone(&ctx), slot)))
+        .map(|slot| glommio::spawn_local(counted(run_slot(Rc::clone(&ctx), slot))))
         .collect();
     futures_lite::future::or(
         async {
@@ -282,7 +306,19 @@ async fn run_thread(
 pub(crate) async fn sleep_until(ctx: &ThreadCtx, target_ns: u64) {
     let now = ctx.now_ns();
     if target_ns > now {
-        glommio::timer::sleep(Duration::from_nanos(target_ns - now)).await;
+        sleep_for(Duration::from_nanos(target_ns - now)).await;
+    }
+}
+
+/// Sleeps for `period` on a `ReadyTimer` (on time through naps), or on a
+/// glommio timer if the thread cannot make one (out of descriptors: that
+/// one may fire up to `nap_max` late).
+pub(crate) async fn sleep_for(period: Duration) {
+    match ReadyTimer::new(period) {
+        Ok(timer) => timer.await,
+        Err(_) => {
+            glommio::timer::sleep(period).await;
+        }
     }
 }
 
@@ -310,7 +346,7 @@ async fn run_slot(ctx: Rc<ThreadCtx>, slot: usize) {
                 }
             }
             session::SessionEnd::Failed => {
-                glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                sleep_for(RECONNECT_BACKOFF).await;
             }
         }
     }

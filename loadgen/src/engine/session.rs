@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use glommio::timer::Timer;
-use ws_uring_readiness::ReadyStream;
+use ws_uring_readiness::{counted, hold_naps, ReadyStream, ReadyTimer};
 
-use super::{sleep_until, ThreadCtx, CONNECT_TIMEOUT};
+use super::{sleep_for, sleep_until, ThreadCtx, CONNECT_TIMEOUT};
 use crate::frame::{encode_client_frame, parse_server_frame, Opcode};
 use crate::handshake;
 use crate::schedule::OpenLoopSchedule;
@@ -91,6 +90,17 @@ pub(crate) async fn connect_and_run(
     until_ns: u64,
 ) -> SessionEnd {
     let started = ctx.now_ns();
+    // Made first: without it (out of descriptors) there is no session.
+    let timer = match ReadyTimer::new(Duration::from_secs(1)) {
+        Ok(timer) => timer,
+        Err(e) => {
+            let now = ctx.now_ns();
+            let mut stats = ctx.stats.borrow_mut();
+            stats.on_connect(now, false, now - started);
+            stats.on_error(now, io_kind("connect", &e), 1);
+            return SessionEnd::Failed;
+        }
+    };
     let (user, role) = identity(
         ctx.plan.workload,
         ctx.plan.run_id,
@@ -105,7 +115,12 @@ pub(crate) async fn connect_and_run(
         SessionEnd::Failed
     };
 
-    let stream = match TcpStream::connect_timeout(ctx.addr, CONNECT_TIMEOUT).await {
+    // The connect completes through glommio's io_uring, which a napping
+    // thread visits only every `nap_max`: no naps until it has.
+    let connecting = hold_naps();
+    let connected = TcpStream::connect_timeout(ctx.addr, CONNECT_TIMEOUT).await;
+    drop(connecting);
+    let stream = match connected {
         Ok(s) => s,
         Err(e) => {
             let e = std::io::Error::from(e);
@@ -161,7 +176,7 @@ pub(crate) async fn connect_and_run(
             }
         },
         async {
-            glommio::timer::sleep(CONNECT_TIMEOUT).await;
+            sleep_for(CONNECT_TIMEOUT).await;
             Err("handshake_timeout".to_string())
         },
     )
@@ -182,18 +197,18 @@ pub(crate) async fn connect_and_run(
     let fd = stream.as_raw_fd();
     let watchdog = {
         let ctx = Rc::clone(ctx);
-        glommio::spawn_local(async move {
+        glommio::spawn_local(counted(async move {
             sleep_until(&ctx, until_ns + 2 * ctx.grace_ns).await;
             // SAFETY: the session owns `fd` and cancels this task (by dropping
             // it) before the stream is closed, so `fd` is still this socket.
             unsafe {
                 libc::shutdown(fd, libc::SHUT_RDWR);
             }
-        })
+        }))
     };
 
     let mask = mask_for(slot, cycle);
-    let mut session = Session::new(ctx, role, user, mask, until_ns);
+    let mut session = Session::new(ctx, role, user, mask, until_ns, timer);
     let end = session.run(&mut stream, rbuf, leftover).await;
     drop(watchdog);
 
@@ -228,7 +243,7 @@ struct Session<'a> {
     close_sent: bool,
     /// Wakes the loop when the next message is due (open loop) or the grace
     /// period ends; re-armed, never re-created.
-    timer: Timer,
+    timer: ReadyTimer,
     /// The run-clock time `timer` is armed for.
     timer_armed_for_ns: u64,
 }
@@ -245,6 +260,7 @@ impl<'a> Session<'a> {
         user: String,
         mask: [u8; 4],
         until_ns: u64,
+        timer: ReadyTimer,
     ) -> Session<'a> {
         let template = build_template(&role, ctx.plan.size, mask);
         let frame_len = template.as_ref().map_or(64, MessageTemplate::wire_len);
@@ -261,7 +277,7 @@ impl<'a> Session<'a> {
             ready: role.join_group().is_none(),
             stopping_since: None,
             close_sent: false,
-            timer: Timer::new(Duration::from_secs(1)),
+            timer,
             timer_armed_for_ns: u64::MAX,
             role,
             user,
@@ -444,9 +460,10 @@ impl<'a> Session<'a> {
                     let tick_ns = (self.ctx.plan.send_tick.as_nanos() as u64).max(1);
                     let at = at.div_ceil(tick_ns) * tick_ns;
                     if at != self.timer_armed_for_ns {
-                        let now = self.ctx.now_ns();
+                        // On the grid exactly: the connections due at one
+                        // tick share a deadline and fire in one pass.
                         self.timer
-                            .reset(Duration::from_nanos(at.saturating_sub(now)));
+                            .reset_at(self.ctx.epoch + Duration::from_nanos(at));
                         self.timer_armed_for_ns = at;
                     }
                     let timer = &mut self.timer;

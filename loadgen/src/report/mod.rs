@@ -49,6 +49,10 @@ pub struct RunConfig {
     /// Open loop: the grid of the send timers, in microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_tick_us: Option<u64>,
+    /// The engine threads' longest nap, in microseconds (0: none). Absent
+    /// from reports written before naps: they parked.
+    #[serde(default)]
+    pub nap_max_us: u64,
     pub in_flight: usize,
     pub message_bytes: usize,
     pub threads: usize,
@@ -182,7 +186,7 @@ mod tests {
     /// Every path of the JSON document. Changing this list changes the
     /// schema: bump [`SCHEMA`] when removing or renaming anything.
     const SCHEMA_PATHS: &str = "
-config config.in_flight config.message_bytes config.mode config.quick config.rate config.threads config.url config.workload
+config config.in_flight config.message_bytes config.mode config.nap_max_us config.quick config.rate config.threads config.url config.workload
 grade_limits grade_limits[] grade_limits[].grade grade_limits[].max_error_rate grade_limits[].min_connect_success
 grade_limits[].min_throughput_ratio grade_limits[].p95_us grade_limits[].p999_us grade_limits[].p99_us
 overall_grade schema scenarios scenarios[] scenarios[].connections scenarios[].description
@@ -259,6 +263,7 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
                 mode: "closed".into(),
                 rate: None,
                 send_tick_us: None,
+                nap_max_us: 5000,
                 in_flight: 1,
                 message_bytes: 64,
                 threads: 1,
