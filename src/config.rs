@@ -182,7 +182,7 @@ settings! {
     idle_timeout_ms: u64 = 60_000;
     /// quiet (no data either way) after which a plain-TCP connection gives up its task and waits in the shard's epoll set, in ms; 0 never (default 5000)
     hibernate_after_ms: u64 = 5_000;
-    /// longest a shard waits for its sockets in epoll_wait (a nap) instead of parking through glommio, in µs: also how late its timers may fire meanwhile (log writes hold naps off; no naps in cluster mode); 0 never naps (default 5000)
+    /// longest a shard waits for its sockets in epoll_wait (a nap) instead of parking through glommio, in µs: also how late its housekeeping timers may fire meanwhile (scheduled deliveries and ack timeouts keep time; log writes hold naps off; no naps in cluster mode); 0 never naps (default 5000)
     nap_max_us: u64 = 5_000;
     /// grace period for clients to finish the close handshake at shutdown, in ms (default 2000)
     shutdown_timeout_ms: u64 = 2_000;

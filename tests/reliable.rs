@@ -296,6 +296,33 @@ fn scheduled_messages_fire_on_time() {
 }
 
 #[test]
+fn scheduled_messages_fire_on_time_while_the_shard_naps() {
+    // Naps of up to 100 ms: a due time kept by glommio's reactor would wait
+    // for the driver's next visit, up to 100 ms after the last one, and
+    // each message here is scheduled right after the last one fired.
+    let server = TestServer::start(&["--shards", "1", "--no-persist", "--nap-max-us", "100000"]);
+    let mut alice = user(&server, "alice");
+    let mut ivan = user(&server, "ivan");
+    let mut waited = Vec::new();
+    for i in 0..7 {
+        let sent = Instant::now();
+        ok(
+            &mut alice,
+            json!({"op":"send","to":"ivan","data":i,"delay_ms":20}),
+        );
+        let m = next_msg(&mut ivan, Duration::from_secs(3)).unwrap();
+        assert_eq!(m["data"], i);
+        waited.push(sent.elapsed());
+    }
+    waited.sort();
+    let median = waited[waited.len() / 2];
+    assert!(
+        median >= Duration::from_millis(19) && median <= Duration::from_millis(60),
+        "20 ms scheduled messages fired after {median:?} (median of 7; all: {waited:?})"
+    );
+}
+
+#[test]
 fn api_send_and_publish_reach_websocket_users() {
     let server = TestServer::start(&["--shards", "2"]);
     let mut hank = user(&server, "hank");

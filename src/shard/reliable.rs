@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use glommio::timer::Timer;
+use ws_uring_readiness::ReadyTimer;
 
 use super::mesh::{DeadLetterView, MeshMsg};
 use super::messaging::{unix_ms, API_CONN};
@@ -50,6 +51,11 @@ impl ShardState {
 
     /// The shard's one timer loop: sleeps until the earliest due timer.
     pub(super) async fn run_timers(self: std::rc::Rc<Self>) {
+        // Kept by the readiness driver, so due times are kept while the
+        // shard naps (a glommio timer waits for the next reactor visit, up
+        // to `nap_max_us`); a glommio timer only if the thread cannot make
+        // one (out of descriptors).
+        let mut ready_timer = ReadyTimer::new(Duration::ZERO).ok();
         while !self.is_shutting_down() {
             let now = unix_ms();
             let fired = self.reliable.borrow_mut().pop_due(now);
@@ -78,8 +84,17 @@ impl ShardState {
                     Poll::Pending
                 }
             });
+            let sleep = Duration::from_millis(sleep_ms);
             future::or(woken, async {
-                Timer::new(Duration::from_millis(sleep_ms)).await;
+                match ready_timer.as_mut() {
+                    Some(timer) => {
+                        timer.reset(sleep);
+                        timer.await;
+                    }
+                    None => {
+                        Timer::new(sleep).await;
+                    }
+                }
             })
             .await;
             self.timer_wake_at.set(u64::MAX);
