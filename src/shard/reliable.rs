@@ -55,7 +55,13 @@ impl ShardState {
         // shard naps (a glommio timer waits for the next reactor visit, up
         // to `nap_max_us`); a glommio timer only if the thread cannot make
         // one (out of descriptors).
-        let mut ready_timer = ReadyTimer::new(Duration::ZERO).ok();
+        let mut ready_timer = match ReadyTimer::new(Duration::ZERO) {
+            Ok(timer) => Some(timer),
+            Err(e) => {
+                log::warn!("shard {}: reliable timer on glommio ({e}): naps may delay scheduled deliveries and ack timeouts", self.id);
+                None
+            }
+        };
         while !self.is_shutting_down() {
             let now = unix_ms();
             let fired = self.reliable.borrow_mut().pop_due(now);

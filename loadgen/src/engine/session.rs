@@ -90,7 +90,9 @@ pub(crate) async fn connect_and_run(
     until_ns: u64,
 ) -> SessionEnd {
     let started = ctx.now_ns();
-    // Made first: without it (out of descriptors) there is no session.
+    // Made first: it fails only if the thread has no epoll set or timerfd
+    // and cannot make them (out of descriptors), when no stream could join
+    // the set either.
     let timer = match ReadyTimer::new(Duration::from_secs(1)) {
         Ok(timer) => timer,
         Err(e) => {
