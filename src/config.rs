@@ -14,9 +14,8 @@ use std::str::FromStr;
 use argh::FromArgs;
 use serde::Deserialize;
 
-/// Largest `nap_max_us`: naps keep glommio's timers and I/O waiting, and
-/// more than 100 ms of that is never what anyone wants.
-pub const NAP_MAX_US_LIMIT: u64 = 100_000;
+/// Largest `nap_max_us` (the loadgen's bound too).
+pub use ws_uring_readiness::NAP_MAX_US_LIMIT;
 
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

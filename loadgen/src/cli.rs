@@ -8,12 +8,11 @@ use crate::scenario::{parse_list, RunSettings, ScenarioKind};
 use crate::suite::SuiteConfig;
 use crate::url::WsUrl;
 use crate::workload::Workload;
+use ws_uring_readiness::NAP_MAX_US_LIMIT;
 
 /// Coarsest `--send-tick-us` accepted: beyond it the grid, not the server,
 /// would be what a run measures.
 const SEND_TICK_US_MAX: u64 = 10_000;
-/// Longest `--nap-max-us` accepted (the server's bound too).
-const NAP_MAX_US_LIMIT: u64 = 100_000;
 
 /// Load generator for ws-uring (and any RFC 6455 echo server): runs scenarios,
 /// grades them A+..F, writes JSON and HTML reports.

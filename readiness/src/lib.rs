@@ -431,6 +431,11 @@ pub fn poll_woken_sleepers(cx: &Context<'_>, into: &mut Vec<u64>) -> Poll<io::Re
     Poll::Ready(Ok(()))
 }
 
+/// The longest `nap_max` the server and the loadgen accept: naps keep
+/// glommio's timers and I/O waiting, and more than 100 ms of that is never
+/// what anyone wants.
+pub const NAP_MAX_US_LIMIT: u64 = 100_000;
+
 /// Lets this thread's driver nap (see the module docs) for at most
 /// `nap_max` at a time, which is also the longest glommio's reactor then
 /// waits for a visit (its timers can fire that late, and its I/O and
@@ -1718,23 +1723,26 @@ mod tests {
     /// How long a test watches for a token reported twice.
     const DUPLICATE_WINDOW: Duration = Duration::from_millis(50);
 
+    /// `what`'s output, or `None` if it had not finished after
+    /// `MUST_COME_WAIT_MAX` (a test then fails instead of hanging).
+    async fn in_time<T>(what: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(what.await) }, async {
+            Timer::new(MUST_COME_WAIT_MAX).await;
+            None
+        })
+        .await
+    }
+
     /// The tokens reported: waits (bounded) for the first, then watches a
     /// little longer for more.
     async fn tokens_reported() -> Vec<u64> {
         let mut woken = Vec::new();
-        let came = futures_lite::future::or(
-            async {
-                std::future::poll_fn(|cx| poll_woken_sleepers(cx, &mut woken))
-                    .await
-                    .expect("epoll set");
-                true
-            },
-            async {
-                Timer::new(MUST_COME_WAIT_MAX).await;
-                false
-            },
-        )
-        .await;
+        let came = in_time(std::future::poll_fn(|cx| {
+            poll_woken_sleepers(cx, &mut woken)
+        }))
+        .await
+        .map(|polled| polled.expect("epoll set"))
+        .is_some();
         if came {
             woken.extend(woken_within(DUPLICATE_WINDOW).await);
         }
@@ -1743,15 +1751,10 @@ mod tests {
 
     /// One read, which must bring something (or the end) in time.
     async fn read_soon(stream: &mut ReadyStream, buf: &mut [u8]) -> usize {
-        futures_lite::future::or(
-            async { Some(stream.read(buf).await.expect("read")) },
-            async {
-                Timer::new(MUST_COME_WAIT_MAX).await;
-                None
-            },
-        )
-        .await
-        .expect("nothing to read: the socket is not served")
+        in_time(stream.read(buf))
+            .await
+            .expect("nothing to read: the socket is not served")
+            .expect("read")
     }
 
     #[test]
@@ -2060,17 +2063,7 @@ mod tests {
     /// returns how late it fired.
     async fn late_by(timer: &mut ReadyTimer) -> Duration {
         let deadline = timer.deadline();
-        let fired = futures_lite::future::or(
-            async {
-                timer.await;
-                true
-            },
-            async {
-                Timer::new(MUST_COME_WAIT_MAX).await;
-                false
-            },
-        )
-        .await;
+        let fired = in_time(timer).await.is_some();
         assert!(
             fired,
             "a ready timer due in ms had not fired after {MUST_COME_WAIT_MAX:?}"
@@ -2083,18 +2076,37 @@ mod tests {
         samples[samples.len() / 2]
     }
 
+    /// How late one ready timer, re-armed `times` times for `period`,
+    /// fired: the median.
+    async fn median_lateness(period: Duration, times: usize) -> Duration {
+        let mut timer = ReadyTimer::new(period).expect("timer");
+        let mut late = Vec::with_capacity(times);
+        for _ in 0..times {
+            timer.reset(period);
+            late.push(late_by(&mut timer).await);
+        }
+        median(late)
+    }
+
+    /// One byte in and read: the driver naps from here on (with naps
+    /// enabled) until `nap_max` passes with nothing ready. Keep both ends.
+    async fn napping_after_input() -> (ReadyStream, UnixStream) {
+        let (mut ours, theirs) = pair();
+        {
+            use std::io::Write;
+            (&theirs).write_all(b"x").expect("write");
+        }
+        let mut buf = [0u8; 4];
+        assert_eq!(read_soon(&mut ours, &mut buf).await, 1);
+        (ours, theirs)
+    }
+
     #[test]
     fn ready_timers_fire_on_time_while_the_driver_parks() {
         run(|| async {
             // No naps and no sockets: the driver parks through glommio, and
             // only the armed timerfd can wake it for the timers.
-            let mut timer = ReadyTimer::new(Duration::from_millis(2)).expect("timer");
-            let mut late = Vec::new();
-            for _ in 0..20 {
-                timer.reset(Duration::from_millis(2));
-                late.push(late_by(&mut timer).await);
-            }
-            let median = median(late);
+            let median = median_lateness(Duration::from_millis(2), 20).await;
             assert!(
                 median < Duration::from_millis(20),
                 "2 ms ready timers fired {median:?} late (median of 20) while the driver parked"
@@ -2133,28 +2145,15 @@ mod tests {
         run_napping(Duration::from_secs(1), || async {
             // One byte in: the driver then naps (up to a second) instead of
             // parking. Only a nap that ends at the next timer fires it.
-            let (mut ours, theirs) = pair();
-            {
-                use std::io::Write;
-                (&theirs).write_all(b"x").expect("write");
-            }
-            let mut buf = [0u8; 4];
-            assert_eq!(read_soon(&mut ours, &mut buf).await, 1);
+            let _ends = napping_after_input().await;
             let naps_before = naps_taken();
-            let mut timer = ReadyTimer::new(Duration::from_millis(2)).expect("timer");
-            let mut late = Vec::new();
-            for _ in 0..20 {
-                timer.reset(Duration::from_millis(2));
-                late.push(late_by(&mut timer).await);
-            }
+            let median = median_lateness(Duration::from_millis(2), 20).await;
             let naps = naps_taken() - naps_before;
             assert!(naps >= 10, "the driver napped {naps} times");
-            let median = median(late);
             assert!(
                 median < Duration::from_millis(20),
                 "2 ms ready timers fired {median:?} late (median of 20) while the driver napped"
             );
-            drop(theirs);
         });
     }
 
@@ -2183,17 +2182,7 @@ mod tests {
             assert_eq!(timers_waiting(), others, "a reset takes the old entry out");
             assert!(futures_lite::future::poll_once(&mut moved).await.is_none());
             for task in tasks {
-                let finished = futures_lite::future::or(
-                    async {
-                        task.await;
-                        true
-                    },
-                    async {
-                        Timer::new(MUST_COME_WAIT_MAX).await;
-                        false
-                    },
-                )
-                .await;
+                let finished = in_time(task).await.is_some();
                 assert!(
                     finished,
                     "a ready timer due in ms had not fired after {MUST_COME_WAIT_MAX:?}"
@@ -2209,37 +2198,25 @@ mod tests {
             assert!(futures_lite::future::poll_once(&mut past).await.is_some());
         });
     }
+
     #[test]
     fn a_nap_ends_at_a_ready_timer_to_well_under_a_millisecond() {
         run_napping(Duration::from_secs(1), || async {
             // Timers 200 µs apart, as on the loadgen's send grid: a nap
             // whose timeout could say only whole milliseconds (plain
             // `epoll_wait`) would fire each at least 800 µs late.
-            let (mut ours, theirs) = pair();
-            {
-                use std::io::Write;
-                (&theirs).write_all(b"x").expect("write");
-            }
-            let mut buf = [0u8; 4];
-            assert_eq!(read_soon(&mut ours, &mut buf).await, 1);
-            let mut timer = ReadyTimer::new(Duration::ZERO).expect("timer");
-            let mut late = Vec::new();
-            for _ in 0..50 {
-                timer.reset(Duration::from_micros(200));
-                late.push(late_by(&mut timer).await);
-            }
+            let _ends = napping_after_input().await;
+            let median = median_lateness(Duration::from_micros(200), 50).await;
             if EPOLL_PWAIT2_MISSING.load(Ordering::Relaxed) {
                 // Before Linux 5.11 (or under a filter refusing the call)
                 // naps can only say whole milliseconds.
                 eprintln!("epoll_pwait2 unavailable: sub-millisecond naps not checked");
                 return;
             }
-            let median = median(late);
             assert!(
                 median < Duration::from_micros(700),
                 "200 µs ready timers fired {median:?} late (median of 50) while the driver napped"
             );
-            drop(theirs);
         });
     }
 }
