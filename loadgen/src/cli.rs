@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::pauses::SAMPLE_INTERVAL_US_MAX;
 use crate::scenario::{parse_list, RunSettings, ScenarioKind};
 use crate::suite::SuiteConfig;
 use crate::url::WsUrl;
@@ -53,6 +54,16 @@ pub struct Args {
     /// never; at most 100000). Sends and replies are never late for it.
     #[argh(option, default = "crate::engine::NAP_MAX_DEFAULT.as_micros() as u64")]
     pub nap_max_us: u64,
+
+    /// microseconds between the wake-ups of the pause samplers, one thread
+    /// per CPU at real-time priority (where allowed) whose lateness shows
+    /// the machine itself stopping, as a VM's host can (default 1000; 0:
+    /// no samplers; at most 100000)
+    #[argh(
+        option,
+        default = "crate::pauses::SAMPLE_INTERVAL_DEFAULT.as_micros() as u64"
+    )]
+    pub pause_sample_us: u64,
 
     /// measured (steady) phase: 30, 30s, 500ms, 2m (overrides each scenario's)
     #[argh(option)]
@@ -146,6 +157,12 @@ impl Args {
                 self.nap_max_us
             ));
         }
+        if self.pause_sample_us > SAMPLE_INTERVAL_US_MAX {
+            return Err(format!(
+                "--pause-sample-us must be at most {SAMPLE_INTERVAL_US_MAX} (100 ms), not {}",
+                self.pause_sample_us
+            ));
+        }
         if self.connections == Some(0) {
             return Err("--connections must be at least 1".into());
         }
@@ -204,6 +221,7 @@ impl Args {
             quick: self.quick,
             progress: true,
             sample_server: true,
+            pause_sample: Duration::from_micros(self.pause_sample_us),
         })
     }
 }
@@ -241,10 +259,13 @@ mod tests {
             "--verbose",
             "--send-tick-us",
             "0",
+            "--pause-sample-us",
+            "2000",
         ])
         .unwrap();
         let c = a.to_config().unwrap();
         assert_eq!(c.settings.send_tick, Duration::ZERO);
+        assert_eq!(c.pause_sample, Duration::from_millis(2));
         assert_eq!(c.scenarios.len(), 2);
         assert_eq!(c.scenarios[0].connections, 50);
         assert_eq!(c.scenarios[1].steady, Duration::from_secs(2));
@@ -272,6 +293,19 @@ mod tests {
         assert!(tick.unwrap_err().contains("--send-tick-us"));
         let naps = args(&["--nap-max-us", "100001"]).unwrap().to_config();
         assert!(naps.unwrap_err().contains("--nap-max-us"));
+        let pauses = args(&["--pause-sample-us", "100001"]).unwrap().to_config();
+        assert!(pauses.unwrap_err().contains("--pause-sample-us"));
+    }
+
+    #[test]
+    fn pause_samplers_wake_every_millisecond_by_default_and_0_turns_them_off() {
+        let c = args(&[]).unwrap().to_config().unwrap();
+        assert_eq!(c.pause_sample, Duration::from_millis(1));
+        let c = args(&["--pause-sample-us", "0"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(c.pause_sample, Duration::ZERO);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   what each workload sends and how answers are read, open-loop timing.
 //! - [`stats`]: per-thread counters and hdrhistograms, merged after the run.
 //! - [`server_metrics`]: samples the server's `/metrics.json`, if it has one.
+//! - [`pauses`]: one real-time sampler thread per CPU: did the machine itself
+//!   stop during the run?
 //! - [`grade`]: A+ … F from latency, errors and throughput.
 //! - [`report`]: final table, JSON (`--output`), HTML (`--report`).
 //! - [`progress`]: the live progress line.
@@ -20,6 +22,7 @@ pub mod engine;
 pub mod frame;
 pub mod grade;
 pub mod handshake;
+pub mod pauses;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{self, EngineError};
+use crate::pauses::PauseSampler;
 use crate::progress::Progress;
 use crate::report::{drift, grade_summary, Report, RunConfig, ScenarioReport};
 use crate::scenario::{RunSettings, ScenarioKind, ScenarioSpec};
@@ -22,6 +23,8 @@ pub struct SuiteConfig {
     pub progress: bool,
     /// Sample the server's /metrics.json.
     pub sample_server: bool,
+    /// Run a pause sampler per CPU waking this often (none if zero).
+    pub pause_sample: Duration,
 }
 
 fn unix_ms() -> u64 {
@@ -64,6 +67,7 @@ pub fn run(
             rate: s.rate,
             send_tick_us: s.rate.map(|_| s.send_tick.as_micros() as u64),
             nap_max_us: s.nap_max.as_micros() as u64,
+            pause_sample_us: config.pause_sample.as_micros() as u64,
             in_flight: s.in_flight,
             message_bytes: s.size,
             threads: s.threads,
@@ -81,6 +85,8 @@ pub fn run(
         let sampler = config
             .sample_server
             .then(|| Sampler::start(addr, s.url.host_header()));
+        let pause_sampler =
+            (!config.pause_sample.is_zero()).then(|| PauseSampler::start(config.pause_sample));
         let mut progress = config
             .progress
             .then(|| Progress::new(spec.kind.name(), plan.duration, s.verbose));
@@ -99,6 +105,7 @@ pub fn run(
             .as_secs_f64();
         let summary = outcome.stats.summary(window);
         let series = outcome.stats.series();
+        let pauses = pause_sampler.map(|p| p.stop(outcome.epoch, series.len()));
         let grade = grade_summary(
             &summary,
             intended_per_s(spec.kind, s.workload, s.rate, s.group_size),
@@ -128,6 +135,7 @@ pub fn run(
             series,
             server,
             drift,
+            pauses,
         };
         on_done(&scenario);
         report.push(scenario);

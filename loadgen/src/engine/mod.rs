@@ -102,6 +102,8 @@ impl RunPlan {
 pub struct RunOutcome {
     pub stats: ThreadStats,
     pub started_unix_ms: u64,
+    /// The instant the run's clock (and its per-second series) starts at.
+    pub epoch: Instant,
     pub wall: Duration,
 }
 
@@ -215,6 +217,7 @@ pub fn run(
     Ok(RunOutcome {
         stats: merged,
         started_unix_ms,
+        epoch,
         wall: epoch.elapsed(),
     })
 }

@@ -283,7 +283,33 @@ fn scenario_section(s: &ScenarioReport) -> String {
             }],
         ));
     }
+    if let Some(p) = s.pauses.as_ref().filter(|p| p.pauses_total > 0) {
+        html.push_str(&line_chart(
+            "Machine pauses against the slowest message, per second",
+            "ms",
+            &[
+                Line {
+                    name: "longest pause",
+                    color: "#212529",
+                    points: p
+                        .per_second_longest_us
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &us)| (t as f64 + 0.5, us as f64 / 1000.0))
+                        .collect(),
+                },
+                Line {
+                    name: "latency max",
+                    color: "#c92a2a",
+                    points: pts(&|x| x.max_us as f64 / 1000.0),
+                },
+            ],
+        ));
+    }
     html.push_str("</div>");
+    if let Some(p) = &s.pauses {
+        let _ = write!(html, "<p class=\"muted\">{}</p>", escape(&p.summary_line()));
+    }
     if let Some(d) = &s.drift {
         let _ = write!(
             html,

@@ -10,6 +10,7 @@ pub mod table;
 use serde::{Deserialize, Serialize};
 
 use crate::grade::{grade, GradeInput, GradeReport, LIMITS};
+use crate::pauses::PauseReport;
 use crate::server_metrics::ServerSample;
 use crate::stats::{SeriesPoint, Summary};
 
@@ -53,6 +54,10 @@ pub struct RunConfig {
     /// from reports written before naps: they parked.
     #[serde(default)]
     pub nap_max_us: u64,
+    /// How often each CPU's pause sampler wakes, in microseconds (0: no
+    /// sampler). Absent from reports written before the samplers.
+    #[serde(default)]
+    pub pause_sample_us: u64,
     pub in_flight: usize,
     pub message_bytes: usize,
     pub threads: usize,
@@ -80,6 +85,9 @@ pub struct ScenarioReport {
     pub server: Vec<ServerSample>,
     /// Endurance: how the first and last tenth of the run compare.
     pub drift: Option<Drift>,
+    /// The machine's own pauses (absent with `--pause-sample-us 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pauses: Option<PauseReport>,
 }
 
 /// Change between the first and the last tenth of a long run.
@@ -186,14 +194,20 @@ mod tests {
     /// Every path of the JSON document. Changing this list changes the
     /// schema: bump [`SCHEMA`] when removing or renaming anything.
     const SCHEMA_PATHS: &str = "
-config config.in_flight config.message_bytes config.mode config.nap_max_us config.quick config.rate config.threads config.url config.workload
+config config.in_flight config.message_bytes config.mode config.nap_max_us config.pause_sample_us config.quick config.rate config.threads config.url config.workload
 grade_limits grade_limits[] grade_limits[].grade grade_limits[].max_error_rate grade_limits[].min_connect_success
 grade_limits[].min_throughput_ratio grade_limits[].p95_us grade_limits[].p999_us grade_limits[].p99_us
 overall_grade schema scenarios scenarios[] scenarios[].connections scenarios[].description
 scenarios[].drift scenarios[].drift.msg_per_s_first scenarios[].drift.msg_per_s_last scenarios[].drift.p99_change_pct
 scenarios[].drift.p99_first_us scenarios[].drift.p99_last_us scenarios[].drift.server_memory_change_bytes
 scenarios[].drift.server_memory_first_bytes scenarios[].drift.server_memory_last_bytes scenarios[].drift.window_s
-scenarios[].duration_s scenarios[].grade scenarios[].grade.grade scenarios[].grade.reasons scenarios[].grade.reasons[]
+scenarios[].duration_s scenarios[].pauses scenarios[].pauses.all_cpus scenarios[].pauses.all_cpus_longest_us
+scenarios[].pauses.interval_us scenarios[].pauses.late_wakes_dropped scenarios[].pauses.pauses scenarios[].pauses.pauses[]
+scenarios[].pauses.pauses[].cpus scenarios[].pauses.pauses[].longest_us scenarios[].pauses.pauses[].t_s
+scenarios[].pauses.pauses_total scenarios[].pauses.per_cpu scenarios[].pauses.per_cpu[] scenarios[].pauses.per_cpu[].cpu
+scenarios[].pauses.per_cpu[].late_max_us scenarios[].pauses.per_cpu[].late_p50_us scenarios[].pauses.per_cpu[].late_p99_us
+scenarios[].pauses.per_cpu[].late_wakes scenarios[].pauses.per_cpu[].samples scenarios[].pauses.per_second_longest_us
+scenarios[].pauses.per_second_longest_us[] scenarios[].pauses.policy scenarios[].pauses.threshold_us scenarios[].grade scenarios[].grade.grade scenarios[].grade.reasons scenarios[].grade.reasons[]
 scenarios[].grade.seed_targets_met scenarios[].latency_kind scenarios[].measure_from_s scenarios[].name
 scenarios[].series scenarios[].series[] scenarios[].series[].bytes scenarios[].series[].connections
 scenarios[].series[].connects scenarios[].series[].disconnects scenarios[].series[].errors scenarios[].series[].max_us
@@ -264,6 +278,7 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
                 rate: None,
                 send_tick_us: None,
                 nap_max_us: 5000,
+                pause_sample_us: 1000,
                 in_flight: 1,
                 message_bytes: 64,
                 threads: 1,
@@ -290,6 +305,17 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
             }),
             series,
             server,
+            pauses: Some({
+                let mut log = crate::pauses::PauseLog::new(0);
+                log.record(500_000_000, 5_000_000);
+                crate::pauses::summarize(
+                    &[log],
+                    "SCHED_FIFO",
+                    std::time::Duration::from_millis(1),
+                    0,
+                    1,
+                )
+            }),
         });
         report
     }
@@ -309,6 +335,22 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
             "JSON schema changed: update SCHEMA_PATHS, docs/LOADGEN.md (and SCHEMA if breaking)"
         );
         assert_eq!(value["schema"], SCHEMA);
+    }
+
+    #[test]
+    fn the_table_and_the_html_show_the_machines_pauses_when_sampled() {
+        let mut report = sample_report();
+        let table = table::render(&report);
+        assert!(
+            table.contains("machine pauses (SCHED_FIFO samplers every 1000 us on 1 CPUs): 1 on every CPU at once, longest 5.00 ms"),
+            "{table}"
+        );
+        let page = html::render(&report);
+        assert!(page.contains("Machine pauses against the slowest message"));
+        assert!(page.contains("1 on every CPU at once"));
+        report.scenarios[0].pauses = None;
+        assert!(!table::render(&report).contains("machine pauses"));
+        assert!(!html::render(&report).contains("Machine pauses"));
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub fn render(report: &Report) -> String {
                 mem.map_or("n/a".into(), |m| format!("{:.1} MB", m as f64 / 1e6))
             ));
         }
+        if let Some(p) = &s.pauses {
+            notes.push(p.summary_line());
+        }
         if let Some(d) = &s.drift {
             notes.push(format!(
                 "drift over the run: p99 {} → {} ms ({:+.1} %), server memory change {}",
