@@ -609,6 +609,14 @@ fn ack_messages_to_a_full_queue_are_redelivered_and_low_ones_dropped() {
     );
     assert_eq!(answer["delivered"], 0);
     // Reading and acking, every ack:true message arrives, some redelivered.
+    // A message that found no room waited 300 ms, 600 ms, 1.2 s… (the ack
+    // timeout doubles per attempt), so while a slow machine drains the
+    // queue for T seconds, the last one may come up to ~T after the one
+    // before it: wait longer than the usual 10 s.
+    sluggard
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut seen = HashMap::new();
     let mut redelivered = 0;
     while seen.len() < 120 {
