@@ -55,14 +55,12 @@ pub struct Args {
     #[argh(option, default = "crate::engine::NAP_MAX_DEFAULT.as_micros() as u64")]
     pub nap_max_us: u64,
 
-    /// microseconds between the wake-ups of the pause samplers, one thread
-    /// per CPU at real-time priority (where allowed) whose lateness shows
-    /// the machine itself stopping, as a VM's host can (default 1000; 0:
-    /// no samplers; at most 100000)
-    #[argh(
-        option,
-        default = "crate::pauses::SAMPLE_INTERVAL_DEFAULT.as_micros() as u64"
-    )]
+    /// run a pause sampler on every CPU, waking every this many
+    /// microseconds at real-time priority (where allowed): its lateness
+    /// shows the machine itself stopping, as a VM's host can. 1000 is
+    /// jHiccup's interval (default 0: no samplers, because their wake-ups
+    /// slow a loadgen that has one core; at most 100000)
+    #[argh(option, default = "0")]
     pub pause_sample_us: u64,
 
     /// measured (steady) phase: 30, 30s, 500ms, 2m (overrides each scenario's)
@@ -298,14 +296,14 @@ mod tests {
     }
 
     #[test]
-    fn pause_samplers_wake_every_millisecond_by_default_and_0_turns_them_off() {
+    fn pause_samplers_are_off_unless_asked_for() {
         let c = args(&[]).unwrap().to_config().unwrap();
-        assert_eq!(c.pause_sample, Duration::from_millis(1));
-        let c = args(&["--pause-sample-us", "0"])
+        assert_eq!(c.pause_sample, Duration::ZERO);
+        let c = args(&["--pause-sample-us", "1000"])
             .unwrap()
             .to_config()
             .unwrap();
-        assert_eq!(c.pause_sample, Duration::ZERO);
+        assert_eq!(c.pause_sample, Duration::from_millis(1));
     }
 
     #[test]

@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-/// How often each sampler wakes unless told otherwise (jHiccup's default).
-pub const SAMPLE_INTERVAL_DEFAULT: Duration = Duration::from_millis(1);
-
 /// Coarsest `--pause-sample-us` accepted: a pause shorter than the interval
 /// can pass between two wake-ups unseen.
 pub const SAMPLE_INTERVAL_US_MAX: u64 = 100_000;
