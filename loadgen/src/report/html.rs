@@ -284,19 +284,26 @@ fn scenario_section(s: &ScenarioReport) -> String {
         ));
     }
     if let Some(p) = s.pauses.as_ref().filter(|p| p.pauses_total > 0) {
+        let per_second = |values: &[u64]| -> Vec<(f64, f64)> {
+            values
+                .iter()
+                .enumerate()
+                .map(|(t, &us)| (t as f64 + 0.5, us as f64 / 1000.0))
+                .collect()
+        };
         html.push_str(&line_chart(
             "Machine pauses against the slowest message, per second",
             "ms",
             &[
                 Line {
-                    name: "longest pause",
+                    name: "all CPUs stopped",
                     color: "#212529",
-                    points: p
-                        .per_second_longest_us
-                        .iter()
-                        .enumerate()
-                        .map(|(t, &us)| (t as f64 + 0.5, us as f64 / 1000.0))
-                        .collect(),
+                    points: per_second(&p.per_second_all_cpus_us),
+                },
+                Line {
+                    name: "latest wake-up",
+                    color: "#868e96",
+                    points: per_second(&p.per_second_longest_us),
                 },
                 Line {
                     name: "latency max",

@@ -203,11 +203,11 @@ scenarios[].drift.p99_first_us scenarios[].drift.p99_last_us scenarios[].drift.s
 scenarios[].drift.server_memory_first_bytes scenarios[].drift.server_memory_last_bytes scenarios[].drift.window_s
 scenarios[].duration_s scenarios[].pauses scenarios[].pauses.all_cpus scenarios[].pauses.all_cpus_longest_us
 scenarios[].pauses.interval_us scenarios[].pauses.late_wakes_dropped scenarios[].pauses.pauses scenarios[].pauses.pauses[]
-scenarios[].pauses.pauses[].cpus scenarios[].pauses.pauses[].longest_us scenarios[].pauses.pauses[].t_s
+scenarios[].pauses.pauses[].all_cpus_us scenarios[].pauses.pauses[].cpus scenarios[].pauses.pauses[].longest_us scenarios[].pauses.pauses[].t_s
 scenarios[].pauses.pauses_total scenarios[].pauses.per_cpu scenarios[].pauses.per_cpu[] scenarios[].pauses.per_cpu[].cpu
 scenarios[].pauses.per_cpu[].late_max_us scenarios[].pauses.per_cpu[].late_p50_us scenarios[].pauses.per_cpu[].late_p99_us
 scenarios[].pauses.per_cpu[].late_wakes scenarios[].pauses.per_cpu[].samples scenarios[].pauses.per_second_longest_us
-scenarios[].pauses.per_second_longest_us[] scenarios[].pauses.policy scenarios[].pauses.threshold_us scenarios[].grade scenarios[].grade.grade scenarios[].grade.reasons scenarios[].grade.reasons[]
+scenarios[].pauses.per_second_longest_us[] scenarios[].pauses.per_second_all_cpus_us scenarios[].pauses.per_second_all_cpus_us[] scenarios[].pauses.policy scenarios[].pauses.threshold_us scenarios[].grade scenarios[].grade.grade scenarios[].grade.reasons scenarios[].grade.reasons[]
 scenarios[].grade.seed_targets_met scenarios[].latency_kind scenarios[].measure_from_s scenarios[].name
 scenarios[].series scenarios[].series[] scenarios[].series[].bytes scenarios[].series[].connections
 scenarios[].series[].connects scenarios[].series[].disconnects scenarios[].series[].errors scenarios[].series[].max_us
@@ -306,10 +306,16 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
             series,
             server,
             pauses: Some({
-                let mut log = crate::pauses::PauseLog::new(0);
-                log.record(500_000_000, 5_000_000);
+                // Both CPUs overdue from 0.495 s to 0.5 s: a 5 ms stop.
+                let mut logs = [
+                    crate::pauses::PauseLog::new(0),
+                    crate::pauses::PauseLog::new(1),
+                ];
+                for log in &mut logs {
+                    log.record(500_000_000, 5_000_000);
+                }
                 crate::pauses::summarize(
-                    &[log],
+                    &logs,
                     "SCHED_FIFO",
                     std::time::Duration::from_millis(1),
                     0,
@@ -342,12 +348,12 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
         let mut report = sample_report();
         let table = table::render(&report);
         assert!(
-            table.contains("machine pauses (SCHED_FIFO samplers every 1000 us on 1 CPUs): 1 on every CPU at once, longest 5.00 ms"),
+            table.contains("machine pauses (SCHED_FIFO samplers every 1000 us): 1 with all 2 CPUs stopped at once (longest 5.00 ms)"),
             "{table}"
         );
         let page = html::render(&report);
         assert!(page.contains("Machine pauses against the slowest message"));
-        assert!(page.contains("1 on every CPU at once"));
+        assert!(page.contains("1 with all 2 CPUs stopped at once"));
         report.scenarios[0].pauses = None;
         assert!(!table::render(&report).contains("machine pauses"));
         assert!(!html::render(&report).contains("Machine pauses"));
