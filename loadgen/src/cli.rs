@@ -55,9 +55,9 @@ pub struct Args {
     #[argh(option, default = "crate::engine::NAP_MAX_DEFAULT.as_micros() as u64")]
     pub nap_max_us: u64,
 
-    /// run a pause sampler on every CPU, waking every this many
-    /// microseconds at real-time priority (where allowed): its lateness
-    /// shows the machine itself stopping, as a VM's host can. 1000 is
+    /// run a pause sampler on every CPU the process may use, waking every
+    /// this many microseconds at real-time priority (where allowed): their
+    /// lateness shows the machine itself stopping, as a VM's host can. 1000 is
     /// jHiccup's interval (default 0: no samplers, because their wake-ups
     /// slow a loadgen that has one core; else 100 to 100000)
     #[argh(option, default = "0")]
