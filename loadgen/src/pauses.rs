@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::stats::{histogram, LatencySummary, LATENCY_MAX_US};
+
 /// Finest `--pause-sample-us` accepted: a real-time thread waking more
 /// often would take a real share of every CPU from the run it measures.
 pub const SAMPLE_INTERVAL_US_MIN: u64 = 100;
@@ -40,9 +42,6 @@ pub const LATE_WAKES_PER_CPU_MAX: usize = 10_000;
 
 /// Pauses listed in the report; the rest are counted.
 pub const PAUSES_LISTED_MAX: usize = 1_000;
-
-/// Highest lateness the histograms resolve (longer ones are clamped).
-const LATE_MAX_US: u64 = 60_000_000;
 
 /// One wake-up later than [`PAUSE_THRESHOLD`], in nanoseconds since the
 /// sampler's epoch.
@@ -65,7 +64,7 @@ impl PauseLog {
     pub fn new(cpu: usize) -> PauseLog {
         PauseLog {
             cpu,
-            late_us: Histogram::new_with_bounds(1, LATE_MAX_US, 2).expect("valid histogram bounds"),
+            late_us: histogram(2),
             late_wakes: Vec::new(),
             late_wakes_dropped: 0,
         }
@@ -74,7 +73,7 @@ impl PauseLog {
     /// One wake-up at `woke_ns` (since the epoch), `late_ns` after it was due.
     pub fn record(&mut self, woke_ns: u64, late_ns: u64) {
         self.late_us
-            .saturating_record((late_ns / 1_000).clamp(1, LATE_MAX_US));
+            .saturating_record((late_ns / 1_000).clamp(1, LATENCY_MAX_US));
         if late_ns > PAUSE_THRESHOLD.as_nanos() as u64 {
             if self.late_wakes.len() < LATE_WAKES_PER_CPU_MAX {
                 self.late_wakes.push(LateWake { woke_ns, late_ns });
@@ -204,17 +203,16 @@ pub fn summarize(
 ) -> PauseReport {
     let per_cpu = logs
         .iter()
-        .map(|log| CpuPauses {
-            cpu: log.cpu,
-            samples: log.samples(),
-            late_p50_us: quantile(&log.late_us, 0.50),
-            late_p99_us: quantile(&log.late_us, 0.99),
-            late_max_us: if log.late_us.is_empty() {
-                0
-            } else {
-                log.late_us.max()
-            },
-            late_wakes: log.late_wakes.len() as u64 + log.late_wakes_dropped,
+        .map(|log| {
+            let late = LatencySummary::from_histogram(&log.late_us);
+            CpuPauses {
+                cpu: log.cpu,
+                samples: late.count,
+                late_p50_us: late.p50,
+                late_p99_us: late.p99,
+                late_max_us: late.max,
+                late_wakes: log.late_wakes.len() as u64 + log.late_wakes_dropped,
+            }
         })
         .collect();
 
@@ -336,14 +334,6 @@ fn shared_stretches(chain: &[Span], cpus: usize) -> Vec<(u64, u64)> {
         }
     }
     stretches
-}
-
-fn quantile(h: &Histogram<u64>, q: f64) -> u64 {
-    if h.is_empty() {
-        0
-    } else {
-        h.value_at_quantile(q)
-    }
 }
 
 /// The sampler threads of one scenario; [`PauseSampler::stop`] returns

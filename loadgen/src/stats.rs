@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const LATENCY_MAX_US: u64 = 60_000_000;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-fn histogram(sigfig: u8) -> Histogram<u64> {
+pub(crate) fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, sigfig).expect("static histogram bounds")
 }
 

@@ -826,21 +826,18 @@ impl Readiness {
         let mut due = self.due_wakers.take();
         {
             let mut timers = self.timers.borrow_mut();
-            let Some((&(first, _), _)) = timers.first_key_value() else {
-                return 0;
-            };
-            let now = Instant::now();
-            if first > now {
-                return 0;
-            }
-            while let Some(entry) = timers.first_entry() {
-                if entry.key().0 > now {
-                    break;
+            if !timers.is_empty() {
+                let now = Instant::now();
+                while let Some(entry) = timers.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    due.push(entry.remove());
                 }
-                due.push(entry.remove());
             }
         }
         // Woken with the map released: a waker may touch a `ReadyTimer`.
+        // The list goes back with its capacity, due or not.
         let fired = due.len();
         for waker in due.drain(..) {
             waker.wake();
