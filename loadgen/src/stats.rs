@@ -73,6 +73,10 @@ pub struct ThreadStats {
     pub connects_failed: u64,
     pub errors: HashMap<String, u64>,
     pub seconds: Vec<SecondBucket>,
+    /// Each finished connection's mean latency over the measured window
+    /// (µs), for those that received a measured message: whether some
+    /// connections are served worse than others.
+    pub connection_means: Histogram<u64>,
 }
 
 impl ThreadStats {
@@ -88,6 +92,7 @@ impl ThreadStats {
             connects_failed: 0,
             errors: HashMap::new(),
             seconds: Vec::new(),
+            connection_means: histogram(3),
         }
     }
 
@@ -125,17 +130,30 @@ impl ThreadStats {
         self.bucket(now_ns).counters.bytes_received += bytes;
     }
 
-    /// One of our stamped messages arrived, `latency_ns` after it was meant to leave.
-    pub fn on_message(&mut self, now_ns: u64, latency_ns: u64) {
+    /// One of our stamped messages arrived, `latency_ns` after it was meant
+    /// to leave. Returns the latency recorded (µs) when it falls in the
+    /// measured window, for the connection's own mean.
+    pub fn on_message(&mut self, now_ns: u64, latency_ns: u64) -> Option<u64> {
         let us = (latency_ns / 1_000).clamp(1, LATENCY_MAX_US);
         self.totals.received += 1;
-        if self.measuring(now_ns) {
+        let measured = self.measuring(now_ns);
+        if measured {
             self.measured.received += 1;
             self.latency.saturating_record(us);
         }
         let b = self.bucket(now_ns);
         b.counters.received += 1;
         b.latency.saturating_record(us);
+        measured.then_some(us)
+    }
+
+    /// A connection ended having received `messages` measured messages
+    /// whose latencies add up to `latency_sum_us`.
+    pub fn on_connection_done(&mut self, messages: u64, latency_sum_us: u64) {
+        if let Some(mean_us) = latency_sum_us.checked_div(messages) {
+            self.connection_means
+                .saturating_record(mean_us.clamp(1, LATENCY_MAX_US));
+        }
     }
 
     /// Counts `count` errors of `kind`; allocates only the first time a kind is seen.
@@ -187,6 +205,9 @@ impl ThreadStats {
         self.connects_attempted += other.connects_attempted;
         self.connects_succeeded += other.connects_succeeded;
         self.connects_failed += other.connects_failed;
+        self.connection_means
+            .add(&other.connection_means)
+            .expect("same histogram bounds");
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_insert(0) += n;
         }
@@ -211,6 +232,12 @@ impl ThreadStats {
             self.errors.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let errors_total: u64 = errors.values().sum();
         let denominator = (self.totals.sent + self.connects_attempted).max(1);
+        let per_connection_mean_latency_us = LatencySummary::from_histogram(&self.connection_means);
+        let slowest_connection_vs_median = if per_connection_mean_latency_us.p50 > 0 {
+            per_connection_mean_latency_us.max as f64 / per_connection_mean_latency_us.p50 as f64
+        } else {
+            0.0
+        };
         Summary {
             window_s,
             messages_sent: self.measured.sent,
@@ -238,6 +265,8 @@ impl ThreadStats {
             errors_total,
             error_rate: errors_total as f64 / denominator as f64,
             errors,
+            per_connection_mean_latency_us,
+            slowest_connection_vs_median,
         }
     }
 
@@ -340,6 +369,15 @@ pub struct Summary {
     /// errors / (messages sent + connections attempted), whole run.
     pub error_rate: f64,
     pub errors: BTreeMap<String, u64>,
+    /// The distribution of each connection's mean latency over the
+    /// measured window (`count`: connections with a measured message).
+    /// A starved connection's mean sits far above the median.
+    #[serde(default)]
+    pub per_connection_mean_latency_us: LatencySummary,
+    /// The slowest connection's mean over the median connection's (0: no
+    /// connection had a measured message).
+    #[serde(default)]
+    pub slowest_connection_vs_median: f64,
 }
 
 /// One second of the run, for the charts.
@@ -453,6 +491,41 @@ mod tests {
         assert_eq!(s.latency.max(), 1000);
         // The series still shows the slow ramp-up message.
         assert!(s.series()[0].max_us >= 499_000);
+    }
+
+    #[test]
+    fn each_connections_mean_latency_is_kept_and_a_starved_one_stands_out() {
+        let mut a = ThreadStats::new(1_000 * MS);
+        // Ramp-up messages are not the connection's measured figures.
+        assert_eq!(a.on_message(10 * MS, 500 * MS), None);
+        assert_eq!(a.on_message(1_200 * MS, 2 * MS), Some(2_000));
+        // Nine connections served alike (2 ms on average), one starved (40 ms;
+        // histogram buckets are 32 µs wide there).
+        for _ in 0..9 {
+            a.on_connection_done(100, 100 * 2_000);
+        }
+        let mut b = ThreadStats::new(1_000 * MS);
+        b.on_connection_done(5, 5 * 40_000);
+        // A connection with no measured message has no mean.
+        b.on_connection_done(0, 0);
+        a.merge(&b);
+        let s = a.summary(1.0);
+        let per_connection = s.per_connection_mean_latency_us;
+        assert_eq!(per_connection.count, 10);
+        assert_eq!(per_connection.p50, 2_000);
+        assert!(
+            (39_900..=40_100).contains(&per_connection.max),
+            "{per_connection:?}"
+        );
+        assert!(
+            (s.slowest_connection_vs_median - 20.0).abs() < 0.05,
+            "{}",
+            s.slowest_connection_vs_median
+        );
+        // Nothing measured: no ratio rather than a division by zero.
+        let empty = ThreadStats::new(0).summary(1.0);
+        assert_eq!(empty.per_connection_mean_latency_us.count, 0);
+        assert_eq!(empty.slowest_connection_vs_median, 0.0);
     }
 
     #[test]

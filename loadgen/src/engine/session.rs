@@ -216,7 +216,11 @@ pub(crate) async fn connect_and_run(
 
     let now = ctx.now_ns();
     ctx.open_connections.set(ctx.open_connections.get() - 1);
-    ctx.stats.borrow_mut().on_disconnect(now);
+    {
+        let mut stats = ctx.stats.borrow_mut();
+        stats.on_disconnect(now);
+        stats.on_connection_done(session.measured_messages, session.measured_latency_sum_us);
+    }
     let _ = stream.close().await;
     end
 }
@@ -248,6 +252,10 @@ struct Session<'a> {
     timer: ReadyTimer,
     /// The run-clock time `timer` is armed for.
     timer_armed_for_ns: u64,
+    /// Messages received in the measured window, and their latencies'
+    /// sum (µs): this connection's mean, reported when it ends.
+    measured_messages: u64,
+    measured_latency_sum_us: u64,
 }
 
 enum Step {
@@ -281,6 +289,8 @@ impl<'a> Session<'a> {
             close_sent: false,
             timer,
             timer_armed_for_ns: u64::MAX,
+            measured_messages: 0,
+            measured_latency_sum_us: 0,
             role,
             user,
             mask,
@@ -693,11 +703,16 @@ impl<'a> Session<'a> {
         Step::Continue
     }
 
-    fn record(&self, now: u64, stamp_ns: u64) {
-        self.ctx
+    fn record(&mut self, now: u64, stamp_ns: u64) {
+        let measured_us = self
+            .ctx
             .stats
             .borrow_mut()
             .on_message(now, now.saturating_sub(stamp_ns));
+        if let Some(us) = measured_us {
+            self.measured_messages += 1;
+            self.measured_latency_sum_us += us;
+        }
     }
 }
 

@@ -224,7 +224,12 @@ scenarios[].summary.errors scenarios[].summary.errors.eof scenarios[].summary.er
 scenarios[].summary.latency_us.count scenarios[].summary.latency_us.max scenarios[].summary.latency_us.mean
 scenarios[].summary.latency_us.min scenarios[].summary.latency_us.p50 scenarios[].summary.latency_us.p95
 scenarios[].summary.latency_us.p99 scenarios[].summary.latency_us.p999 scenarios[].summary.messages_received
-scenarios[].summary.messages_sent scenarios[].summary.msg_per_s scenarios[].summary.sent_per_s
+scenarios[].summary.messages_sent scenarios[].summary.msg_per_s scenarios[].summary.per_connection_mean_latency_us
+scenarios[].summary.per_connection_mean_latency_us.count scenarios[].summary.per_connection_mean_latency_us.max
+scenarios[].summary.per_connection_mean_latency_us.mean scenarios[].summary.per_connection_mean_latency_us.min
+scenarios[].summary.per_connection_mean_latency_us.p50 scenarios[].summary.per_connection_mean_latency_us.p95
+scenarios[].summary.per_connection_mean_latency_us.p99 scenarios[].summary.per_connection_mean_latency_us.p999
+scenarios[].summary.sent_per_s scenarios[].summary.slowest_connection_vs_median
 scenarios[].summary.total_received scenarios[].summary.total_sent scenarios[].summary.window_s scenarios[].wall_s
 scenarios[].workload started_unix_ms tool tool.name tool.version";
 
@@ -260,6 +265,8 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
             stats.on_message(500_000_000, 2_000_000);
         }
         stats.on_error(0, "eof", 1);
+        stats.on_connection_done(10, 10 * 2_000);
+        stats.on_connection_done(10, 10 * 3_000);
         let summary = stats.summary(1.0);
         let series = stats.series();
         let server = vec![ServerSample {
@@ -360,17 +367,36 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
     }
 
     #[test]
+    fn the_table_shows_how_connections_were_served_when_measured() {
+        let mut report = sample_report();
+        let table = table::render(&report);
+        assert!(
+            table.contains("per connection (2): mean latency p50 2.00 / p99 3.00 / max 3.00 ms; slowest 1.50x the median"),
+            "{table}"
+        );
+        report.scenarios[0].summary.per_connection_mean_latency_us = Default::default();
+        assert!(!table::render(&report).contains("per connection"));
+    }
+
+    #[test]
     fn json_round_trips() {
         let mut report = sample_report();
         let mut back: Report = serde_json::from_str(&report.to_json()).unwrap();
-        // Floats survive to within serde_json's shortest-representation parsing.
-        let (a, b) = (
-            report.scenarios[0].summary.error_rate,
-            back.scenarios[0].summary.error_rate,
+        // Floats survive to within serde_json's shortest-representation
+        // parsing: compared here, then set equal for the rest.
+        let close_then_zeroed = |a: &mut f64, b: &mut f64| {
+            assert!((*a - *b).abs() < 1e-12, "{a} against {b}");
+            (*a, *b) = (0.0, 0.0);
+        };
+        let (mine, theirs) = (
+            &mut report.scenarios[0].summary,
+            &mut back.scenarios[0].summary,
         );
-        assert!((a - b).abs() < 1e-12);
-        report.scenarios[0].summary.error_rate = 0.0;
-        back.scenarios[0].summary.error_rate = 0.0;
+        close_then_zeroed(&mut mine.error_rate, &mut theirs.error_rate);
+        close_then_zeroed(
+            &mut mine.slowest_connection_vs_median,
+            &mut theirs.slowest_connection_vs_median,
+        );
         assert_eq!(back, report);
         assert_eq!(back.overall_grade, Some(back.scenarios[0].grade.grade));
     }

@@ -101,6 +101,17 @@ pub fn render(report: &Report) -> String {
                 "MISSED"
             }
         ));
+        let per_connection = &s.summary.per_connection_mean_latency_us;
+        if per_connection.count > 0 {
+            notes.push(format!(
+                "per connection ({}): mean latency p50 {} / p99 {} / max {} ms; slowest {:.2}x the median",
+                per_connection.count,
+                ms(per_connection.p50),
+                ms(per_connection.p99),
+                ms(per_connection.max),
+                s.summary.slowest_connection_vs_median
+            ));
+        }
         let cpu: Vec<f64> = s.server.iter().filter_map(|x| x.cpu).collect();
         let mem = s.server.iter().filter_map(|x| x.memory_bytes).max();
         if !cpu.is_empty() || mem.is_some() {
