@@ -77,6 +77,9 @@ pub struct ThreadStats {
     /// (µs), for those that received a measured message: whether some
     /// connections are served worse than others.
     pub connection_means: Histogram<u64>,
+    /// Established connections that ended without a measured message:
+    /// closed during the ramp-up (churn, drops), or starved.
+    pub connections_unmeasured: u64,
 }
 
 impl ThreadStats {
@@ -93,6 +96,7 @@ impl ThreadStats {
             errors: HashMap::new(),
             seconds: Vec::new(),
             connection_means: histogram(3),
+            connections_unmeasured: 0,
         }
     }
 
@@ -150,9 +154,11 @@ impl ThreadStats {
     /// A connection ended having received `messages` measured messages
     /// whose latencies add up to `latency_sum_us`.
     pub fn on_connection_done(&mut self, messages: u64, latency_sum_us: u64) {
-        if let Some(mean_us) = latency_sum_us.checked_div(messages) {
-            self.connection_means
-                .saturating_record(mean_us.clamp(1, LATENCY_MAX_US));
+        match latency_sum_us.checked_div(messages) {
+            Some(mean_us) => self
+                .connection_means
+                .saturating_record(mean_us.clamp(1, LATENCY_MAX_US)),
+            None => self.connections_unmeasured += 1,
         }
     }
 
@@ -208,6 +214,7 @@ impl ThreadStats {
         self.connection_means
             .add(&other.connection_means)
             .expect("same histogram bounds");
+        self.connections_unmeasured += other.connections_unmeasured;
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_insert(0) += n;
         }
@@ -267,6 +274,7 @@ impl ThreadStats {
             errors,
             per_connection_mean_latency_us,
             slowest_connection_vs_median,
+            connections_without_measured_message: self.connections_unmeasured,
         }
     }
 
@@ -378,6 +386,11 @@ pub struct Summary {
     /// connection had a measured message).
     #[serde(default)]
     pub slowest_connection_vs_median: f64,
+    /// Established connections that ended without a message in the
+    /// measured window: closed during the ramp-up (churn, drops), or
+    /// starved; the per-connection means leave them out.
+    #[serde(default)]
+    pub connections_without_measured_message: u64,
 }
 
 /// One second of the run, for the charts.
@@ -506,12 +519,13 @@ mod tests {
         }
         let mut b = ThreadStats::new(1_000 * MS);
         b.on_connection_done(5, 5 * 40_000);
-        // A connection with no measured message has no mean.
+        // A connection with no measured message has no mean; it is counted.
         b.on_connection_done(0, 0);
         a.merge(&b);
         let s = a.summary(1.0);
         let per_connection = s.per_connection_mean_latency_us;
         assert_eq!(per_connection.count, 10);
+        assert_eq!(s.connections_without_measured_message, 1);
         assert_eq!(per_connection.p50, 2_000);
         assert!(
             (39_900..=40_100).contains(&per_connection.max),
@@ -526,6 +540,7 @@ mod tests {
         let empty = ThreadStats::new(0).summary(1.0);
         assert_eq!(empty.per_connection_mean_latency_us.count, 0);
         assert_eq!(empty.slowest_connection_vs_median, 0.0);
+        assert_eq!(empty.connections_without_measured_message, 0);
     }
 
     #[test]

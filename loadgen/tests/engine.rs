@@ -74,12 +74,10 @@ fn closed_loop_echo_50_connections_has_no_errors() {
     assert!(summary.msg_per_s > 100.0, "{summary:?}");
     assert!(summary.bytes_per_s > 0.0);
     assert!(summary.latency_us.p50 > 0);
-    // Every connection reports its own mean, and they sit in the overall range.
+    // Every connection reports its own mean.
     let per_connection = summary.per_connection_mean_latency_us;
     assert_eq!(per_connection.count, 50, "{per_connection:?}");
-    assert!(per_connection.min >= summary.latency_us.min);
-    assert!(per_connection.max <= summary.latency_us.max);
-    assert!(summary.slowest_connection_vs_median >= 1.0);
+    assert_eq!(summary.connections_without_measured_message, 0);
     // Closed loop: everything sent was answered (2 in flight × 50 at most lost to the cut-off).
     assert!(stats.totals.sent - stats.totals.received <= 100);
 }
@@ -144,6 +142,14 @@ fn dropped_connections_are_counted_as_errors() {
     assert!(stats.connects_attempted > 50);
     let summary = stats.summary(1.0);
     assert!(summary.error_rate > 0.0);
+    // Each connection a slot opened is counted once when it ends.
+    let ended =
+        summary.per_connection_mean_latency_us.count + summary.connections_without_measured_message;
+    assert!(
+        ended > 50 && ended <= stats.connects_succeeded,
+        "{ended} of {}",
+        stats.connects_succeeded
+    );
 }
 
 #[test]

@@ -230,6 +230,7 @@ scenarios[].summary.per_connection_mean_latency_us.mean scenarios[].summary.per_
 scenarios[].summary.per_connection_mean_latency_us.p50 scenarios[].summary.per_connection_mean_latency_us.p95
 scenarios[].summary.per_connection_mean_latency_us.p99 scenarios[].summary.per_connection_mean_latency_us.p999
 scenarios[].summary.sent_per_s scenarios[].summary.slowest_connection_vs_median
+scenarios[].summary.connections_without_measured_message
 scenarios[].summary.total_received scenarios[].summary.total_sent scenarios[].summary.window_s scenarios[].wall_s
 scenarios[].workload started_unix_ms tool tool.name tool.version";
 
@@ -374,8 +375,36 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
             table.contains("per connection (2): mean latency p50 2.00 / p99 3.00 / max 3.00 ms; slowest 1.50x the median"),
             "{table}"
         );
+        report.scenarios[0]
+            .summary
+            .connections_without_measured_message = 3;
+        assert!(table::render(&report).contains(
+            "slowest 1.50x the median; 3 ended without a measured message (ramp-up closes, or starved)"
+        ));
         report.scenarios[0].summary.per_connection_mean_latency_us = Default::default();
+        report.scenarios[0]
+            .summary
+            .connections_without_measured_message = 0;
         assert!(!table::render(&report).contains("per connection"));
+    }
+
+    #[test]
+    fn reports_written_before_the_per_connection_fields_still_load() {
+        let report = sample_report();
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let summary = value["scenarios"][0]["summary"].as_object_mut().unwrap();
+        for key in [
+            "per_connection_mean_latency_us",
+            "slowest_connection_vs_median",
+            "connections_without_measured_message",
+        ] {
+            assert!(summary.remove(key).is_some(), "{key}");
+        }
+        let back: Report = serde_json::from_value(value).unwrap();
+        let summary = &back.scenarios[0].summary;
+        assert_eq!(summary.per_connection_mean_latency_us.count, 0);
+        assert_eq!(summary.slowest_connection_vs_median, 0.0);
+        assert_eq!(summary.connections_without_measured_message, 0);
     }
 
     #[test]

@@ -102,15 +102,22 @@ pub fn render(report: &Report) -> String {
             }
         ));
         let per_connection = &s.summary.per_connection_mean_latency_us;
-        if per_connection.count > 0 {
-            notes.push(format!(
+        let unmeasured = s.summary.connections_without_measured_message;
+        if per_connection.count > 0 || unmeasured > 0 {
+            let mut line = format!(
                 "per connection ({}): mean latency p50 {} / p99 {} / max {} ms; slowest {:.2}x the median",
                 per_connection.count,
                 ms(per_connection.p50),
                 ms(per_connection.p99),
                 ms(per_connection.max),
                 s.summary.slowest_connection_vs_median
-            ));
+            );
+            if unmeasured > 0 {
+                line.push_str(&format!(
+                    "; {unmeasured} ended without a measured message (ramp-up closes, or starved)"
+                ));
+            }
+            notes.push(line);
         }
         let cpu: Vec<f64> = s.server.iter().filter_map(|x| x.cpu).collect();
         let mem = s.server.iter().filter_map(|x| x.memory_bytes).max();
