@@ -18,7 +18,9 @@
 # one when every peer is offered the same open-loop load (--rate).
 # With --rounds N the echo peers run N times, alternated (each round starts
 # one peer later in the list), and the table ends with each peer's median
-# ratios to ws-uring over the rounds.
+# ratios to ws-uring over the rounds, its slowest connection against its
+# median one, and in how many rounds ws-uring was at least as fast as the
+# peer and had a p99 no higher.
 #
 # Not part of CI. Peer code is generated under $WORK (default /tmp/wsu-peers)
 # and never lands in the repository. Results: $WORK/results/<UTC time>/compare-<date>.json
@@ -58,7 +60,7 @@ while [ $# -gt 0 ]; do
         --fanout-members) FANOUT_MEMBERS="$2"; shift 2 ;;
         --rate) RATE="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -558,6 +560,9 @@ for run in runs:
         "errors_by_kind": m.get("errors") or {},
         "server_cpu_percent": round(100 * cpu_s / cpu_window_s, 1) if cpu_s is not None else None,
         "server_cpu_us_per_msg": cpu_us,
+        # The slowest connection's mean latency over the median one's (a
+        # starved connection stands out); None from loadgens without it.
+        "slowest_connection_vs_median": m.get("slowest_connection_vs_median"),
     })
 def base(r):
     ref = "ws-uring" if r["workload"] == "echo" else "ws-uring-pubsub"
@@ -591,9 +596,16 @@ if rounds > 1:
         ratios = [r["ratio_to_ws_uring"] for r in mine if r["ratio_to_ws_uring"] is not None]
         cpu = [r["cpu_ratio_to_ws_uring"] for r in mine if r["cpu_ratio_to_ws_uring"] is not None]
         p99 = [r["p99_us"] / 1000 for r in mine]
+        slowest = [r["slowest_connection_vs_median"] for r in mine if r["slowest_connection_vs_median"]]
         print(f"  {peer:<20} msg/s {fmt(statistics.median(ratios) if ratios else None, '.2f')}x"
               f"  cpu/msg {fmt(statistics.median(cpu) if cpu else None, '.2f')}x  p99 median {statistics.median(p99):.2f} ms"
-              f"  ({len(mine)} runs)")
+              f"  slowest connection {fmt(max(slowest) if slowest else None, '.2f')}x the median  ({len(mine)} runs)")
+        # Round by round against ws-uring, the two echo targets.
+        pairs = [(r, base(r)) for r in mine if peer != "ws-uring" and base(r)]
+        if pairs:
+            faster = sum(b["msg_per_s"] >= r["msg_per_s"] for r, b in pairs)
+            tail = sum(b["p99_us"] <= r["p99_us"] for r, b in pairs)
+            print(f"  {'':<20} ws-uring at least as fast in {faster} of {len(pairs)} rounds, its p99 at most this peer's in {tail}")
 for r in rows:
     if r["errors_by_kind"]:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["errors_by_kind"].items()))
