@@ -121,6 +121,12 @@ impl Role {
         !matches!(self, Role::AnycastWorker { .. })
     }
 
+    /// Whether stamped messages arrive here to be timed, so that the
+    /// connection has a mean latency to report (workers only answer).
+    pub fn records_latency(&self) -> bool {
+        !matches!(self, Role::AnycastWorker { .. })
+    }
+
     /// Whether it must join a group (and wait for the `ok`) before sending.
     pub fn join_group(&self) -> Option<&str> {
         match self {

@@ -216,6 +216,18 @@ fn direct_publish_and_anycast_against_protocol_model() {
             "{workload}: received {}",
             stats.measured.received
         );
+        // Every connection that times messages has a mean (anycast workers
+        // only answer, and are left out rather than counted as unmeasured).
+        let summary = stats.summary(1.2);
+        assert!(
+            summary.per_connection_mean_latency_us.count > 0,
+            "{workload}"
+        );
+        assert_eq!(
+            summary.connections_without_measured_message, 0,
+            "{workload}: {:?}",
+            summary.per_connection_mean_latency_us
+        );
     }
 }
 

@@ -219,7 +219,9 @@ pub(crate) async fn connect_and_run(
     {
         let mut stats = ctx.stats.borrow_mut();
         stats.on_disconnect(now);
-        stats.on_connection_done(session.measured_messages, session.measured_latency_sum_us);
+        if session.role.records_latency() {
+            stats.on_connection_done(session.measured_messages, session.measured_latency_sum_us);
+        }
     }
     let _ = stream.close().await;
     end
