@@ -19,8 +19,11 @@
 # With --rounds N the echo peers run N times, alternated (each round starts
 # one peer later in the list), and the table ends with each peer's median
 # ratios to ws-uring over the rounds, its slowest connection against its
-# median one, and in how many rounds ws-uring was at least as fast as the
-# peer and had a p99 no higher.
+# median one, and in how many rounds ws-uring was faster, had a lower p99
+# and spent less CPU per message, each with an exact sign test
+# (scripts/compare_summary.py).
+# --pool pools the echo rounds of earlier results into that same summary:
+# one run's rounds are too few to tell a few per cent from the host's drift.
 #
 # Not part of CI. Peer code is generated under $WORK (default /tmp/wsu-peers)
 # and never lands in the repository. Results: $WORK/results/<UTC time>/compare-<date>.json
@@ -31,6 +34,8 @@
 #                           [--fanout-members N]  (fan-out: N members in one group, default 2000)
 #                           [--rate MSG_PER_S]    (echo in open loop at this total rate)
 #                           [--rounds N]          (echo rounds, alternated; default 1)
+#        scripts/compare.sh --pool RESULTS.json [RESULTS.json ...]
+#                           (no run: the summary over these results' echo rounds)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,8 +53,14 @@ ROUNDS=1
 SERVER_CORE="${SERVER_CORE:-0}"
 LOADGEN_CORE="${LOADGEN_CORE:-1}"
 
+if [ "${1:-}" = --pool ]; then
+    shift
+    exec python3 "$REPO/scripts/compare_summary.py" "$@"
+fi
+
 while [ $# -gt 0 ]; do
     case "$1" in
+        --pool) echo "compare.sh: --pool comes first and takes only result files" >&2; exit 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --in-flight) IN_FLIGHT="$2"; shift 2 ;;
@@ -526,7 +537,7 @@ fi
 
 OUT="$RESULTS/compare-$DATE.json"
 python3 - "$RESULTS" "$OUT" "$DATE" "$CONNECTIONS" "$DURATION" "$IN_FLIGHT" "$SIZE" "$(getconf CLK_TCK)" "${RATE:-0}" "${RAN[@]}" <<'EOF'
-import json, os, platform, statistics, sys
+import json, os, platform, sys
 results, out, date, conns, duration, in_flight, size, clk_tck, rate, *runs = sys.argv[1:]
 clk_tck, rate = int(clk_tck), int(rate)
 
@@ -588,27 +599,13 @@ for r in rows:
     print(f"{r['peer']:<20} {r['round']:>5} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
           f"{r['p999_us']/1000:>8.2f} {r['errors']:>7} {r['grade']:>5} {fmt(r['server_cpu_percent'], '>9.1f')} "
           f"{fmt(r['server_cpu_us_per_msg'], '>7.2f')} {ratio:>11} {cpu_ratio:>7}")
-rounds = max((r["round"] for r in rows), default=1)
-if rounds > 1:
-    print(f"\nmedians over {rounds} rounds (msg/s ratio: above 1 the peer is faster; CPU ratio: above 1 the peer spends more per message)")
-    for peer in dict.fromkeys(r["peer"] for r in rows if r["workload"] == "echo"):
-        mine = [r for r in rows if r["peer"] == peer and r["workload"] == "echo"]
-        ratios = [r["ratio_to_ws_uring"] for r in mine if r["ratio_to_ws_uring"] is not None]
-        cpu = [r["cpu_ratio_to_ws_uring"] for r in mine if r["cpu_ratio_to_ws_uring"] is not None]
-        p99 = [r["p99_us"] / 1000 for r in mine]
-        slowest = [r["slowest_connection_vs_median"] for r in mine if r["slowest_connection_vs_median"]]
-        print(f"  {peer:<20} msg/s {fmt(statistics.median(ratios) if ratios else None, '.2f')}x"
-              f"  cpu/msg {fmt(statistics.median(cpu) if cpu else None, '.2f')}x  p99 median {statistics.median(p99):.2f} ms"
-              f"  slowest connection {fmt(max(slowest) if slowest else None, '.2f')}x the median  ({len(mine)} runs)")
-        # Round by round against ws-uring, the issue's two echo targets.
-        pairs = [(r, base(r)) for r in mine if peer != "ws-uring" and base(r)]
-        if pairs:
-            faster = sum(b["msg_per_s"] >= r["msg_per_s"] for r, b in pairs)
-            tail = sum(b["p99_us"] <= r["p99_us"] for r, b in pairs)
-            print(f"  {'':<20} ws-uring at least as fast in {faster} of {len(pairs)} rounds, its p99 at most this peer's in {tail}")
 for r in rows:
     if r["errors_by_kind"]:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["errors_by_kind"].items()))
         print(f"  {r['peer']} (round {r['round']}) errors: {kinds}")
 print(f"\nwrote {out}")
 EOF
+if [ "$ROUNDS" -gt 1 ]; then
+    echo
+    python3 "$REPO/scripts/compare_summary.py" "$OUT"
+fi

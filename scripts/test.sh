@@ -69,6 +69,7 @@ step "client examples" scripts/examples-test.sh
 step "dashboard in chromium" scripts/dashboard-test.sh
 step "browser demo" scripts/browser-test.sh
 step "tune.sh" bash scripts/test-tune.sh
+step "compare summary" bash scripts/test-compare-summary.sh
 if [ "$RUN_AUTOBAHN" = 1 ]; then
     step "autobahn" scripts/autobahn.sh
 fi

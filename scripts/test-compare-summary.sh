@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Tests for scripts/compare_summary.py (and compare.sh --pool), on result
+# files made up here: counts, ties, sign-test values, pairing by file and
+# round, and the errors for bad input. Runs no server and no loadgen.
+#
+#   bash scripts/test-compare-summary.sh     prints one line per check, then "N passed, N failed"
+
+set -uo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SUMMARY=$REPO_DIR/scripts/compare_summary.py
+COMPARE=$REPO_DIR/scripts/compare.sh
+WORK=$(mktemp -d /tmp/test-compare-summary.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+PASSED=0
+FAILED=0
+
+pass() {
+    PASSED=$((PASSED + 1))
+    printf 'ok   %s\n' "$1"
+}
+fail() {
+    FAILED=$((FAILED + 1))
+    printf 'FAIL %s\n' "$1"
+    [[ -n ${2:-} ]] && printf '     %s\n' "$2"
+    sed 's/^/     | /' "$WORK/out" | head -20
+}
+
+# result FILE CONNECTIONS ROWS...: a compare.sh result; each row is
+# "peer:round:msg_per_s:p99_us[:workload[:cpu_us_per_msg]]" (CPU per message
+# by default 0.99 s over msg_per_s, as for a server 99 % busy; "none": the
+# sampler failed). RATE=R in the environment: an open-loop run at R msg/s.
+result() {
+    local file=$1 connections=$2
+    shift 2
+    python3 - "$file" "$connections" "${RATE:-}" "$@" <<'PYEOF'
+import json, sys
+file, connections, rate, *rows = sys.argv[1:]
+peers = []
+for row in rows:
+    peer, rnd, msgs, p99, *rest = row.split(":")
+    workload = rest[0] if rest else "echo"
+    cpu = rest[1] if len(rest) > 1 else round(99e4 / int(msgs), 2)
+    cpu = None if cpu == "none" else float(cpu)
+    peers.append({"peer": peer, "round": int(rnd), "workload": workload,
+                  "msg_per_s": int(msgs), "p50_us": int(p99) * 3 // 4, "p99_us": int(p99), "p999_us": int(p99) + 100,
+                  "errors": 0, "grade": "A", "errors_by_kind": {}, "server_cpu_percent": 99.0,
+                  "server_cpu_us_per_msg": cpu, "slowest_connection_vs_median": 1.0})
+json.dump({"schema": "ws-uring-compare/1", "date": "2026-12-05", "connections": int(connections), "duration_s": 10.0,
+           "in_flight": 1, "message_bytes": 32, "echo_rate_msg_per_s": int(rate) if rate else None, "peers": peers},
+          open(file, "w"))
+PYEOF
+}
+
+# run ARGS...: the summary's output in $WORK/out, its status in $STATUS.
+run() {
+    python3 "$SUMMARY" "$@" >"$WORK/out" 2>&1
+    STATUS=$?
+}
+
+# expect NAME TEXT: the last run exited 0 and printed TEXT.
+expect() {
+    if [[ $STATUS -ne 0 ]]; then
+        fail "$1" "exit status $STATUS"
+    elif grep -qF -- "$2" "$WORK/out"; then
+        pass "$1"
+    else
+        fail "$1" "missing: $2"
+    fi
+}
+
+# refused NAME TEXT: the last run exited 2 and said TEXT.
+refused() {
+    if [[ $STATUS -eq 2 ]] && grep -qF -- "$2" "$WORK/out"; then
+        pass "$1"
+    else
+        fail "$1" "expected exit 2 and: $2 (status $STATUS)"
+    fi
+}
+
+# Two files. Against uws-js, ws-uring is faster in rounds a1, a2, b1, b2 and
+# slower in a3: 4 of 5, p = 6/32. Its p99 is lower in a1 and b1, level in
+# a2, higher in a3 and b2: 2 of the 4 untied, p = 11/16. raw-echo's third
+# round has no ws-uring round beside it in file b and is not paired.
+result "$WORK/a.json" 2000 \
+    ws-uring:1:330000:8000 uws-js:1:300000:8400 \
+    ws-uring:2:320000:8100 uws-js:2:310000:8100 \
+    ws-uring:3:300000:8500 uws-js:3:330000:8000 \
+    ws-uring-pubsub:1:3000000:2000000:publish uws-js-pubsub:1:800000:4000000:publish
+result "$WORK/b.json" 2000 \
+    ws-uring:1:340000:7900 uws-js:1:320000:8200 raw-echo:1:300000:8800 \
+    ws-uring:2:335000:8300 uws-js:2:330000:8200 raw-echo:2:310000:8100 \
+    raw-echo:3:999999:1000
+
+run "$WORK/a.json" "$WORK/b.json"
+expect "pools both files' rounds" "uws-js               5 rounds"
+expect "counts the rounds ws-uring is faster in, with the sign test" \
+    "ws-uring faster in 4 of 5; if the two were equal, 4 or more of 5 has p = 0.188"
+expect "leaves level p99s out of the test and says so" \
+    "ws-uring p99 lower in 2 of 5, level in 1; if the two were equal, 2 or more of 4 has p = 0.688"
+expect "pairs a round only with ws-uring's round of the same file" "raw-echo             3 rounds"
+expect "… and counts only the paired ones" "ws-uring faster in 2 of 2; if the two were equal, 2 or more of 2 has p = 0.25"
+expect "reports the peer's median msg/s ratio and range" "msg/s 0.97x (0.91-1.10x)"
+expect "reports the median p99 ratio" "p99 ws-uring / uws-js: median 1.000x"
+expect "counts the rounds ws-uring spends less CPU per message in" \
+    "ws-uring cheaper per message in 4 of 5; if the two were equal, 4 or more of 5 has p = 0.188"
+expect "says the runs were closed loop" "pooled echo rounds (closed loop) from 2 files"
+if grep -q "pubsub" "$WORK/out"; then
+    fail "leaves the fan-out rows out" "a pubsub row was summarized"
+else
+    pass "leaves the fan-out rows out"
+fi
+
+# Open loop: every server carries the offered rate, so no msg/s verdict;
+# CPU per message and p99 decide, and a round without its CPU figure is
+# left out of the CPU count.
+RATE=250000 result "$WORK/open.json" 2000 \
+    ws-uring:1:250000:2000:echo:3.40 uws-js:1:250000:2100:echo:3.50 \
+    ws-uring:2:250000:2300:echo:3.45 uws-js:2:250000:2200:echo:3.44 \
+    ws-uring:3:250000:2400:echo:none uws-js:3:250000:2500:echo:3.50
+run "$WORK/open.json"
+expect "says the runs were open loop, at which rate" "pooled echo rounds (open loop at 250000 msg/s)"
+expect "judges open loop on p99" "ws-uring p99 lower in 2 of 3; if the two were equal, 2 or more of 3 has p = 0.5"
+expect "judges open loop on CPU, without the round that lacks it" \
+    "ws-uring cheaper per message in 1 of 2; if the two were equal, 1 or more of 2 has p = 0.75"
+if grep -q "faster in" "$WORK/out"; then
+    fail "gives no msg/s verdict in open loop" "a 'faster in' line was printed"
+else
+    pass "gives no msg/s verdict in open loop"
+fi
+run "$WORK/a.json" "$WORK/open.json"
+refused "refuses to pool closed and open loop" "echo_rate_msg_per_s None against 250000"
+
+# A sign test that clears the bar: 10 wins of 10 is 1/1024.
+rows=()
+for k in 1 2 3 4 5 6 7 8 9 10; do rows+=("ws-uring:$k:330000:8000" "uws-js:$k:300000:8400"); done
+result "$WORK/ten.json" 2000 "${rows[@]}"
+run "$WORK/ten.json"
+expect "ten wins of ten have p = 1/1024" "10 or more of 10 has p = 0.000977"
+
+bash "$COMPARE" --pool "$WORK/a.json" "$WORK/b.json" >"$WORK/pool" 2>&1
+python3 "$SUMMARY" "$WORK/a.json" "$WORK/b.json" >"$WORK/direct" 2>&1
+if cmp -s "$WORK/pool" "$WORK/direct"; then
+    pass "compare.sh --pool prints the same summary"
+else
+    cp "$WORK/pool" "$WORK/out"
+    fail "compare.sh --pool prints the same summary"
+fi
+bash "$COMPARE" --rounds 2 --pool "$WORK/a.json" >"$WORK/out" 2>&1
+STATUS=$?
+refused "compare.sh refuses --pool after run options" "--pool comes first"
+
+# Bad input: a clear error and exit status 2, never a summary.
+result "$WORK/other.json" 1000 ws-uring:1:330000:8000 uws-js:1:300000:8400
+run "$WORK/a.json" "$WORK/other.json"
+refused "refuses to pool different workloads" "ran another workload than $WORK/a.json (connections 2000 against 1000)"
+run "$WORK/missing.json"
+refused "refuses a missing file" "cannot read $WORK/missing.json"
+printf '{"peers": [' >"$WORK/broken.json"
+run "$WORK/broken.json"
+refused "refuses a file that is not JSON" "is not JSON"
+printf '{"schema": "something-else/1", "peers": []}' >"$WORK/foreign.json"
+run "$WORK/foreign.json"
+refused "refuses a JSON file that is not a compare.sh result" "is not a compare.sh result"
+result "$WORK/fanout.json" 2000 ws-uring-pubsub:1:3000000:2000000:publish
+run "$WORK/fanout.json"
+refused "refuses results without an echo round" "no echo rounds in"
+python3 - "$WORK/a.json" "$WORK/nop99.json" <<'PYEOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+del doc["peers"][1]["p99_us"]
+json.dump(doc, open(sys.argv[2], "w"))
+PYEOF
+run "$WORK/nop99.json"
+refused "refuses a row without its p99" "a row lacks p99_us"
+run
+refused "refuses to run without a file" "Pools the echo rounds"
+
+echo "$PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
