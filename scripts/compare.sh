@@ -466,15 +466,28 @@ start_peer() {
 # sample_cpu PID FILE: appends "unix_ms cpu_ticks" (utime + stime of PID)
 # every 0.2 s until PID is gone; the table takes the loadgen's measured
 # window out of it.
+# sample_cpu PID FILE: "unix_ms utime+stime_ticks" lines every 0.2 s while
+# PID lives. One process that only sleeps between reads: a loop forking
+# cat, date and sleep (15 processes a second) stalled the loadgen's core
+# often enough to add a third to every server's p99 (docs/PERFORMANCE.md,
+# twelfth pass).
 sample_cpu() {
-    local pid="$1" file="$2" stat
-    while stat="$(cat "/proc/$pid/stat" 2>/dev/null)"; do
+    exec python3 - "$1" "$2" <<'PYEOF'
+import sys, time
+pid, path = sys.argv[1:]
+with open(path, "a") as out:
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            break
         # Fields after the parenthesised command name: utime is the 12th, stime the 13th.
-        stat="${stat##*) }"
-        set -- $stat
-        echo "$(date +%s%3N) $(( ${12} + ${13} ))" >>"$file"
-        sleep 0.2
-    done
+        fields = stat.rsplit(")", 1)[1].split()
+        out.write(f"{time.time_ns() // 1_000_000} {int(fields[11]) + int(fields[12])}\n")
+        out.flush()
+        time.sleep(0.2)
+PYEOF
 }
 
 # run_loadgen NAME URL WORKLOAD [CONNECTIONS IN_FLIGHT GROUP RATE]: one
