@@ -465,12 +465,10 @@ start_peer() {
 
 # sample_cpu PID FILE: appends "unix_ms cpu_ticks" (utime + stime of PID)
 # every 0.2 s until PID is gone; the table takes the loadgen's measured
-# window out of it.
-# sample_cpu PID FILE: "unix_ms utime+stime_ticks" lines every 0.2 s while
-# PID lives. One process that only sleeps between reads: a loop forking
-# cat, date and sleep (15 processes a second) stalled the loadgen's core
-# often enough to add a third to every server's p99 (docs/PERFORMANCE.md,
-# twelfth pass).
+# window out of it. One process that only sleeps between reads: a loop
+# forking cat, date and sleep (15 processes a second) stalled the
+# loadgen's core often enough to widen every server's p99 by a fifth
+# (docs/PERFORMANCE.md, twelfth pass).
 sample_cpu() {
     exec python3 - "$1" "$2" <<'PYEOF'
 import sys, time

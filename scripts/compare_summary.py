@@ -4,9 +4,9 @@ each peer, its medians against ws-uring and how often ws-uring won, with an
 exact sign test: the chance of at least that many wins if the two servers
 were equal (a coin flip each round). Wins are counted for msg/s (closed
 loop only: in open loop every server carries the offered rate), p99 and
-server CPU per message. The host drifts by more than the
-servers differ, so a single round says little; pooled rounds, each a pair run
-minutes apart, are what the performance targets are judged on.
+server CPU per message. The host drifts by more than the servers differ,
+so a single round says little; pooled rounds, each a pair run minutes
+apart, are what the performance targets are judged on.
 
   scripts/compare_summary.py RESULTS.json [RESULTS.json ...]
   scripts/compare.sh --pool RESULTS.json [RESULTS.json ...]     (the same)
@@ -57,7 +57,10 @@ def load(paths):
         elif this != workload:
             differ = ", ".join(f"{k} {workload[k]} against {this[k]}" for k in WORKLOAD_KEYS if workload[k] != this[k])
             raise BadInput(f"{path} ran another workload than {first} ({differ}): pool like with like")
-        for row in doc.get("peers", []):
+        peers = doc.get("peers", [])
+        if not isinstance(peers, list) or not all(isinstance(row, dict) for row in peers):
+            raise BadInput(f"{path}: \"peers\" is not a list of rows")
+        for row in peers:
             if row.get("workload") != "echo":
                 continue
             missing = [k for k in ("peer", "round", "msg_per_s", "p99_us") if k not in row]

@@ -173,6 +173,9 @@ json.dump(doc, open(sys.argv[2], "w"))
 PYEOF
 run "$WORK/nop99.json"
 refused "refuses a row without its p99" "a row lacks p99_us"
+printf '{"schema": "ws-uring-compare/1", "peers": {"ws-uring": 1}}' >"$WORK/badpeers.json"
+run "$WORK/badpeers.json"
+refused "refuses peers that are not a list of rows" '"peers" is not a list of rows'
 run
 refused "refuses to run without a file" "Pools the echo rounds"
 
