@@ -12,12 +12,16 @@ apart, are what the performance targets are judged on.
   scripts/compare.sh --pool RESULTS.json [RESULTS.json ...]     (the same)
 
 Rounds pair with the ws-uring round of the same number in the same file.
+A round that received nothing (msg/s 0: the server did not start or
+answer) loses the msg/s count and takes no part in the p99 and CPU ones.
 Files must share the workload (connections, in flight, message size, open-loop
-rate); round length may differ. Exit status: 0 printed, 2 bad input.
+rate); round length may differ; a file given twice is refused. Exit
+status: 0 printed, 2 bad input.
 """
 
 import json
 import math
+import os
 import statistics
 import sys
 
@@ -38,10 +42,18 @@ def sign_test_p(wins, trials):
     return sum(math.comb(trials, k) for k in range(wins, trials + 1)) / 2 ** trials
 
 
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load(paths):
     """Every echo row of the files, each tagged with its file's index."""
-    rows, workload = [], None
+    rows, workload, seen = [], None, {}
     for index, path in enumerate(paths):
+        real = os.path.realpath(path)
+        if real in seen:
+            raise BadInput(f"{path} is given twice (also as {seen[real]}): its rounds would count twice")
+        seen[real] = path
         try:
             with open(path) as f:
                 doc = json.load(f)
@@ -49,6 +61,8 @@ def load(paths):
             raise BadInput(f"cannot read {path}: {e.strerror}")
         except json.JSONDecodeError as e:
             raise BadInput(f"{path} is not JSON ({e.msg}, line {e.lineno})")
+        except UnicodeDecodeError:
+            raise BadInput(f"{path} is not JSON (not UTF-8 text)")
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise BadInput(f"{path} is not a compare.sh result (no \"schema\": \"{SCHEMA}\")")
         this = {key: doc.get(key) for key in WORKLOAD_KEYS}
@@ -66,6 +80,11 @@ def load(paths):
             missing = [k for k in ("peer", "round", "msg_per_s", "p99_us") if k not in row]
             if missing:
                 raise BadInput(f"{path}: a row lacks {', '.join(missing)}")
+            wrong = [k for k in ("msg_per_s", "p99_us") if not is_number(row[k])]
+            if not isinstance(row["round"], int) or isinstance(row["round"], bool):
+                wrong.insert(0, "round")
+            if wrong:
+                raise BadInput(f"{path}: {row.get('peer')} has a {', '.join(wrong)} that is not a number")
             rows.append(dict(row, file=index))
     if not rows:
         raise BadInput("no echo rounds in " + ", ".join(paths))
@@ -73,7 +92,15 @@ def load(paths):
 
 
 def cpu_us(row):
-    return row.get("server_cpu_us_per_msg") or None
+    """Server CPU µs per message; None when the sampler had none (or 0)."""
+    value = row.get("server_cpu_us_per_msg")
+    return value if is_number(value) and value > 0 else None
+
+
+def answered(row):
+    """Whether the round received messages: a loadgen that got none
+    reports msg/s 0 and a p99 of 0, which is no latency."""
+    return row["msg_per_s"] > 0 and row["p99_us"] > 0
 
 
 def summarize(rows, files, open_loop_rate=None):
@@ -86,34 +113,40 @@ def summarize(rows, files, open_loop_rate=None):
              "(msg/s and CPU ratios: the peer over ws-uring in the same round; above 1 the peer is faster, "
              "or spends more CPU per message)"]
     tests = [] if open_loop_rate else [
-        ("faster", lambda r, b: b["msg_per_s"] > r["msg_per_s"], lambda r, b: b["msg_per_s"] == r["msg_per_s"]),
+        ("faster", lambda r, b: True,
+         lambda r, b: b["msg_per_s"] > r["msg_per_s"], lambda r, b: b["msg_per_s"] == r["msg_per_s"]),
     ]
+    # Each test: its name, which pairs it judges, ws-uring better, level.
     tests += [
-        ("p99 lower", lambda r, b: b["p99_us"] < r["p99_us"], lambda r, b: b["p99_us"] == r["p99_us"]),
-        ("cheaper per message", lambda r, b: cpu_us(b) < cpu_us(r), lambda r, b: cpu_us(b) == cpu_us(r)),
+        ("p99 lower", lambda r, b: answered(r) and answered(b),
+         lambda r, b: b["p99_us"] < r["p99_us"], lambda r, b: b["p99_us"] == r["p99_us"]),
+        ("cheaper per message", lambda r, b: answered(r) and answered(b) and cpu_us(r) and cpu_us(b),
+         lambda r, b: cpu_us(b) < cpu_us(r), lambda r, b: cpu_us(b) == cpu_us(r)),
     ]
     for peer in dict.fromkeys(r["peer"] for r in rows):
         mine = [r for r in rows if r["peer"] == peer]
-        p99 = [r["p99_us"] / 1000 for r in mine]
-        slowest = [r["slowest_connection_vs_median"] for r in mine if r.get("slowest_connection_vs_median")]
-        line = (f"  {peer:<20} {len(mine)} rounds  p99 median {statistics.median(p99):.2f} ms"
+        p99 = [r["p99_us"] / 1000 for r in mine if answered(r)]
+        slowest = [r["slowest_connection_vs_median"] for r in mine
+                   if answered(r) and is_number(r.get("slowest_connection_vs_median"))]
+        failed = len(mine) - len(p99)
+        line = (f"  {peer:<20} {len(mine)} rounds{f' ({failed} received nothing)' if failed else ''}"
+                f"  p99 median {fmt(statistics.median(p99) if p99 else None, '.2f')} ms"
                 f"  slowest connection {fmt(max(slowest) if slowest else None, '.2f')}x the median")
         pairs = [(r, reference[(r["file"], r["round"])]) for r in mine
                  if peer != REFERENCE and (r["file"], r["round"]) in reference]
         if not pairs:
             lines.append(line)
             continue
-        ratios = [r["msg_per_s"] / b["msg_per_s"] for r, b in pairs if b["msg_per_s"] > 0]
-        cpu = [cpu_us(r) / cpu_us(b) for r, b in pairs if cpu_us(r) and cpu_us(b)]
-        p99_ratio = [b["p99_us"] / r["p99_us"] for r, b in pairs if r["p99_us"] > 0]
+        ratios = [r["msg_per_s"] / b["msg_per_s"] for r, b in pairs if answered(b)]
+        cpu = [cpu_us(r) / cpu_us(b) for r, b in pairs if answered(r) and answered(b) and cpu_us(r) and cpu_us(b)]
+        p99_ratio = [b["p99_us"] / r["p99_us"] for r, b in pairs if answered(r) and answered(b)]
         lines.append(line + f"  msg/s {fmt(statistics.median(ratios) if ratios else None, '.2f')}x"
                      f" ({fmt(min(ratios) if ratios else None, '.2f')}-{fmt(max(ratios) if ratios else None, '.2f')}x)"
                      f"  cpu/msg {fmt(statistics.median(cpu) if cpu else None, '.2f')}x")
         # Ties tell neither way and leave the test (4 µs latency buckets make
         # equal p99s happen; equal msg/s hardly).
-        for what, ours_better, tie in tests:
-            # A round without its CPU figure (sampler failed) takes no part.
-            judged = [(r, b) for r, b in pairs if what != "cheaper per message" or (cpu_us(r) and cpu_us(b))]
+        for what, judges, ours_better, tie in tests:
+            judged = [(r, b) for r, b in pairs if judges(r, b)]
             if not judged:
                 continue
             wins = sum(ours_better(r, b) for r, b in judged)
