@@ -46,8 +46,16 @@ fn plan(
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(plan: &RunPlan) -> ThreadStats {
+    run_timed(plan).0
+}
+
+/// `run`, and how long the run took: timed once this test holds `SERIAL`,
+/// so the wait for another test's run does not count.
+fn run_timed(plan: &RunPlan) -> (ThreadStats, Duration) {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    engine::run(plan, |_| {}).expect("engine runs").stats
+    let started = std::time::Instant::now();
+    let stats = engine::run(plan, |_| {}).expect("engine runs").stats;
+    (stats, started.elapsed())
 }
 
 fn assert_clean(stats: &ThreadStats, connections: u64) {
@@ -184,9 +192,7 @@ fn a_server_that_never_answers_cannot_hold_the_run_past_its_hard_stop() {
     let plan = plan(&format!("ws://{addr}/ws"), Workload::Echo, 5, 500, None);
     let hard_stop = plan.duration + 3 * plan.grace;
     assert!(hard_stop + Duration::from_secs(3) < engine::CONNECT_TIMEOUT);
-    let started = std::time::Instant::now();
-    let stats = run(&plan);
-    let took = started.elapsed();
+    let (stats, took) = run_timed(&plan);
     assert!(
         took < hard_stop + Duration::from_secs(3),
         "the run took {took:?}; hard stop at {hard_stop:?}"
