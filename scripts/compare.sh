@@ -501,7 +501,7 @@ run_loadgen() {
     taskset -pc "$LOADGEN_CORE" "$sampler" >/dev/null 2>&1 || true
     taskset -c "$LOADGEN_CORE" "$LOADGEN" --url "$url" --scenario baseline --workload "$workload" \
         --connections "$connections" --duration "$DURATION" --threads 1 --in-flight "$in_flight" \
-        --size "$SIZE" --group-size "$group" "${rate_args[@]}" \
+        --size "$SIZE" --group-size "$group" "${rate_args[@]}" --no-server-sample \
         --output "$RESULTS/$name.json" >"$RESULTS/$name.table" 2>"$RESULTS/$name.loadgen.log" \
         || log "loadgen failed against $name (see $RESULTS/$name.loadgen.log)"
     kill "$sampler" 2>/dev/null || true

@@ -63,6 +63,14 @@ pub struct Args {
     #[argh(option, default = "0")]
     pub pause_sample_us: u64,
 
+    /// do not sample the server during scenarios (its /metrics.json once a
+    /// second, else its process's CPU and memory): for runs that measure
+    /// the server themselves, such as side-by-side comparisons, where the
+    /// request would be work on the measured server's core that a server
+    /// without /metrics.json does not get
+    #[argh(switch)]
+    pub no_server_sample: bool,
+
     /// measured (steady) phase: 30, 30s, 500ms, 2m (overrides each scenario's)
     #[argh(option)]
     pub duration: Option<String>,
@@ -220,7 +228,7 @@ impl Args {
             scenarios,
             quick: self.quick,
             progress: true,
-            sample_server: true,
+            sample_server: !self.no_server_sample,
             pause_sample: Duration::from_micros(self.pause_sample_us),
         })
     }
@@ -261,11 +269,13 @@ mod tests {
             "0",
             "--pause-sample-us",
             "2000",
+            "--no-server-sample",
         ])
         .unwrap();
         let c = a.to_config().unwrap();
         assert_eq!(c.settings.send_tick, Duration::ZERO);
         assert_eq!(c.pause_sample, Duration::from_millis(2));
+        assert!(!c.sample_server);
         assert_eq!(c.scenarios.len(), 2);
         assert_eq!(c.scenarios[0].connections, 50);
         assert_eq!(c.scenarios[1].steady, Duration::from_secs(2));
@@ -298,6 +308,13 @@ mod tests {
         // A real-time thread waking every few microseconds would starve the run.
         let busy = args(&["--pause-sample-us", "99"]).unwrap().to_config();
         assert!(busy.unwrap_err().contains("--pause-sample-us"));
+    }
+
+    #[test]
+    fn the_server_is_sampled_unless_told_not_to() {
+        assert!(args(&[]).unwrap().to_config().unwrap().sample_server);
+        let c = args(&["--no-server-sample"]).unwrap().to_config().unwrap();
+        assert!(!c.sample_server);
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub fn run(
             send_tick_us: s.rate.map(|_| s.send_tick.as_micros() as u64),
             nap_max_us: s.nap_max.as_micros() as u64,
             pause_sample_us: config.pause_sample.as_micros() as u64,
+            server_sampled: config.sample_server,
             in_flight: s.in_flight,
             message_bytes: s.size,
             threads: s.threads,

@@ -58,10 +58,18 @@ pub struct RunConfig {
     /// sampler). Absent from reports written before the samplers.
     #[serde(default)]
     pub pause_sample_us: u64,
+    /// Whether the server was sampled during each scenario (`server[]`).
+    /// Absent from reports written before `--no-server-sample`: it was.
+    #[serde(default = "server_sampled_before_the_flag")]
+    pub server_sampled: bool,
     pub in_flight: usize,
     pub message_bytes: usize,
     pub threads: usize,
     pub quick: bool,
+}
+
+fn server_sampled_before_the_flag() -> bool {
+    true
 }
 
 /// One scenario's results.
@@ -194,7 +202,7 @@ mod tests {
     /// Every path of the JSON document. Changing this list changes the
     /// schema: bump [`SCHEMA`] when removing or renaming anything.
     const SCHEMA_PATHS: &str = "
-config config.in_flight config.message_bytes config.mode config.nap_max_us config.pause_sample_us config.quick config.rate config.threads config.url config.workload
+config config.in_flight config.message_bytes config.mode config.nap_max_us config.pause_sample_us config.quick config.rate config.server_sampled config.threads config.url config.workload
 grade_limits grade_limits[] grade_limits[].grade grade_limits[].max_error_rate grade_limits[].min_connect_success
 grade_limits[].min_throughput_ratio grade_limits[].p95_us grade_limits[].p999_us grade_limits[].p99_us
 overall_grade schema scenarios scenarios[] scenarios[].connections scenarios[].description
@@ -287,6 +295,7 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
                 send_tick_us: None,
                 nap_max_us: 5000,
                 pause_sample_us: 1000,
+                server_sampled: true,
                 in_flight: 1,
                 message_bytes: 64,
                 threads: 1,
@@ -405,6 +414,18 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
         assert_eq!(summary.per_connection_mean_latency_us.count, 0);
         assert_eq!(summary.slowest_connection_vs_median, 0.0);
         assert_eq!(summary.connections_without_measured_message, 0);
+    }
+
+    #[test]
+    fn reports_written_before_no_server_sample_say_the_server_was_sampled() {
+        let mut report = sample_report();
+        report.config.server_sampled = false;
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(value["config"]["server_sampled"], false);
+        let config = value["config"].as_object_mut().unwrap();
+        assert!(config.remove("server_sampled").is_some());
+        let back: Report = serde_json::from_value(value).unwrap();
+        assert!(back.config.server_sampled);
     }
 
     #[test]
