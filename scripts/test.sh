@@ -70,6 +70,7 @@ step "dashboard in chromium" scripts/dashboard-test.sh
 step "browser demo" scripts/browser-test.sh
 step "tune.sh" bash scripts/test-tune.sh
 step "compare summary" bash scripts/test-compare-summary.sh
+step "latency trace" python3 scripts/test_latency_trace.py
 if [ "$RUN_AUTOBAHN" = 1 ]; then
     step "autobahn" scripts/autobahn.sh
 fi

@@ -91,6 +91,13 @@ pub struct Args {
     #[argh(option)]
     pub report: Option<String>,
 
+    /// write every measured message to this CSV file (scenario, t_us since
+    /// the measured window began, latency_us, connection), at most 8388608
+    /// a thread: whether a tail is made of slow moments or of slow
+    /// connections (scripts/latency_trace.py reads it)
+    #[argh(option)]
+    pub latency_trace: Option<String>,
+
     /// log per-second figures and connection errors
     #[argh(switch, short = 'v')]
     pub verbose: bool,
@@ -230,6 +237,7 @@ impl Args {
             progress: true,
             sample_server: !self.no_server_sample,
             pause_sample: Duration::from_micros(self.pause_sample_us),
+            latency_trace: self.latency_trace.as_ref().map(std::path::PathBuf::from),
         })
     }
 }
@@ -270,12 +278,15 @@ mod tests {
             "--pause-sample-us",
             "2000",
             "--no-server-sample",
+            "--latency-trace",
+            "t.csv",
         ])
         .unwrap();
         let c = a.to_config().unwrap();
         assert_eq!(c.settings.send_tick, Duration::ZERO);
         assert_eq!(c.pause_sample, Duration::from_millis(2));
         assert!(!c.sample_server);
+        assert_eq!(c.latency_trace, Some(std::path::PathBuf::from("t.csv")));
         assert_eq!(c.scenarios.len(), 2);
         assert_eq!(c.scenarios[0].connections, 50);
         assert_eq!(c.scenarios[1].steady, Duration::from_secs(2));
@@ -308,6 +319,15 @@ mod tests {
         // A real-time thread waking every few microseconds would starve the run.
         let busy = args(&["--pause-sample-us", "99"]).unwrap().to_config();
         assert!(busy.unwrap_err().contains("--pause-sample-us"));
+    }
+
+    #[test]
+    fn the_help_gives_the_latency_traces_real_bound() {
+        // argh wraps the help: compare it with its spaces evened out.
+        let help = args(&["--help"]).unwrap_err();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let bound = crate::stats::TRACE_MESSAGES_PER_THREAD_MAX.to_string();
+        assert!(help.contains(&format!("at most {bound}")), "{help}");
     }
 
     #[test]

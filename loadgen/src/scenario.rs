@@ -271,6 +271,8 @@ impl ScenarioSpec {
             run_id: settings.run_id,
             grace: Duration::from_secs(1),
             verbose: settings.verbose,
+            // The suite turns it on for `--latency-trace`.
+            latency_trace: false,
         }
     }
 }

@@ -19,6 +19,53 @@ pub(crate) fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, sigfig).expect("static histogram bounds")
 }
 
+/// Most messages one thread keeps in its latency trace (`--latency-trace`):
+/// 12 bytes each, so at most 96 MiB a thread, about 25 s of a 330k msg/s
+/// echo. Later messages are counted in [`LatencyTrace::dropped`], not kept.
+pub const TRACE_MESSAGES_PER_THREAD_MAX: usize = 1 << 23;
+
+/// One measured message in the latency trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// When it arrived, µs after the measured window began.
+    pub at_us: u32,
+    pub latency_us: u32,
+    /// The connection slot it belongs to (0..connections).
+    pub connection: u32,
+}
+
+/// Every measured message's arrival time and latency (`--latency-trace`):
+/// whether a tail is made of slow moments or of slow connections, which the
+/// histograms cannot tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatencyTrace {
+    pub entries: Vec<TraceEntry>,
+    /// Messages past the thread's bound, not kept.
+    pub dropped: u64,
+    /// Most entries a thread keeps ([`TRACE_MESSAGES_PER_THREAD_MAX`]).
+    messages_max: usize,
+}
+
+impl LatencyTrace {
+    /// Reserves room for all `messages_max` entries at once: growing by
+    /// doubling would copy up to 96 MiB in the middle of a measured run.
+    /// The reservation is address space; pages are touched as it fills.
+    pub fn new(messages_max: usize) -> LatencyTrace {
+        LatencyTrace {
+            entries: Vec::with_capacity(messages_max),
+            dropped: 0,
+            messages_max,
+        }
+    }
+
+    /// The entries in order of arrival (threads' entries interleaved).
+    pub fn sorted(mut self) -> LatencyTrace {
+        self.entries
+            .sort_by_key(|e| (e.at_us, e.connection, e.latency_us));
+        self
+    }
+}
+
 /// Message and byte counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -80,6 +127,8 @@ pub struct ThreadStats {
     /// Established connections that ended without a measured message:
     /// closed during the ramp-up (churn, drops), or starved.
     pub connections_unmeasured: u64,
+    /// Each measured message, when tracing (`enable_trace`).
+    pub trace: Option<LatencyTrace>,
 }
 
 impl ThreadStats {
@@ -97,7 +146,32 @@ impl ThreadStats {
             seconds: Vec::new(),
             connection_means: histogram(3),
             connections_unmeasured: 0,
+            trace: None,
         }
+    }
+
+    /// Keeps each measured message in [`ThreadStats::trace`] from now on,
+    /// up to `messages_max` of them.
+    pub fn enable_trace(&mut self, messages_max: usize) {
+        self.trace = Some(LatencyTrace::new(messages_max));
+    }
+
+    /// Adds a measured message (the µs `on_message` returned) of
+    /// `connection`, received at `now_ns`, to the trace if there is one.
+    pub fn trace_message(&mut self, now_ns: u64, latency_us: u64, connection: usize) {
+        let Some(trace) = self.trace.as_mut() else {
+            return;
+        };
+        if trace.entries.len() >= trace.messages_max {
+            trace.dropped += 1;
+            return;
+        }
+        let at_us = now_ns.saturating_sub(self.measure_from_ns) / 1_000;
+        trace.entries.push(TraceEntry {
+            at_us: at_us.min(u32::MAX as u64) as u32,
+            latency_us: latency_us.min(u32::MAX as u64) as u32,
+            connection: connection.min(u32::MAX as usize) as u32,
+        });
     }
 
     fn bucket(&mut self, now_ns: u64) -> &mut SecondBucket {
@@ -215,6 +289,12 @@ impl ThreadStats {
             .add(&other.connection_means)
             .expect("same histogram bounds");
         self.connections_unmeasured += other.connections_unmeasured;
+        if let Some(theirs) = &other.trace {
+            // A merged trace is only extended here, never traced into.
+            let mine = self.trace.get_or_insert_with(|| LatencyTrace::new(0));
+            mine.entries.extend_from_slice(&theirs.entries);
+            mine.dropped += theirs.dropped;
+        }
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_insert(0) += n;
         }
@@ -490,6 +570,55 @@ mod tests {
         let series = a.series();
         assert_eq!(series[0].connections, 2);
         assert_eq!(series[1].p50_us / 100, 100);
+    }
+
+    #[test]
+    fn the_trace_keeps_measured_messages_up_to_its_bound_and_merges() {
+        let mut a = ThreadStats::new(1_000 * MS);
+        // Off unless enabled.
+        let us = a.on_message(1_100 * MS, 2 * MS).unwrap();
+        a.trace_message(1_100 * MS, us, 3);
+        assert_eq!(a.trace, None);
+
+        a.enable_trace(3);
+        // A ramp-up message is not measured, so the caller does not trace it.
+        assert_eq!(a.on_message(500 * MS, MS), None);
+        for (i, connection) in [7usize, 1, 4, 9].iter().enumerate() {
+            let now = 1_000 * MS + (4 - i as u64) * MS;
+            let us = a.on_message(now, (i as u64 + 1) * MS).unwrap();
+            a.trace_message(now, us, *connection);
+        }
+        let trace = a.trace.clone().unwrap();
+        assert_eq!(trace.entries.len(), 3, "bounded at 3");
+        assert_eq!(trace.dropped, 1);
+        assert_eq!(
+            trace.entries[0],
+            TraceEntry {
+                at_us: 4_000,
+                latency_us: 1_000,
+                connection: 7
+            }
+        );
+
+        let mut b = ThreadStats::new(1_000 * MS);
+        b.enable_trace(10);
+        let us = b.on_message(1_000 * MS + 500_000, 5 * MS).unwrap();
+        b.trace_message(1_000 * MS + 500_000, us, 2);
+        let mut merged = ThreadStats::new(1_000 * MS);
+        merged.merge(&a);
+        merged.merge(&b);
+        let merged = merged.trace.unwrap().sorted();
+        assert_eq!(merged.dropped, 1);
+        let at: Vec<_> = merged
+            .entries
+            .iter()
+            .map(|e| (e.at_us, e.connection))
+            .collect();
+        assert_eq!(at, vec![(500, 2), (2_000, 4), (3_000, 1), (4_000, 7)]);
+        // Merging stats without a trace leaves none.
+        let mut plain = ThreadStats::new(0);
+        plain.merge(&ThreadStats::new(0));
+        assert_eq!(plain.trace, None);
     }
 
     #[test]

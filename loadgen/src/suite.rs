@@ -1,13 +1,16 @@
 //! Runs the chosen scenarios one after the other and assembles the report.
 
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{self, EngineError};
 use crate::pauses::PauseSampler;
 use crate::progress::Progress;
-use crate::report::{drift, grade_summary, Report, RunConfig, ScenarioReport};
+use crate::report::{drift, grade_summary, Report, RunConfig, ScenarioReport, TraceReport};
 use crate::scenario::{RunSettings, ScenarioKind, ScenarioSpec};
 use crate::server_metrics::Sampler;
+use crate::stats::LatencyTrace;
 use crate::workload::Workload;
 
 /// Pause between scenarios so the server can drop the previous connections.
@@ -25,6 +28,41 @@ pub struct SuiteConfig {
     pub sample_server: bool,
     /// Run a pause sampler per CPU waking this often (none if zero).
     pub pause_sample: Duration,
+    /// Write every measured message to this CSV file (`--latency-trace`).
+    pub latency_trace: Option<PathBuf>,
+}
+
+/// The latency trace's first line.
+pub const TRACE_HEADER: &str = "scenario,t_us,latency_us,connection\n";
+
+/// Writes a scenario's trace rows in order of arrival: the scenario's name,
+/// µs since its measured window began, the latency in µs, the connection
+/// slot.
+pub fn write_trace_rows(
+    out: &mut impl Write,
+    scenario: &str,
+    trace: LatencyTrace,
+) -> io::Result<TraceReport> {
+    let trace = trace.sorted();
+    for e in &trace.entries {
+        writeln!(
+            out,
+            "{scenario},{},{},{}",
+            e.at_us, e.latency_us, e.connection
+        )?;
+    }
+    out.flush()?;
+    Ok(TraceReport {
+        messages: trace.entries.len() as u64,
+        dropped: trace.dropped,
+    })
+}
+
+fn trace_error(path: &Path, e: io::Error) -> EngineError {
+    EngineError::Output(format!(
+        "cannot write the latency trace {}: {e}",
+        path.display()
+    ))
 }
 
 fn unix_ms() -> u64 {
@@ -69,6 +107,10 @@ pub fn run(
             nap_max_us: s.nap_max.as_micros() as u64,
             pause_sample_us: config.pause_sample.as_micros() as u64,
             server_sampled: config.sample_server,
+            latency_trace: config
+                .latency_trace
+                .as_ref()
+                .map(|p| p.display().to_string()),
             in_flight: s.in_flight,
             message_bytes: s.size,
             threads: s.threads,
@@ -76,13 +118,27 @@ pub fn run(
         },
     );
     let addr = s.url.socket_addr().map_err(EngineError::Url)?;
+    // Made before the first scenario, so a path that cannot be written
+    // fails the run at once, not after it.
+    let mut trace_file = match &config.latency_trace {
+        Some(path) => {
+            let mut file = std::fs::File::create(path)
+                .map(io::BufWriter::new)
+                .map_err(|e| trace_error(path, e))?;
+            file.write_all(TRACE_HEADER.as_bytes())
+                .map_err(|e| trace_error(path, e))?;
+            Some((path, file))
+        }
+        None => None,
+    };
     for (i, spec) in config.scenarios.iter().enumerate() {
         if i > 0 {
             std::thread::sleep(PAUSE_BETWEEN);
         }
         let mut settings = s.clone();
         settings.run_id = s.run_id.wrapping_add(i as u32);
-        let plan = spec.plan(&settings);
+        let mut plan = spec.plan(&settings);
+        plan.latency_trace = trace_file.is_some();
         let sampler = config
             .sample_server
             .then(|| Sampler::start(addr, s.url.host_header()));
@@ -91,7 +147,7 @@ pub fn run(
         let mut progress = config
             .progress
             .then(|| Progress::new(spec.kind.name(), plan.duration, s.verbose));
-        let outcome = engine::run(&plan, |snap| {
+        let mut outcome = engine::run(&plan, |snap| {
             if let Some(p) = progress.as_mut() {
                 p.tick(snap);
             }
@@ -105,6 +161,13 @@ pub fn run(
             .saturating_sub(plan.measure_from)
             .as_secs_f64();
         let summary = outcome.stats.summary(window);
+        let latency_trace = match (&mut trace_file, outcome.stats.trace.take()) {
+            (Some((path, file)), Some(trace)) => Some(
+                write_trace_rows(file, spec.kind.name(), trace)
+                    .map_err(|e| trace_error(path, e))?,
+            ),
+            _ => None,
+        };
         let series = outcome.stats.series();
         let pauses = pause_sampler.map(|p| p.stop(outcome.epoch, series.len()));
         let grade = grade_summary(
@@ -137,6 +200,7 @@ pub fn run(
             server,
             drift,
             pauses,
+            latency_trace,
         };
         on_done(&scenario);
         report.push(scenario);
@@ -147,7 +211,34 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::TraceEntry;
     use crate::workload::GROUP_SIZE;
+
+    #[test]
+    fn trace_rows_are_written_in_order_of_arrival() {
+        let mut trace = LatencyTrace::new(10);
+        for (at_us, latency_us, connection) in [(30, 5, 2), (10, 7, 1), (10, 6, 0)] {
+            trace.entries.push(TraceEntry {
+                at_us,
+                latency_us,
+                connection,
+            });
+        }
+        trace.dropped = 4;
+        let mut out = Vec::new();
+        let written = write_trace_rows(&mut out, "high", trace).unwrap();
+        assert_eq!(
+            written,
+            TraceReport {
+                messages: 3,
+                dropped: 4
+            }
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "high,10,6,0\nhigh,10,7,1\nhigh,30,5,2\n"
+        );
+    }
 
     #[test]
     fn throughput_target_only_for_steady_open_loop() {

@@ -91,6 +91,32 @@ fn closed_loop_echo_50_connections_has_no_errors() {
 }
 
 #[test]
+fn the_latency_trace_holds_every_measured_message_of_every_connection() {
+    let server = support::echo_server();
+    let mut plan = plan(&server.url(), Workload::Echo, 20, 800, None);
+    plan.latency_trace = true;
+    let stats = run(&plan);
+    assert_clean(&stats, 20);
+    let trace = stats.trace.expect("a trace was asked for").sorted();
+    assert_eq!(trace.dropped, 0);
+    assert_eq!(trace.entries.len() as u64, stats.measured.received);
+    assert_eq!(trace.entries.len() as u64, stats.latency.len());
+    let window_us = (plan.duration - plan.measure_from).as_micros() as u32;
+    let grace_us = plan.grace.as_micros() as u32;
+    assert!(trace.entries.last().unwrap().at_us <= window_us + grace_us);
+    let mut seen = [false; 20];
+    for e in &trace.entries {
+        seen[e.connection as usize] = true;
+        assert!(e.latency_us as u64 >= stats.latency.min());
+        assert!(e.latency_us as u64 <= stats.latency.max());
+    }
+    assert!(seen.iter().all(|s| *s), "every connection traced: {seen:?}");
+    // Without the flag there is none.
+    let untraced = run(&self::plan(&server.url(), Workload::Echo, 5, 300, None));
+    assert!(untraced.trace.is_none());
+}
+
+#[test]
 fn ping_workload_against_plain_echo_server() {
     // An echo server returns the ping command itself, which counts as the answer.
     let server = support::echo_server();

@@ -88,6 +88,9 @@ pub struct RunPlan {
     /// How long a stopping connection waits for its last answers.
     pub grace: Duration,
     pub verbose: bool,
+    /// Keep every measured message's time and latency (`--latency-trace`),
+    /// up to `TRACE_MESSAGES_PER_THREAD_MAX` a thread.
+    pub latency_trace: bool,
 }
 
 impl RunPlan {
@@ -112,6 +115,8 @@ pub struct RunOutcome {
 pub enum EngineError {
     Url(UrlError),
     Executor(String),
+    /// A file the run writes as it goes (the latency trace).
+    Output(String),
 }
 
 impl fmt::Display for EngineError {
@@ -119,6 +124,7 @@ impl fmt::Display for EngineError {
         match self {
             EngineError::Url(e) => write!(f, "{e}"),
             EngineError::Executor(e) => write!(f, "cannot start executor: {e}"),
+            EngineError::Output(e) => write!(f, "{e}"),
         }
     }
 }
@@ -263,7 +269,13 @@ async fn run_thread(
         end_ns: plan.duration.as_nanos() as u64,
         grace_ns: plan.grace.as_nanos() as u64,
         rate_per_conn: plan.rate.map(|rate| rate / senders as f64),
-        stats: RefCell::new(ThreadStats::new(plan.measure_from.as_nanos() as u64)),
+        stats: RefCell::new({
+            let mut stats = ThreadStats::new(plan.measure_from.as_nanos() as u64);
+            if plan.latency_trace {
+                stats.enable_trace(crate::stats::TRACE_MESSAGES_PER_THREAD_MAX);
+            }
+            stats
+        }),
         open_connections: Cell::new(0),
         plan,
     });

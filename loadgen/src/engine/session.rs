@@ -210,7 +210,7 @@ pub(crate) async fn connect_and_run(
     };
 
     let mask = mask_for(slot, cycle);
-    let mut session = Session::new(ctx, role, user, mask, until_ns, timer);
+    let mut session = Session::new(ctx, slot, role, user, mask, until_ns, timer);
     let end = session.run(&mut stream, rbuf, leftover).await;
     drop(watchdog);
 
@@ -230,6 +230,8 @@ pub(crate) async fn connect_and_run(
 /// The message loop of one established connection.
 struct Session<'a> {
     ctx: &'a ThreadCtx,
+    /// The connection slot, for the latency trace.
+    slot: usize,
     role: Role,
     user: String,
     mask: [u8; 4],
@@ -268,6 +270,7 @@ enum Step {
 impl<'a> Session<'a> {
     fn new(
         ctx: &'a ThreadCtx,
+        slot: usize,
         role: Role,
         user: String,
         mask: [u8; 4],
@@ -278,6 +281,7 @@ impl<'a> Session<'a> {
         let frame_len = template.as_ref().map_or(64, MessageTemplate::wire_len);
         Session {
             ctx,
+            slot,
             template,
             schedule: None,
             wbuf: Vec::with_capacity(frame_len * ctx.plan.in_flight.max(8) + 256),
@@ -706,12 +710,10 @@ impl<'a> Session<'a> {
     }
 
     fn record(&mut self, now: u64, stamp_ns: u64) {
-        let measured_us = self
-            .ctx
-            .stats
-            .borrow_mut()
-            .on_message(now, now.saturating_sub(stamp_ns));
+        let mut stats = self.ctx.stats.borrow_mut();
+        let measured_us = stats.on_message(now, now.saturating_sub(stamp_ns));
         if let Some(us) = measured_us {
+            stats.trace_message(now, us, self.slot);
             self.measured_messages += 1;
             self.measured_latency_sum_us += us;
         }

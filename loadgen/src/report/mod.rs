@@ -62,6 +62,10 @@ pub struct RunConfig {
     /// Absent from reports written before `--no-server-sample`: it was.
     #[serde(default = "server_sampled_before_the_flag")]
     pub server_sampled: bool,
+    /// The CSV file each measured message was written to
+    /// (`--latency-trace`; absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_trace: Option<String>,
     pub in_flight: usize,
     pub message_bytes: usize,
     pub threads: usize,
@@ -96,6 +100,19 @@ pub struct ScenarioReport {
     /// The machine's own pauses (absent with `--pause-sample-us 0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pauses: Option<PauseReport>,
+    /// What this scenario wrote to the latency trace (absent without
+    /// `--latency-trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_trace: Option<TraceReport>,
+}
+
+/// A scenario's rows in the latency trace file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// Measured messages written, one row each.
+    pub messages: u64,
+    /// Measured messages past a thread's bound, not written.
+    pub dropped: u64,
 }
 
 /// Change between the first and the last tenth of a long run.
@@ -202,7 +219,7 @@ mod tests {
     /// Every path of the JSON document. Changing this list changes the
     /// schema: bump [`SCHEMA`] when removing or renaming anything.
     const SCHEMA_PATHS: &str = "
-config config.in_flight config.message_bytes config.mode config.nap_max_us config.pause_sample_us config.quick config.rate config.server_sampled config.threads config.url config.workload
+config config.in_flight config.message_bytes config.mode config.nap_max_us config.latency_trace config.pause_sample_us config.quick config.rate config.server_sampled config.threads config.url config.workload
 grade_limits grade_limits[] grade_limits[].grade grade_limits[].max_error_rate grade_limits[].min_connect_success
 grade_limits[].min_throughput_ratio grade_limits[].p95_us grade_limits[].p999_us grade_limits[].p99_us
 overall_grade schema scenarios scenarios[] scenarios[].connections scenarios[].description
@@ -216,7 +233,7 @@ scenarios[].pauses.pauses_total scenarios[].pauses.per_cpu scenarios[].pauses.pe
 scenarios[].pauses.per_cpu[].late_max_us scenarios[].pauses.per_cpu[].late_p50_us scenarios[].pauses.per_cpu[].late_p99_us
 scenarios[].pauses.per_cpu[].late_wakes scenarios[].pauses.per_cpu[].samples scenarios[].pauses.per_second_longest_us
 scenarios[].pauses.per_second_longest_us[] scenarios[].pauses.per_second_all_cpus_us scenarios[].pauses.per_second_all_cpus_us[] scenarios[].pauses.policy scenarios[].pauses.threshold_us scenarios[].grade scenarios[].grade.grade scenarios[].grade.reasons scenarios[].grade.reasons[]
-scenarios[].grade.seed_targets_met scenarios[].latency_kind scenarios[].measure_from_s scenarios[].name
+scenarios[].grade.seed_targets_met scenarios[].latency_kind scenarios[].latency_trace scenarios[].latency_trace.dropped scenarios[].latency_trace.messages scenarios[].measure_from_s scenarios[].name
 scenarios[].series scenarios[].series[] scenarios[].series[].bytes scenarios[].series[].connections
 scenarios[].series[].connects scenarios[].series[].disconnects scenarios[].series[].errors scenarios[].series[].max_us
 scenarios[].series[].p50_us scenarios[].series[].p95_us scenarios[].series[].p99_us scenarios[].series[].received
@@ -296,6 +313,7 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
                 nap_max_us: 5000,
                 pause_sample_us: 1000,
                 server_sampled: true,
+                latency_trace: Some("trace.csv".into()),
                 in_flight: 1,
                 message_bytes: 64,
                 threads: 1,
@@ -338,6 +356,10 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
                     0,
                     1,
                 )
+            }),
+            latency_trace: Some(TraceReport {
+                messages: 100,
+                dropped: 0,
             }),
         });
         report

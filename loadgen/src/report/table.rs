@@ -140,6 +140,21 @@ pub fn render(report: &Report) -> String {
         if let Some(p) = &s.pauses {
             notes.push(p.summary_line());
         }
+        if let Some(t) = &s.latency_trace {
+            let mut line = format!(
+                "latency trace: {} messages written to {}",
+                t.messages,
+                report.config.latency_trace.as_deref().unwrap_or("?")
+            );
+            if t.dropped > 0 {
+                line.push_str(&format!(
+                    "; {} more past the bound of {} a thread, not written",
+                    t.dropped,
+                    crate::stats::TRACE_MESSAGES_PER_THREAD_MAX
+                ));
+            }
+            notes.push(line);
+        }
         if let Some(d) = &s.drift {
             notes.push(format!(
                 "drift over the run: p99 {} → {} ms ({:+.1} %), server memory change {}",
