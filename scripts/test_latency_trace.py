@@ -124,6 +124,13 @@ class LatencyTraceTest(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertIn("no rows of scenario 'baseline' (it has high, extreme)", err)
 
+    def test_the_header_is_the_one_the_loadgen_writes(self):
+        suite = os.path.join(HERE, "..", "loadgen", "src", "suite.rs")
+        with open(suite) as f:
+            source = f.read()
+        written = source.split('pub const TRACE_HEADER: &str = "', 1)[1].split('\\n";', 1)[0]
+        self.assertEqual(written, latency_trace.HEADER)
+
     def test_nearest_rank(self):
         values = list(range(1, 101))
         self.assertEqual(latency_trace.nearest_rank(values, 0.99), 99)

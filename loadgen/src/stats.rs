@@ -21,7 +21,8 @@ pub(crate) fn histogram(sigfig: u8) -> Histogram<u64> {
 
 /// Most messages one thread keeps in its latency trace (`--latency-trace`):
 /// 12 bytes each, so at most 96 MiB a thread, about 25 s of a 330k msg/s
-/// echo. Later messages are counted in [`LatencyTrace::dropped`], not kept.
+/// echo. Later messages, and any after the measured window's first 71
+/// minutes (µs in a u32), are counted in [`LatencyTrace::dropped`], not kept.
 pub const TRACE_MESSAGES_PER_THREAD_MAX: usize = 1 << 23;
 
 /// One measured message in the latency trace.
@@ -56,6 +57,22 @@ impl LatencyTrace {
             dropped: 0,
             messages_max,
         }
+    }
+
+    /// One trace of several threads' (`None` for none): the first one's
+    /// room grows once to the total and the others are moved into it.
+    pub fn combine(traces: Vec<LatencyTrace>) -> Option<LatencyTrace> {
+        let total: usize = traces.iter().map(|t| t.entries.len()).sum();
+        let mut traces = traces.into_iter();
+        let mut combined = traces.next()?;
+        combined
+            .entries
+            .reserve(total.saturating_sub(combined.entries.len()));
+        for mut trace in traces {
+            combined.entries.append(&mut trace.entries);
+            combined.dropped += trace.dropped;
+        }
+        Some(combined)
     }
 
     /// The entries in order of arrival (threads' entries interleaved).
@@ -162,13 +179,19 @@ impl ThreadStats {
         let Some(trace) = self.trace.as_mut() else {
             return;
         };
+        let at_us = now_ns.saturating_sub(self.measure_from_ns) / 1_000;
+        // A row's time is a u32 of µs: a trace keeps the first 71 minutes
+        // of a measured window.
+        let Ok(at_us) = u32::try_from(at_us) else {
+            trace.dropped += 1;
+            return;
+        };
         if trace.entries.len() >= trace.messages_max {
             trace.dropped += 1;
             return;
         }
-        let at_us = now_ns.saturating_sub(self.measure_from_ns) / 1_000;
         trace.entries.push(TraceEntry {
-            at_us: at_us.min(u32::MAX as u64) as u32,
+            at_us,
             latency_us: latency_us.min(u32::MAX as u64) as u32,
             connection: connection.min(u32::MAX as usize) as u32,
         });
@@ -619,6 +642,40 @@ mod tests {
         let mut plain = ThreadStats::new(0);
         plain.merge(&ThreadStats::new(0));
         assert_eq!(plain.trace, None);
+    }
+
+    #[test]
+    fn a_trace_keeps_the_first_71_minutes_of_the_window() {
+        let mut s = ThreadStats::new(0);
+        s.enable_trace(10);
+        let last_us = u32::MAX as u64;
+        s.trace_message(last_us * 1_000, 5, 0);
+        s.trace_message((last_us + 1) * 1_000, 5, 0);
+        let trace = s.trace.unwrap();
+        assert_eq!(trace.entries.len(), 1);
+        assert_eq!(trace.entries[0].at_us, u32::MAX);
+        assert_eq!(trace.dropped, 1);
+    }
+
+    #[test]
+    fn threads_traces_combine_into_one_by_moving() {
+        assert_eq!(LatencyTrace::combine(Vec::new()), None);
+        let entry = |at_us| TraceEntry {
+            at_us,
+            latency_us: 1,
+            connection: 0,
+        };
+        let mut a = LatencyTrace::new(2);
+        a.entries.extend([entry(5), entry(1)]);
+        a.dropped = 3;
+        let mut b = LatencyTrace::new(4);
+        b.entries.extend([entry(2), entry(9), entry(4)]);
+        b.dropped = 1;
+        let combined = LatencyTrace::combine(vec![a, b]).unwrap();
+        assert_eq!(combined.dropped, 4);
+        assert!(combined.entries.capacity() >= 5);
+        let at: Vec<_> = combined.sorted().entries.iter().map(|e| e.at_us).collect();
+        assert_eq!(at, vec![1, 2, 4, 5, 9]);
     }
 
     #[test]

@@ -58,6 +58,22 @@ pub fn write_trace_rows(
     })
 }
 
+/// The `scenario` column of the `i`th scenario's rows: its name, and for a
+/// scenario run again in the same suite (`baseline,baseline`, `all,high`)
+/// `name#2`, `name#3`…, so that two runs never share rows.
+pub fn trace_label(scenarios: &[ScenarioSpec], i: usize) -> String {
+    let name = scenarios[i].kind.name();
+    let runs_before = scenarios[..i]
+        .iter()
+        .filter(|s| s.kind == scenarios[i].kind)
+        .count();
+    if runs_before == 0 {
+        name.to_string()
+    } else {
+        format!("{name}#{}", runs_before + 1)
+    }
+}
+
 fn trace_error(path: &Path, e: io::Error) -> EngineError {
     EngineError::Output(format!(
         "cannot write the latency trace {}: {e}",
@@ -161,15 +177,17 @@ pub fn run(
             .saturating_sub(plan.measure_from)
             .as_secs_f64();
         let summary = outcome.stats.summary(window);
+        let series = outcome.stats.series();
+        let pauses = pause_sampler.map(|p| p.stop(outcome.epoch, series.len()));
+        // Written once the samplers have stopped, so they do not run
+        // (at real-time priority) through the writing.
         let latency_trace = match (&mut trace_file, outcome.stats.trace.take()) {
             (Some((path, file)), Some(trace)) => Some(
-                write_trace_rows(file, spec.kind.name(), trace)
+                write_trace_rows(file, &trace_label(&config.scenarios, i), trace)
                     .map_err(|e| trace_error(path, e))?,
             ),
             _ => None,
         };
-        let series = outcome.stats.series();
-        let pauses = pause_sampler.map(|p| p.stop(outcome.epoch, series.len()));
         let grade = grade_summary(
             &summary,
             intended_per_s(spec.kind, s.workload, s.rate, s.group_size),
@@ -213,6 +231,21 @@ mod tests {
     use super::*;
     use crate::stats::TraceEntry;
     use crate::workload::GROUP_SIZE;
+
+    #[test]
+    fn a_scenario_run_again_gets_its_own_trace_label() {
+        let specs: Vec<ScenarioSpec> = [
+            ScenarioKind::Baseline,
+            ScenarioKind::High,
+            ScenarioKind::Baseline,
+            ScenarioKind::Baseline,
+        ]
+        .iter()
+        .map(|k| k.defaults(true))
+        .collect();
+        let labels: Vec<String> = (0..specs.len()).map(|i| trace_label(&specs, i)).collect();
+        assert_eq!(labels, ["baseline", "high", "baseline#2", "baseline#3"]);
+    }
 
     #[test]
     fn trace_rows_are_written_in_order_of_arrival() {

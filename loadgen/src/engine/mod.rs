@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::{LocalExecutorBuilder, Placement};
 use ws_uring_readiness::{counted, enable_naps, ReadyTimer};
 
-use crate::stats::{LiveCounters, ThreadStats};
+use crate::stats::{LatencyTrace, LiveCounters, ThreadStats};
 use crate::url::{UrlError, WsUrl};
 use crate::workload::{identity, Workload};
 
@@ -214,12 +214,16 @@ pub fn run(
     }
 
     let mut merged = ThreadStats::new(plan.measure_from.as_nanos() as u64);
+    let mut traces = Vec::new();
     for handle in handles {
-        let stats = handle
+        let mut stats = handle
             .join()
             .map_err(|e| EngineError::Executor(e.to_string()))?;
+        // Traces are joined apart, moved rather than copied.
+        traces.extend(stats.trace.take());
         merged.merge(&stats);
     }
+    merged.trace = LatencyTrace::combine(traces);
     Ok(RunOutcome {
         stats: merged,
         started_unix_ms,
@@ -313,8 +317,8 @@ async fn run_thread(
     drop(tasks);
     drop(publisher);
     live.publish(&ctx.stats.borrow(), ctx.open_connections.get());
-    let stats = ctx.stats.borrow().clone();
-    stats
+    // Moved out, not cloned: a latency trace can be 96 MiB.
+    ctx.stats.replace(ThreadStats::new(0))
 }
 
 /// Sleeps until `target_ns` on the run clock.

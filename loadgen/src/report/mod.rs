@@ -111,7 +111,8 @@ pub struct ScenarioReport {
 pub struct TraceReport {
     /// Measured messages written, one row each.
     pub messages: u64,
-    /// Measured messages past a thread's bound, not written.
+    /// Measured messages not written: past a thread's bound, or after the
+    /// measured window's first 71 minutes.
     pub dropped: u64,
 }
 
@@ -436,6 +437,27 @@ scenarios[].workload started_unix_ms tool tool.name tool.version";
         assert_eq!(summary.per_connection_mean_latency_us.count, 0);
         assert_eq!(summary.slowest_connection_vs_median, 0.0);
         assert_eq!(summary.connections_without_measured_message, 0);
+    }
+
+    #[test]
+    fn the_table_says_what_the_trace_holds() {
+        let mut report = sample_report();
+        let text = table::render(&report);
+        assert!(
+            text.contains("latency trace: 100 messages written to trace.csv\n"),
+            "{text}"
+        );
+        report.scenarios[0].latency_trace = Some(TraceReport {
+            messages: 100,
+            dropped: 7,
+        });
+        let text = table::render(&report);
+        assert!(
+            text.contains("trace.csv; 7 more not written (past the bound of 8388608 a thread"),
+            "{text}"
+        );
+        report.scenarios[0].latency_trace = None;
+        assert!(!table::render(&report).contains("latency trace"));
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub fn render(report: &Report) -> String {
             );
             if t.dropped > 0 {
                 line.push_str(&format!(
-                    "; {} more past the bound of {} a thread, not written",
+                    "; {} more not written (past the bound of {} a thread, or after the window's first 71 minutes)",
                     t.dropped,
                     crate::stats::TRACE_MESSAGES_PER_THREAD_MAX
                 ));
