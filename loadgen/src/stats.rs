@@ -295,7 +295,9 @@ impl ThreadStats {
         self.bucket(now_ns).disconnects += 1;
     }
 
-    /// Adds another thread's figures into this one.
+    /// Adds another thread's figures into this one, all but its latency
+    /// trace: traces are taken out and joined by [`LatencyTrace::combine`],
+    /// which moves them instead of copying.
     pub fn merge(&mut self, other: &ThreadStats) {
         self.totals.merge(&other.totals);
         self.measured.merge(&other.measured);
@@ -312,12 +314,6 @@ impl ThreadStats {
             .add(&other.connection_means)
             .expect("same histogram bounds");
         self.connections_unmeasured += other.connections_unmeasured;
-        if let Some(theirs) = &other.trace {
-            // A merged trace is only extended here, never traced into.
-            let mine = self.trace.get_or_insert_with(|| LatencyTrace::new(0));
-            mine.entries.extend_from_slice(&theirs.entries);
-            mine.dropped += theirs.dropped;
-        }
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_insert(0) += n;
         }
@@ -630,7 +626,10 @@ mod tests {
         let mut merged = ThreadStats::new(1_000 * MS);
         merged.merge(&a);
         merged.merge(&b);
-        let merged = merged.trace.unwrap().sorted();
+        assert_eq!(merged.trace, None, "merge leaves traces to combine");
+        let merged = LatencyTrace::combine(vec![a.trace.unwrap(), b.trace.unwrap()])
+            .unwrap()
+            .sorted();
         assert_eq!(merged.dropped, 1);
         let at: Vec<_> = merged
             .entries
