@@ -82,12 +82,17 @@ def median_of(values):
     return nearest_rank(ordered, 0.5)
 
 
-def group_medians(rows, key):
-    """Each group's median latency, groups made by key(row)."""
+def group_latencies(rows, key):
+    """Each group's latencies, groups made by key(row)."""
     groups = {}
     for row in rows:
         groups.setdefault(key(row), []).append(row[1])
-    return {k: median_of(v) for k, v in groups.items()}
+    return groups
+
+
+def group_medians(rows, key):
+    """Each group's median latency, groups made by key(row)."""
+    return {k: median_of(v) for k, v in group_latencies(rows, key).items()}
 
 
 def tail_share(p50, p99, explained_p99):
@@ -116,10 +121,9 @@ def analyse(rows, window_ms):
     connection_p99 = nearest_rank(by_connection, 0.99)
 
     stretch_us = SLOW_STRETCH_MS * 1000
-    stretches = group_medians(rows, lambda r: r[0] // stretch_us)
-    counts = {}
-    for r in rows:
-        counts[r[0] // stretch_us] = counts.get(r[0] // stretch_us, 0) + 1
+    stretch_latencies = group_latencies(rows, lambda r: r[0] // stretch_us)
+    stretches = {k: median_of(v) for k, v in stretch_latencies.items()}
+    counts = {k: len(v) for k, v in stretch_latencies.items()}
     slowest = sorted(stretches.items(), key=lambda kv: (-kv[1], kv[0]))[:SLOW_STRETCHES_SHOWN]
     return {
         "messages": len(rows),
