@@ -11,6 +11,11 @@
 #   node ws                          npm
 #   uWS.js                           npm `uwebsockets@3.0.6` (prebuilt for Node 20, --ignore-scripts)
 # and, for fan-out, ws-uring `publish` against a uWS.js pub/sub peer.
+# A peer named ws-uring@KEY=VALUE[@KEY=VALUE...] in --only is ws-uring in
+# echo mode with those settings (its flags: --key-with-dashes VALUE), run and
+# summarised as a peer of its own: a setting against the default (peer
+# ws-uring) in the same alternated rounds, e.g.
+#   --only ws-uring,ws-uring@nap_max_us=0,uws-js
 #
 # Each run also measures the server's CPU (utime + stime of its process, from
 # /proc, over the loadgen's measured window) and reports it per message: the
@@ -34,6 +39,7 @@
 #                           [--fanout-members N]  (fan-out: N members in one group, default 2000)
 #                           [--rate MSG_PER_S]    (echo in open loop at this total rate)
 #                           [--rounds N]          (echo rounds, alternated; default 1)
+#                           (--only may name ws-uring@KEY=VALUE[@KEY=VALUE...]: see above)
 #        scripts/compare.sh --pool RESULTS.json [RESULTS.json ...]
 #                           (no run: the summary over these results' echo rounds)
 set -euo pipefail
@@ -82,6 +88,33 @@ case "$RATE" in *[!0-9]*|0) echo "compare.sh: --rate takes a whole number of mes
 PEERS_ALL="ws-uring raw-echo tokio-tungstenite fastwebsockets python-websockets node-ws uws-js"
 PEERS="${ONLY//,/ }"
 PEERS="${PEERS:-$PEERS_ALL}"
+
+# variant_flags NAME: sets VARIANT_FLAGS to ws-uring's flags for a peer
+# named ws-uring@KEY=VALUE[@KEY=VALUE...]; says why and fails if the name is
+# not one (a key must be a setting's name, a value plain characters: the
+# flags are passed as words, never through a shell).
+VARIANT_FLAGS=()
+variant_flags() {
+    local name="$1" spec="${1#ws-uring@}" setting key value settings
+    VARIANT_FLAGS=()
+    IFS=@ read -r -a settings <<<"$spec"
+    [ "${#settings[@]}" -gt 0 ] || { echo "compare.sh: '$name' names no setting: ws-uring@KEY=VALUE, e.g. ws-uring@nap_max_us=0" >&2; return 1; }
+    for setting in "${settings[@]}"; do
+        key="${setting%%=*}"
+        value="${setting#*=}"
+        if [[ "$setting" != *=* || ! "$key" =~ ^[a-z][a-z0-9_]*$ || ! "$value" =~ ^[A-Za-z0-9._/:-]+$ ]]; then
+            echo "compare.sh: '$setting' in '$name' is not KEY=VALUE with a setting's name (such as nap_max_us=0) and a value of letters, digits and . _ / : -" >&2
+            return 1
+        fi
+        case "$key" in
+            host|port|echo) echo "compare.sh: '$name' sets $key, which compare.sh sets for every server itself" >&2; return 1 ;;
+        esac
+        VARIANT_FLAGS+=("--${key//_/-}" "$value")
+    done
+}
+for peer in $PEERS; do
+    case "$peer" in ws-uring@*) variant_flags "$peer" || exit 2 ;; esac
+done
 DATE="$(date -u +%Y-%m-%d)"
 # One directory per run: a second run the same day keeps the first's files
 # (its loadgen JSON holds the per-second series and the errors by kind).
@@ -438,6 +471,8 @@ start_peer() {
     local name="$1" port="$2" cmd=()
     case "$name" in
         ws-uring) cmd=("$WS_URING" --echo --host 127.0.0.1 --port "$port" --shards 1) ;;
+        ws-uring@*) variant_flags "$name" || return 1
+            cmd=("$WS_URING" --echo --host 127.0.0.1 --port "$port" --shards 1 "${VARIANT_FLAGS[@]}") ;;
         ws-uring-pubsub) cmd=("$WS_URING" --host 127.0.0.1 --port "$port" --shards 1) ;;
         raw-echo) cmd=("$WORK/target/release/peer-raw-echo" "$port") ;;
         tokio-tungstenite) cmd=("$WORK/target/release/peer-tokio-tungstenite" "$port") ;;
@@ -521,6 +556,23 @@ if ! "$LOADGEN" --help 2>/dev/null | grep -q -- '--no-server-sample'; then
     NO_SERVER_SAMPLE=()
     log "note: $LOADGEN has no --no-server-sample: it polls ws-uring's /metrics.json once a second"
 fi
+
+# A variant's settings must be flags of this ws-uring (a misspelt one would
+# only show as a server that never listened).
+for peer in $PEERS; do
+    case "$peer" in
+        ws-uring@*)
+            variant_flags "$peer" || exit 2
+            help="$("$WS_URING" --help 2>/dev/null || true)"
+            for ((i = 0; i < ${#VARIANT_FLAGS[@]}; i += 2)); do
+                flag="${VARIANT_FLAGS[i]}"
+                key="${flag#--}"
+                grep -qE -- "(^|[[:space:]])$flag([[:space:]]|$)" <<<"$help" \
+                    || { echo "compare.sh: $WS_URING has no setting ${key//-/_} (flag $flag; see its --help)" >&2; exit 2; }
+            done
+            ;;
+    esac
+done
 
 RAN=()
 read -r -a PEER_LIST <<<"$PEERS"

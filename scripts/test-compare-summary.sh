@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Tests for scripts/compare_summary.py (and compare.sh --pool), on result
 # files made up here: counts, ties, sign-test values, pairing by file and
-# round, and the errors for bad input. Runs no server and no loadgen.
+# round, and the errors for bad input; and compare.sh's ws-uring@KEY=VALUE
+# peers, with stand-ins for ws-uring and the loadgen. Runs no real server
+# and no loadgen.
 #
 #   bash scripts/test-compare-summary.sh     prints one line per check, then "N passed, N failed"
 
@@ -169,6 +171,62 @@ fi
 bash "$COMPARE" --rounds 2 --pool "$WORK/a.json" >"$WORK/out" 2>&1
 STATUS=$?
 refused "compare.sh refuses --pool after run options" "--pool comes first"
+
+# compare.sh's ws-uring@KEY=VALUE peers, with stand-ins for ws-uring (a
+# listener that writes down its flags; its --help lists two settings) and
+# the loadgen (which fails: no round is measured). A malformed peer is
+# refused before anything is written or started.
+cat >"$WORK/fake-ws-uring" <<EOF
+#!/usr/bin/env bash
+if [ "\$1" = --help ]; then printf '  --nap-max-us  naps\n  --hibernate-after-ms  rests\n'; exit 0; fi
+printf '%s\n' "\$@" >"$WORK/fake-args"
+port=""
+while [ \$# -gt 0 ]; do [ "\$1" = --port ] && port="\$2"; shift; done
+exec python3 -c 'import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+time.sleep(30)' "\$port"
+EOF
+printf '#!/usr/bin/env bash\n[ "$1" = --help ] && { echo "  --no-server-sample"; exit 0; }\nexit 1\n' >"$WORK/fake-loadgen"
+chmod +x "$WORK/fake-ws-uring" "$WORK/fake-loadgen"
+# compare_only PEERS: compare.sh --only PEERS with the stand-ins; output in
+# $WORK/out, status in $STATUS.
+compare_only() {
+    local here="$WORK"
+    rm -rf "$here/peers" "$here/fake-args"
+    WS_URING="$here/fake-ws-uring" LOADGEN="$here/fake-loadgen" WORK="$here/peers" \
+        bash "$COMPARE" --skip-build --no-fanout --duration 1 --only "$1" >"$WORK/out" 2>&1 </dev/null
+    STATUS=$?
+}
+# refused_early NAME TEXT: refused (as `refused`), with nothing written.
+refused_early() {
+    if [[ -e "$WORK/peers" ]]; then
+        fail "$1" "compare.sh wrote $WORK/peers before refusing"
+    else
+        refused "$1" "$2"
+    fi
+}
+compare_only "ws-uring,ws-uring@port=9"
+refused_early "compare.sh refuses a variant that sets the port" "sets port, which compare.sh sets for every server itself"
+compare_only "ws-uring@NAP=1"
+refused_early "compare.sh refuses a variant key that is not a setting's name" "'NAP=1' in 'ws-uring@NAP=1' is not KEY=VALUE"
+compare_only 'ws-uring@nap_max_us=0;true'
+refused_early "compare.sh refuses a variant value with other characters" "is not KEY=VALUE"
+compare_only "ws-uring@nap_max_us"
+refused_early "compare.sh refuses a variant setting without a value" "is not KEY=VALUE"
+compare_only "ws-uring@"
+refused_early "compare.sh refuses a variant with no setting" "'ws-uring@' names no setting"
+compare_only "ws-uring@nap_max_uz=0"
+refused "compare.sh refuses a setting the server does not have" "has no setting nap_max_uz (flag --nap-max-uz"
+compare_only "ws-uring@nap_max_us=0@hibernate_after_ms=0"
+flags="$(tr '\n' ' ' <"$WORK/fake-args" 2>/dev/null)"
+if [[ $STATUS -eq 0 && "$flags" == "--echo --host 127.0.0.1 --port "*" --shards 1 --nap-max-us 0 --hibernate-after-ms 0 " ]]; then
+    pass "compare.sh starts a variant as ws-uring with its settings' flags"
+else
+    fail "compare.sh starts a variant as ws-uring with its settings' flags" "status $STATUS, flags: $flags"
+fi
 
 # Bad input: a clear error and exit status 2, never a summary.
 result "$WORK/other.json" 1000 ws-uring:1:330000:8000 uws-js:1:300000:8400
