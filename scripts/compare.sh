@@ -92,22 +92,26 @@ PEERS="${PEERS:-$PEERS_ALL}"
 # variant_flags NAME: sets VARIANT_FLAGS to ws-uring's flags for a peer
 # named ws-uring@KEY=VALUE[@KEY=VALUE...]; says why and fails if the name is
 # not one (a key must be a setting's name, a value plain characters: the
-# flags are passed as words, never through a shell).
+# flags are passed as words, never through a shell, and the name becomes
+# part of result file names).
 VARIANT_FLAGS=()
 variant_flags() {
     local name="$1" spec="${1#ws-uring@}" setting key value settings
     VARIANT_FLAGS=()
+    if [[ -z "$spec" || "$spec" == *@ ]]; then
+        echo "compare.sh: '$name' names no setting after its last @: ws-uring@KEY=VALUE[@KEY=VALUE...], e.g. ws-uring@nap_max_us=0" >&2
+        return 1
+    fi
     IFS=@ read -r -a settings <<<"$spec"
-    [ "${#settings[@]}" -gt 0 ] || { echo "compare.sh: '$name' names no setting: ws-uring@KEY=VALUE, e.g. ws-uring@nap_max_us=0" >&2; return 1; }
     for setting in "${settings[@]}"; do
         key="${setting%%=*}"
         value="${setting#*=}"
-        if [[ "$setting" != *=* || ! "$key" =~ ^[a-z][a-z0-9_]*$ || ! "$value" =~ ^[A-Za-z0-9._/:-]+$ ]]; then
-            echo "compare.sh: '$setting' in '$name' is not KEY=VALUE with a setting's name (such as nap_max_us=0) and a value of letters, digits and . _ / : -" >&2
+        if [[ "$setting" != *=* || ! "$key" =~ ^[a-z][a-z0-9_]*$ || ! "$value" =~ ^[A-Za-z0-9._:-]+$ ]]; then
+            echo "compare.sh: '$setting' in '$name' is not KEY=VALUE with a setting's name (such as nap_max_us=0) and a value of letters, digits and . _ : -" >&2
             return 1
         fi
         case "$key" in
-            host|port|echo) echo "compare.sh: '$name' sets $key, which compare.sh sets for every server itself" >&2; return 1 ;;
+            host|port|echo|shards) echo "compare.sh: '$name' sets $key, which compare.sh sets for every server itself" >&2; return 1 ;;
         esac
         VARIANT_FLAGS+=("--${key//_/-}" "$value")
     done
@@ -115,16 +119,44 @@ variant_flags() {
 for peer in $PEERS; do
     case "$peer" in ws-uring@*) variant_flags "$peer" || exit 2 ;; esac
 done
+
+# check_variant_settings: every variant's settings must be settings of this
+# ws-uring that take a value (its usage line lists them as
+# "[--key <key>]"): a misspelt one, or a switch, would only show as a
+# server that never listened, round after round.
+check_variant_settings() {
+    local peer help flag key i
+    for peer in $PEERS; do
+        case "$peer" in
+            ws-uring@*)
+                [ -x "$WS_URING" ] || { echo "compare.sh: cannot check $peer's settings: $WS_URING is missing" >&2; exit 2; }
+                variant_flags "$peer" || exit 2
+                help="$("$WS_URING" --help 2>/dev/null || true)"
+                for ((i = 0; i < ${#VARIANT_FLAGS[@]}; i += 2)); do
+                    flag="${VARIANT_FLAGS[i]}"
+                    key="${flag#--}"
+                    grep -qF -- "[$flag <" <<<"$help" \
+                        || { echo "compare.sh: $WS_URING has no setting ${key//-/_} that takes a value (flag $flag; see its --help)" >&2; exit 2; }
+                done
+                ;;
+        esac
+    done
+}
 DATE="$(date -u +%Y-%m-%d)"
 # One directory per run: a second run the same day keeps the first's files
 # (its loadgen JSON holds the per-second series and the errors by kind).
 RESULTS="$WORK/results/$(date -u +%Y-%m-%dT%H%M%SZ)"
-mkdir -p "$WORK" "$RESULTS"
 # Set LOADGEN / WS_URING to use existing binaries instead of building them here.
 BUILD_REPO=1
 [ -n "${LOADGEN:-}${WS_URING:-}" ] && BUILD_REPO=0
 LOADGEN="${LOADGEN:-$REPO/target/release/loadgen}"
 WS_URING="${WS_URING:-$REPO/target/release/ws-uring}"
+# A ws-uring not built here is checked before anything is written or built;
+# one built here, right after its build.
+WS_URING_BUILT_HERE=0
+[ "$SKIP_BUILD" = 0 ] && [ "$BUILD_REPO" = 1 ] && WS_URING_BUILT_HERE=1
+[ "$WS_URING_BUILT_HERE" = 1 ] || check_variant_settings
+mkdir -p "$WORK" "$RESULTS"
 
 log() { echo "compare: $*" >&2; }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -557,22 +589,7 @@ if ! "$LOADGEN" --help 2>/dev/null | grep -q -- '--no-server-sample'; then
     log "note: $LOADGEN has no --no-server-sample: it polls ws-uring's /metrics.json once a second"
 fi
 
-# A variant's settings must be flags of this ws-uring (a misspelt one would
-# only show as a server that never listened).
-for peer in $PEERS; do
-    case "$peer" in
-        ws-uring@*)
-            variant_flags "$peer" || exit 2
-            help="$("$WS_URING" --help 2>/dev/null || true)"
-            for ((i = 0; i < ${#VARIANT_FLAGS[@]}; i += 2)); do
-                flag="${VARIANT_FLAGS[i]}"
-                key="${flag#--}"
-                grep -qE -- "(^|[[:space:]])$flag([[:space:]]|$)" <<<"$help" \
-                    || { echo "compare.sh: $WS_URING has no setting ${key//-/_} (flag $flag; see its --help)" >&2; exit 2; }
-            done
-            ;;
-    esac
-done
+[ "$WS_URING_BUILT_HERE" = 0 ] || check_variant_settings
 
 RAN=()
 read -r -a PEER_LIST <<<"$PEERS"
@@ -663,12 +680,14 @@ doc = {"schema": "ws-uring-compare/1", "date": date, "machine": {"cpu": cpu, "co
        "echo_rate_msg_per_s": rate or None, "peers": rows}
 json.dump(doc, open(out, "w"), indent=2)
 fmt = lambda v, spec: format(v, spec) if v is not None else "-"
-print(f"\n{'peer':<20} {'round':>5} {'workload':<8} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'errors':>7} {'grade':>5} "
+# Wide enough for a variant's name (ws-uring@KEY=VALUE...).
+pw = max([20] + [len(r["peer"]) for r in rows])
+print(f"\n{'peer':<{pw}} {'round':>5} {'workload':<8} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'errors':>7} {'grade':>5} "
       f"{'srv cpu %':>9} {'us/msg':>7} {'vs ws-uring':>11} {'cpu vs':>7}")
 for r in rows:
     ratio = f"{r['ratio_to_ws_uring']:.2f}x" if r["ratio_to_ws_uring"] is not None else "-"
     cpu_ratio = f"{r['cpu_ratio_to_ws_uring']:.2f}x" if r["cpu_ratio_to_ws_uring"] is not None else "-"
-    print(f"{r['peer']:<20} {r['round']:>5} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
+    print(f"{r['peer']:<{pw}} {r['round']:>5} {r['workload']:<8} {r['msg_per_s']:>10} {r['p50_us']/1000:>8.2f} {r['p99_us']/1000:>8.2f} "
           f"{r['p999_us']/1000:>8.2f} {r['errors']:>7} {r['grade']:>5} {fmt(r['server_cpu_percent'], '>9.1f')} "
           f"{fmt(r['server_cpu_us_per_msg'], '>7.2f')} {ratio:>11} {cpu_ratio:>7}")
 for r in rows:

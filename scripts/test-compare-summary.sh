@@ -173,13 +173,18 @@ STATUS=$?
 refused "compare.sh refuses --pool after run options" "--pool comes first"
 
 # compare.sh's ws-uring@KEY=VALUE peers, with stand-ins for ws-uring (a
-# listener that writes down its flags; its --help lists two settings) and
-# the loadgen (which fails: no round is measured). A malformed peer is
-# refused before anything is written or started.
+# listener that writes down its flags, one line per start; its --help is
+# argh's, with two settings that take a value and one switch) and the
+# loadgen (one result of 1000 msg/s, 2 ms p99, as the real one writes it).
+# A malformed peer is refused before anything is written or started.
 cat >"$WORK/fake-ws-uring" <<EOF
 #!/usr/bin/env bash
-if [ "\$1" = --help ]; then printf '  --nap-max-us  naps\n  --hibernate-after-ms  rests\n'; exit 0; fi
-printf '%s\n' "\$@" >"$WORK/fake-args"
+if [ "\$1" = --help ]; then
+    echo 'Usage: ws-uring [--echo] [--no-persist] [--port <port>] [--nap-max-us <nap-max-us>] [--hibernate-after-ms <hibernate-after-ms>]'
+    printf '\nOptions:\n  --nap-max-us      naps\n  --no-persist      no data directory\n  --help, help      display usage information\n'
+    exit 0
+fi
+echo "\$*" >>"$WORK/fake-args"
 port=""
 while [ \$# -gt 0 ]; do [ "\$1" = --port ] && port="\$2"; shift; done
 exec python3 -c 'import socket, sys, time
@@ -189,7 +194,20 @@ s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen()
 time.sleep(30)' "\$port"
 EOF
-printf '#!/usr/bin/env bash\n[ "$1" = --help ] && { echo "  --no-server-sample"; exit 0; }\nexit 1\n' >"$WORK/fake-loadgen"
+cat >"$WORK/fake-loadgen" <<'PYEOF'
+#!/usr/bin/env python3
+import json, sys, time
+args = sys.argv[1:]
+if args == ["--help"]:
+    print("  --no-server-sample")
+    sys.exit(0)
+summary = {"window_s": 1.0, "msg_per_s": 1000.0, "errors_total": 0, "errors": {},
+           "latency_us": {"p50": 1000, "p99": 2000, "p999": 3000}}
+scenario = {"name": "baseline", "workload": args[args.index("--workload") + 1],
+            "started_unix_ms": int(time.time() * 1000), "measure_from_s": 0.0,
+            "summary": summary, "grade": {"grade": "A+"}}
+json.dump({"scenarios": [scenario]}, open(args[args.index("--output") + 1], "w"))
+PYEOF
 chmod +x "$WORK/fake-ws-uring" "$WORK/fake-loadgen"
 # compare_only PEERS: compare.sh --only PEERS with the stand-ins; output in
 # $WORK/out, status in $STATUS.
@@ -200,32 +218,55 @@ compare_only() {
         bash "$COMPARE" --skip-build --no-fanout --duration 1 --only "$1" >"$WORK/out" 2>&1 </dev/null
     STATUS=$?
 }
-# refused_early NAME TEXT: refused (as `refused`), with nothing written.
+# refused_early NAME TEXT: refused (as `refused`), nothing written or started.
 refused_early() {
-    if [[ -e "$WORK/peers" ]]; then
-        fail "$1" "compare.sh wrote $WORK/peers before refusing"
+    if [[ -e "$WORK/peers" || -e "$WORK/fake-args" ]]; then
+        fail "$1" "compare.sh wrote $WORK/peers or started a server before refusing"
     else
         refused "$1" "$2"
     fi
 }
 compare_only "ws-uring,ws-uring@port=9"
 refused_early "compare.sh refuses a variant that sets the port" "sets port, which compare.sh sets for every server itself"
+compare_only "ws-uring@shards=2"
+refused_early "compare.sh refuses a variant that sets the shard count" "sets shards, which compare.sh sets"
 compare_only "ws-uring@NAP=1"
 refused_early "compare.sh refuses a variant key that is not a setting's name" "'NAP=1' in 'ws-uring@NAP=1' is not KEY=VALUE"
 compare_only 'ws-uring@nap_max_us=0;true'
 refused_early "compare.sh refuses a variant value with other characters" "is not KEY=VALUE"
+compare_only "ws-uring@data_dir=a/b"
+refused_early "compare.sh refuses a / in a value (it would be a path in the result names)" "is not KEY=VALUE"
 compare_only "ws-uring@nap_max_us"
 refused_early "compare.sh refuses a variant setting without a value" "is not KEY=VALUE"
 compare_only "ws-uring@"
 refused_early "compare.sh refuses a variant with no setting" "'ws-uring@' names no setting"
+compare_only "ws-uring@nap_max_us=0@"
+refused_early "compare.sh refuses a variant ending in @" "names no setting after its last @"
 compare_only "ws-uring@nap_max_uz=0"
-refused "compare.sh refuses a setting the server does not have" "has no setting nap_max_uz (flag --nap-max-uz"
-compare_only "ws-uring@nap_max_us=0@hibernate_after_ms=0"
-flags="$(tr '\n' ' ' <"$WORK/fake-args" 2>/dev/null)"
-if [[ $STATUS -eq 0 && "$flags" == "--echo --host 127.0.0.1 --port "*" --shards 1 --nap-max-us 0 --hibernate-after-ms 0 " ]]; then
-    pass "compare.sh starts a variant as ws-uring with its settings' flags"
+refused_early "compare.sh refuses a setting the server does not have" "has no setting nap_max_uz that takes a value (flag --nap-max-uz"
+compare_only "ws-uring@nap_max=0"
+refused_early "compare.sh refuses a part of a setting's name" "has no setting nap_max that takes a value"
+compare_only "ws-uring@no_persist=1"
+refused_early "compare.sh refuses a switch given a value" "has no setting no_persist that takes a value"
+compare_only "ws-uring,ws-uring@nap_max_us=0@hibernate_after_ms=0"
+variant_started=$(grep -c -- "^--echo --host 127.0.0.1 --port [0-9]* --shards 1 --nap-max-us 0 --hibernate-after-ms 0$" "$WORK/fake-args" 2>/dev/null)
+plain_started=$(grep -c -- "^--echo --host 127.0.0.1 --port [0-9]* --shards 1$" "$WORK/fake-args" 2>/dev/null)
+if [[ $STATUS -eq 0 && $variant_started == 1 && $plain_started == 1 ]]; then
+    pass "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring"
 else
-    fail "compare.sh starts a variant as ws-uring with its settings' flags" "status $STATUS, flags: $flags"
+    fail "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring" \
+        "status $STATUS, started: $(tr '\n' '|' <"$WORK/fake-args" 2>/dev/null)"
+fi
+variant_rows=$(python3 - "$WORK/peers" <<'PYEOF' 2>&1
+import glob, json, sys
+doc = json.load(open(glob.glob(sys.argv[1] + "/results/*/compare-*.json")[0]))
+print(" ".join(f"{r['peer']}:{r['round']}:{r['ratio_to_ws_uring']}" for r in doc["peers"]))
+PYEOF
+)
+if [[ $variant_rows == "ws-uring:1:1.0 ws-uring@nap_max_us=0@hibernate_after_ms=0:1:1.0" ]]; then
+    pass "compare.sh reports a variant as a peer of its own, paired with ws-uring's round"
+else
+    fail "compare.sh reports a variant as a peer of its own, paired with ws-uring's round" "rows: $variant_rows"
 fi
 
 # Bad input: a clear error and exit status 2, never a summary.
