@@ -489,6 +489,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 SERVER_PID=""
 PEER_URL=""
+# running PID: the process is alive (a child that exited stays a zombie,
+# state Z, until it is waited for).
+running() {
+    local state
+    state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)"
+    [ -n "$state" ] && [ "$state" != Z ]
+}
 stop_server() {
     if [ -n "$SERVER_PID" ]; then
         kill "$SERVER_PID" 2>/dev/null || true
@@ -522,6 +529,13 @@ start_peer() {
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             PEER_URL="ws://127.0.0.1:$port/ws"
             return 0
+        fi
+        # A server that refused its settings is gone at once: no need to
+        # wait out the 10 s.
+        if ! running "$SERVER_PID"; then
+            log "skip $name: it exited before listening on $port (see $RESULTS/$name.log: $(tail -n 1 "$RESULTS/$name.log" 2>/dev/null))"
+            stop_server
+            return 1
         fi
         sleep 0.1
     done

@@ -185,6 +185,8 @@ if [ "\$1" = --help ]; then
     exit 0
 fi
 echo "\$*" >>"$WORK/fake-args"
+# A value the stand-in refuses, as ws-uring refuses a bad setting: at once.
+if [[ " \$* " == *" --nap-max-us 7 "* ]]; then echo "error: nap_max_us: 7 is refused" >&2; exit 2; fi
 port=""
 while [ \$# -gt 0 ]; do [ "\$1" = --port ] && port="\$2"; shift; done
 exec python3 -c 'import socket, sys, time
@@ -257,6 +259,16 @@ else
     fail "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring" \
         "status $STATUS, started: $(tr '\n' '|' <"$WORK/fake-args" 2>/dev/null)"
 fi
+started_at=$SECONDS
+compare_only "ws-uring@nap_max_us=7"
+if [[ $STATUS -eq 0 && $((SECONDS - started_at)) -lt 8 ]] && grep -qF "exited before listening" "$WORK/out" \
+    && grep -qF "error: nap_max_us: 7 is refused" "$WORK/out"; then
+    pass "compare.sh skips a server that exits at start at once, with its last log line"
+else
+    fail "compare.sh skips a server that exits at start at once, with its last log line" \
+        "status $STATUS after $((SECONDS - started_at)) s"
+fi
+compare_only "ws-uring,ws-uring@nap_max_us=0@hibernate_after_ms=0"
 variant_rows=$(python3 - "$WORK/peers" <<'PYEOF' 2>&1
 import glob, json, sys
 doc = json.load(open(glob.glob(sys.argv[1] + "/results/*/compare-*.json")[0]))
