@@ -116,7 +116,9 @@ variant_flags() {
         VARIANT_FLAGS+=("--${key//_/-}" "$value")
     done
 }
-for peer in $PEERS; do
+# Split on spaces only (never glob-expanded).
+read -r -a PEER_NAMES <<<"$PEERS"
+for peer in "${PEER_NAMES[@]}"; do
     case "$peer" in ws-uring@*) variant_flags "$peer" || exit 2 ;; esac
 done
 
@@ -126,7 +128,7 @@ done
 # server that never listened, round after round.
 check_variant_settings() {
     local peer help flag key i
-    for peer in $PEERS; do
+    for peer in "${PEER_NAMES[@]}"; do
         case "$peer" in
             ws-uring@*)
                 [ -x "$WS_URING" ] || { echo "compare.sh: cannot check $peer's settings: $WS_URING is missing" >&2; exit 2; }
