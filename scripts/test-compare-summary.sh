@@ -250,15 +250,6 @@ compare_only "ws-uring@nap_max=0"
 refused_early "compare.sh refuses a part of a setting's name" "has no setting nap_max that takes a value"
 compare_only "ws-uring@no_persist=1"
 refused_early "compare.sh refuses a switch given a value" "has no setting no_persist that takes a value"
-compare_only "ws-uring,ws-uring@nap_max_us=0@hibernate_after_ms=0"
-variant_started=$(grep -c -- "^--echo --host 127.0.0.1 --port [0-9]* --shards 1 --nap-max-us 0 --hibernate-after-ms 0$" "$WORK/fake-args" 2>/dev/null)
-plain_started=$(grep -c -- "^--echo --host 127.0.0.1 --port [0-9]* --shards 1$" "$WORK/fake-args" 2>/dev/null)
-if [[ $STATUS -eq 0 && $variant_started == 1 && $plain_started == 1 ]]; then
-    pass "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring"
-else
-    fail "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring" \
-        "status $STATUS, started: $(tr '\n' '|' <"$WORK/fake-args" 2>/dev/null)"
-fi
 started_at=$SECONDS
 compare_only "ws-uring@nap_max_us=7"
 if [[ $STATUS -eq 0 && $((SECONDS - started_at)) -lt 8 ]] && grep -qF "exited before listening" "$WORK/out" \
@@ -269,6 +260,14 @@ else
         "status $STATUS after $((SECONDS - started_at)) s"
 fi
 compare_only "ws-uring,ws-uring@nap_max_us=0@hibernate_after_ms=0"
+variant_started=$(grep -c -- "^--echo --host 127.0.0.1 --port [0-9]* --shards 1 --nap-max-us 0 --hibernate-after-ms 0$" "$WORK/fake-args" 2>/dev/null)
+plain_started=$(grep -c -- "^--echo --host 127.0.0.1 --port [0-9]* --shards 1$" "$WORK/fake-args" 2>/dev/null)
+if [[ $STATUS -eq 0 && $variant_started == 1 && $plain_started == 1 ]]; then
+    pass "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring"
+else
+    fail "compare.sh starts a variant as ws-uring with its settings' flags, beside plain ws-uring" \
+        "status $STATUS, started: $(tr '\n' '|' <"$WORK/fake-args" 2>/dev/null)"
+fi
 variant_rows=$(python3 - "$WORK/peers" <<'PYEOF' 2>&1
 import glob, json, sys
 doc = json.load(open(glob.glob(sys.argv[1] + "/results/*/compare-*.json")[0]))
