@@ -118,6 +118,7 @@ variant_flags() {
 }
 # Split on spaces only (never glob-expanded).
 read -r -a PEER_NAMES <<<"$PEERS"
+[ "${#PEER_NAMES[@]}" -gt 0 ] || { echo "compare.sh: --only names no peer" >&2; exit 2; }
 for peer in "${PEER_NAMES[@]}"; do
     case "$peer" in ws-uring@*) variant_flags "$peer" || exit 2 ;; esac
 done
@@ -608,12 +609,10 @@ fi
 [ "$WS_URING_BUILT_HERE" = 0 ] || check_variant_settings
 
 RAN=()
-read -r -a PEER_LIST <<<"$PEERS"
-[ "${#PEER_LIST[@]}" -gt 0 ] || { echo "compare.sh: --only names no peer" >&2; exit 2; }
 for round in $(seq "$ROUNDS"); do
     # Round k starts with the k-th peer, so no peer always runs first.
-    shift_by=$(( (round - 1) % ${#PEER_LIST[@]} ))
-    for peer in "${PEER_LIST[@]:shift_by}" "${PEER_LIST[@]:0:shift_by}"; do
+    shift_by=$(( (round - 1) % ${#PEER_NAMES[@]} ))
+    for peer in "${PEER_NAMES[@]:shift_by}" "${PEER_NAMES[@]:0:shift_by}"; do
         port="$(free_port)"
         if start_peer "$peer" "$port"; then
             log "round $round/$ROUNDS: running echo${RATE:+ at $RATE msg/s} against $peer ($PEER_URL)"

@@ -228,6 +228,8 @@ refused_early() {
         refused "$1" "$2"
     fi
 }
+compare_only ","
+refused_early "compare.sh refuses an --only that names no peer" "--only names no peer"
 compare_only "ws-uring,ws-uring@port=9"
 refused_early "compare.sh refuses a variant that sets the port" "sets port, which compare.sh sets for every server itself"
 compare_only "ws-uring@shards=2"
