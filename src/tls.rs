@@ -75,19 +75,21 @@ fn pem_reason(error: &rustls::pki_types::pem::Error, expected: &str) -> String {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> String {
-        let dir = std::env::temp_dir().join(format!("wsu-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     }
 
     #[test]
     fn loads_a_generated_pair_and_names_bad_files() {
+        let dir = tempfile::Builder::new()
+            .prefix("wsu-tls-")
+            .tempdir()
+            .unwrap();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert_pem = write("cert.pem", &cert.cert.pem());
-        let key_pem = write("key.pem", &cert.key_pair.serialize_pem());
+        let cert_pem = write(&dir, "cert.pem", &cert.cert.pem());
+        let key_pem = write(&dir, "key.pem", &cert.key_pair.serialize_pem());
         assert!(acceptor(&cert_pem, &key_pem).is_ok());
 
         let missing = acceptor("/nonexistent/cert.pem", &key_pem).err().unwrap();
@@ -99,7 +101,7 @@ mod tests {
         assert!(swapped.contains("no PEM CERTIFICATE"), "{swapped}");
 
         let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
-        let other_key = write("other-key.pem", &other.key_pair.serialize_pem());
+        let other_key = write(&dir, "other-key.pem", &other.key_pair.serialize_pem());
         let mismatch = acceptor(&cert_pem, &other_key).err().unwrap().to_string();
         assert!(mismatch.contains("do not work together"), "{mismatch}");
     }

@@ -56,6 +56,8 @@ fn server_binary() -> PathBuf {
 struct Server {
     child: Child,
     url: String,
+    /// The server's working directory, removed after the server is gone.
+    _scratch: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -66,11 +68,13 @@ impl Drop for Server {
 }
 
 fn start_server(tag: &str) -> Server {
-    let scratch = std::env::temp_dir().join(format!("hostile-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&scratch);
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("hostile-test-{tag}-"))
+        .tempdir()
+        .expect("a scratch directory");
     let mut child = Command::new(server_binary())
         .args(SERVER_FLAGS)
-        .current_dir(&scratch)
+        .current_dir(scratch.path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -96,6 +100,7 @@ fn start_server(tag: &str) -> Server {
     Server {
         child,
         url: format!("ws://{addr}/ws"),
+        _scratch: scratch,
     }
 }
 

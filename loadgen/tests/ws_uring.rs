@@ -31,6 +31,8 @@ fn server_binary() -> Option<PathBuf> {
 struct Server {
     child: Child,
     addr: String,
+    /// The server's working directory, removed after the server is gone.
+    _scratch: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -48,10 +50,12 @@ fn start(binary: &PathBuf, echo: bool) -> Server {
     }
     // Run from a scratch directory: the server may create its data directory
     // in its working directory, which must not be this crate's.
-    let scratch = std::env::temp_dir().join(format!("loadgen-ws-uring-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&scratch);
+    let scratch = tempfile::Builder::new()
+        .prefix("loadgen-ws-uring-")
+        .tempdir()
+        .expect("a scratch directory");
     let mut child = cmd
-        .current_dir(&scratch)
+        .current_dir(scratch.path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -74,7 +78,11 @@ fn start(binary: &PathBuf, echo: bool) -> Server {
     let addr = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("ws-uring logs `listening on HOST:PORT` within 10 s");
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        _scratch: scratch,
+    }
 }
 
 fn plan(addr: &str, workload: Workload) -> RunPlan {
