@@ -257,6 +257,36 @@ fn full_mailboxes_and_expired_messages_go_to_the_dlq() {
 }
 
 #[test]
+fn a_scheduled_message_expires_at_its_ttl_and_a_replay_gives_it_the_ttl_again() {
+    let server = TestServer::start(&["--shards", "2"]);
+    let mut alice = user(&server, "alice");
+    let mut hana = user(&server, "hana");
+    // Due in 2 s, but only 150 ms to live: dead at 150 ms, never delivered.
+    let answer = ok(
+        &mut alice,
+        json!({"op":"send","to":"hana","data":"too late","delay_ms":2000,"ttl_ms":150}),
+    );
+    assert_eq!(answer["held"], "scheduled");
+    std::thread::sleep(Duration::from_millis(500));
+    let d = dlq(&server);
+    assert_eq!(d["total"], 1, "{d}");
+    let entry = &d["entries"][0];
+    assert_eq!(entry["id"], answer["id"]);
+    assert_eq!(entry["reason"], "expired");
+    let lived_ms = entry["dead_at"].as_u64().unwrap() - entry["ts"].as_u64().unwrap();
+    assert!((150..400).contains(&lived_ms), "dead {lived_ms} ms after it was sent");
+    assert!(next_msg(&mut hana, Duration::from_millis(300)).is_none());
+
+    // A replay is a new first attempt with its 150 ms counted again from
+    // the replay: it reaches hana, online, instead of expiring on arrival.
+    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
+    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)));
+    let m = next_msg(&mut hana, Duration::from_secs(3)).expect("the replayed message");
+    assert_eq!((&m["id"], &m["data"]), (&answer["id"], &json!("too late")));
+    assert_eq!(dlq(&server)["total"], 0);
+}
+
+#[test]
 fn scheduled_messages_fire_on_time() {
     let server = TestServer::start(&["--shards", "2"]);
     let mut alice = user(&server, "alice");

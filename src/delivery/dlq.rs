@@ -51,6 +51,20 @@ pub struct DeadLetter {
     pub seq: u64,
 }
 
+impl DeadLetter {
+    /// The message a replay at `now_unix_ms` sends: the same, as a new first
+    /// attempt, with its TTL (if it had one) counted again from the replay.
+    /// A message that expired would otherwise be dead again on arrival.
+    pub fn replayed_message(&self, now_unix_ms: u64) -> MessageParts {
+        let mut msg = (*self.msg).clone();
+        if let Some(expires) = msg.expires_unix_ms {
+            let ttl_ms = expires.saturating_sub(msg.ts_unix_ms);
+            msg.expires_unix_ms = Some(now_unix_ms.saturating_add(ttl_ms));
+        }
+        msg
+    }
+}
+
 /// One shard's dead letters, oldest first.
 #[derive(Debug, Default)]
 pub struct DeadLetterQueue {
@@ -129,6 +143,19 @@ mod tests {
             attempts: 4,
             seq: 1,
         }
+    }
+
+    #[test]
+    fn a_replay_counts_the_ttl_again_from_the_replay() {
+        let mut dead = letter("a");
+        assert_eq!(dead.replayed_message(5_000).expires_unix_ms, None);
+        // Accepted at 1 with a 150 ms TTL, replayed at 5,000.
+        let mut msg = (*dead.msg).clone();
+        msg.expires_unix_ms = Some(151);
+        dead.msg = Arc::new(msg);
+        let replayed = dead.replayed_message(5_000);
+        assert_eq!(replayed.expires_unix_ms, Some(5_150));
+        assert_eq!((replayed.id.as_str(), replayed.ts_unix_ms), ("a", 1));
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub enum Fired {
         pending: PendingAck,
         next: AfterTimeout,
     },
-    /// A mailbox message's TTL ran out; it is in the DLQ now.
+    /// A mailbox or scheduled message's TTL ran out; it is in the DLQ now.
     Expired(String),
     /// No ack in time for a delivery kept in a Redis Stream: the glue
     /// checks it was not acked on another node, then asks
@@ -466,13 +466,17 @@ impl ReliableState {
         self.pending.len()
     }
 
-    /// Holds a message until `due_unix_ms`.
+    /// Holds a message until `due_unix_ms`, or until its TTL ends if that
+    /// comes first (it then goes to the DLQ as `expired`, on time).
     pub fn schedule(&mut self, scheduled: Scheduled) {
         self.log(|s| s.scheduled_record(&scheduled));
         self.next_scheduled += 1;
         let seq = self.next_scheduled;
-        self.timers
-            .insert(scheduled.due_unix_ms, TimerKind::Scheduled(seq));
+        let fires_at = match scheduled.msg.expires_unix_ms {
+            Some(expires) => expires.min(scheduled.due_unix_ms),
+            None => scheduled.due_unix_ms,
+        };
+        self.timers.insert(fires_at, TimerKind::Scheduled(seq));
         self.scheduled.insert(seq, scheduled);
     }
 
@@ -494,7 +498,13 @@ impl ReliableState {
                 TimerKind::Scheduled(seq) => {
                     if let Some(s) = self.scheduled.remove(&seq) {
                         self.log_remove(scheduled_key(&s.msg.id));
-                        fired.push(Fired::Due(s));
+                        if s.msg.expires_unix_ms.is_some_and(|t| t <= now) {
+                            let id = s.msg.id.clone();
+                            self.dead_letter(s.msg, s.target, DeadReason::Expired, 0, now);
+                            fired.push(Fired::Expired(id));
+                        } else {
+                            fired.push(Fired::Due(s));
+                        }
                     }
                 }
                 TimerKind::AckTimeout(key) => {
@@ -1025,6 +1035,37 @@ mod tests {
         assert_eq!(s.next_due(), Some(500));
         assert!(s.pop_due(499).is_empty());
         assert!(matches!(&s.pop_due(500)[..], [Fired::Due(d)] if d.msg.id == "later"));
+        assert_eq!(s.scheduled_len(), 0);
+    }
+
+    #[test]
+    fn a_scheduled_message_whose_ttl_ends_first_expires_then() {
+        let mut s = ReliableState::new(config());
+        // Due at 500, expires at 150: dead at 150, never delivered.
+        s.schedule(Scheduled {
+            target: Target::User("u".into()),
+            msg: msg("short", Some(150)),
+            origin: ConnRef { shard: 0, conn: 1 },
+            due_unix_ms: 500,
+        });
+        // Due at 300, expires at 900: delivered at 300.
+        s.schedule(Scheduled {
+            target: Target::User("u".into()),
+            msg: msg("long", Some(900)),
+            origin: ConnRef { shard: 0, conn: 1 },
+            due_unix_ms: 300,
+        });
+        assert_eq!(s.next_due(), Some(150));
+        assert!(s.pop_due(149).is_empty());
+        assert!(matches!(&s.pop_due(150)[..], [Fired::Expired(id)] if id == "short"));
+        assert_eq!(s.scheduled_len(), 1);
+        let dead: Vec<_> = s.dlq().iter().collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].msg.id, "short");
+        assert_eq!(dead[0].reason, DeadReason::Expired);
+        assert_eq!(dead[0].at_unix_ms, 150);
+        assert!(s.pop_due(299).is_empty());
+        assert!(matches!(&s.pop_due(300)[..], [Fired::Due(d)] if d.msg.id == "long"));
         assert_eq!(s.scheduled_len(), 0);
     }
 }

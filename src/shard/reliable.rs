@@ -137,7 +137,10 @@ impl ShardState {
                 }
             },
             Fired::Expired(id) => {
-                log::debug!("shard {}: message {id} expired in a mailbox", self.id)
+                log::debug!(
+                    "shard {}: message {id} expired before delivery (in a mailbox or a schedule)",
+                    self.id
+                )
             }
             Fired::StreamAckTimeout { key, pending } => self.cluster_stream_timeout(key, pending),
         }
@@ -397,9 +400,10 @@ impl ShardState {
         self.kick_wal();
         let count = letters.len() as u64;
         let origin = self.origin_here();
+        let now = unix_ms();
         for letter in letters {
             let envelope = Arc::new(Envelope::new(
-                (*letter.msg).clone(),
+                letter.replayed_message(now),
                 1,
                 self.config.compress_min_bytes,
             ));
