@@ -52,7 +52,7 @@ fn say(request: &ProcessorRequest<'_>, ctx: &mut ProcessorContext) {
 }
 
 fn main() -> ExitCode {
-    let flags: Flags = argh::from_env();
+    let flags: Flags = ws_uring_flags::from_env();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match Config::from_process(&flags) {
         Ok(c) => c,

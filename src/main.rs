@@ -23,7 +23,7 @@ static JEMALLOC_CONF: Option<&'static std::ffi::c_char> = Some(
 );
 
 fn main() -> ExitCode {
-    let flags: Flags = argh::from_env();
+    let flags: Flags = ws_uring_flags::from_env();
     if flags.version {
         println!("{}", ws_uring::protocol::SERVER_NAME);
         return ExitCode::SUCCESS;

@@ -56,6 +56,27 @@ fn invalid_settings_name_the_key() {
 }
 
 #[test]
+fn a_bad_flag_exits_2_and_help_exits_0() {
+    for args in [&["--bogus"][..], &["--port"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--help"), "{stderr}");
+    }
+    let out = Command::new(BIN)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: ws-uring"));
+}
+
+#[test]
 fn config_file_is_read() {
     let dir = std::env::temp_dir().join(format!("ws-uring-startup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

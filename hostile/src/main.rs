@@ -5,7 +5,7 @@ use std::time::Duration;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args: hostile::cli::Args = argh::from_env();
+    let args: hostile::cli::Args = ws_uring_flags::from_env();
     let plan = match args.to_plan() {
         Ok(p) => p,
         Err(e) => {

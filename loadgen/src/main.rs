@@ -6,7 +6,7 @@ use loadgen::cli::Args;
 use loadgen::report::{html, table};
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args: Args = ws_uring_flags::from_env();
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(if args.verbose { "debug" } else { "warn" }),
     )
