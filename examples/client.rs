@@ -1,5 +1,7 @@
 //! A Rust client of ws-uring: connect as two users, join a group, publish,
 //! send a direct message that must be acknowledged, and handle an error.
+//! Its users are `alice-rs` and `bob-rs`, not the tour's `alice` and `bob`,
+//! whose mailboxes may hold messages from the demo page.
 //!
 //! Run a server (`./target/release/ws-uring --port 8765`), then
 //! `cargo run --release --example client -- ws://127.0.0.1:8765/ws`.
@@ -11,17 +13,17 @@ use serde_json::json;
 use ws_uring::client::{Client, ClientError};
 
 fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut alice = Client::connect(url, "alice")?;
-    let mut bob = Client::connect(url, "bob")?;
+    let mut alice = Client::connect(url, "alice-rs")?;
+    let mut bob = Client::connect(url, "bob-rs")?;
     println!("connected: {} and {}", alice.welcome(), bob.welcome());
 
     for client in [&mut alice, &mut bob] {
-        client.request(json!({"op": "join", "group": "room"}))?;
+        client.request(json!({"op": "join", "group": "room-rs"}))?;
     }
 
     // A group message: bob receives it (alice too, with echo).
     let ok = alice.request(
-        json!({"op": "publish", "group": "room", "data": {"text": "hello room"}, "echo": true}),
+        json!({"op": "publish", "group": "room-rs", "data": {"text": "hello room"}, "echo": true}),
     )?;
     println!("publish ok: {ok}");
     let msg = bob.next_message()?;
@@ -29,11 +31,15 @@ fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         msg["data"]["text"], "hello room",
         "bob got the group message"
     );
-    assert_eq!(alice.next_message()?["from"], "alice", "alice got her echo");
+    assert_eq!(
+        alice.next_message()?["from"],
+        "alice-rs",
+        "alice got her echo"
+    );
 
     // A direct message with an ack: bob's `next_message` acknowledges it.
     let ok = alice.request(
-        json!({"op": "send", "to": "bob", "data": "psst", "priority": "high", "ack": true}),
+        json!({"op": "send", "to": "bob-rs", "data": "psst", "priority": "high", "ack": true}),
     )?;
     let msg = bob.next_message()?;
     assert_eq!(
