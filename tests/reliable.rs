@@ -274,7 +274,10 @@ fn a_scheduled_message_expires_at_its_ttl_and_a_replay_gives_it_the_ttl_again() 
     assert_eq!(entry["id"], answer["id"]);
     assert_eq!(entry["reason"], "expired");
     let lived_ms = entry["dead_at"].as_u64().unwrap() - entry["ts"].as_u64().unwrap();
-    assert!((150..400).contains(&lived_ms), "dead {lived_ms} ms after it was sent");
+    assert!(
+        (150..400).contains(&lived_ms),
+        "dead {lived_ms} ms after it was sent"
+    );
     assert!(next_msg(&mut hana, Duration::from_millis(300)).is_none());
 
     // A replay is a new first attempt with its 150 ms counted again from
