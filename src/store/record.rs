@@ -95,8 +95,8 @@ pub enum WalRecord {
 pub enum LogError {
     #[error(
         "record {index} at byte {offset} is corrupt ({reason}) and {remaining} more bytes follow it: \
-         the log is damaged in the middle, so it was not replayed; move the file aside to start empty \
-         or restore it from a backup"
+         the log is damaged in the middle, so it was not replayed; move the file aside to start empty, \
+         cut it at byte {offset} to keep the records before it, or restore it from a backup"
     )]
     CorruptMiddle {
         index: usize,
@@ -144,12 +144,36 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let end = FRAME_HEADER_BYTES + len;
         if len > RECORD_MAX_BYTES || end > rest.len() {
-            // Runs past the end: the last write was cut short.
-            torn(&mut outcome);
-            return Ok(outcome);
+            // Runs past the end. A write cut short leaves a prefix of one
+            // record (or zeros where the file grew first). A length no
+            // writer makes, or whole records behind it, is damage instead:
+            // cutting there would throw those records away.
+            let zeros = rest.iter().all(|&b| b == 0);
+            let impossible = len > RECORD_MAX_BYTES && rest.len() > FRAME_HEADER_BYTES;
+            let damaged_length = impossible || whole_record_within(&rest[1..]);
+            if zeros || !damaged_length {
+                torn(&mut outcome);
+                return Ok(outcome);
+            }
+            return Err(LogError::CorruptMiddle {
+                index,
+                offset: pos as u64,
+                reason: if len > RECORD_MAX_BYTES {
+                    format!(
+                        "its length, {len} bytes, is over the {RECORD_MAX_BYTES} any record has"
+                    )
+                } else {
+                    format!(
+                        "its length, {len} bytes, runs past the end, and whole records follow it"
+                    )
+                },
+                remaining: (rest.len() - FRAME_HEADER_BYTES) as u64,
+            });
         }
         let payload = &rest[FRAME_HEADER_BYTES..end];
-        let is_last = end == rest.len();
+        // A zero-filled tail (the file grew, its data never landed) is torn
+        // like a last record, however long.
+        let is_last = end == rest.len() || rest[end..].iter().all(|&b| b == 0);
         let bad = |reason: String| LogError::CorruptMiddle {
             index,
             offset: pos as u64,
@@ -180,6 +204,27 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
     }
     outcome.valid_bytes = pos as u64;
     Ok(outcome)
+}
+
+/// Whether `bytes` holds, at any offset, a whole frame whose checksum
+/// matches and whose payload decodes: a record a torn write cannot leave
+/// behind the point where it was cut. Only read when a log looks torn.
+fn whole_record_within(bytes: &[u8]) -> bool {
+    (0..bytes.len().saturating_sub(FRAME_HEADER_BYTES)).any(|at| {
+        let rest = &bytes[at..];
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > rest.len() - FRAME_HEADER_BYTES {
+            return false;
+        }
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len];
+        if crc32fast::hash(payload) != crc {
+            return false;
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        rkyv::from_bytes::<WalRecord, rkyv::rancor::Error>(&aligned).is_ok()
+    })
 }
 
 fn priority_code(p: Priority) -> u8 {
@@ -390,6 +435,49 @@ mod tests {
         bad_last[n - 1] ^= 0xff;
         let read = read_all(&bad_last).unwrap();
         assert_eq!(read.records.len(), 2);
+    }
+
+    #[test]
+    fn a_damaged_length_with_records_behind_it_is_corruption_not_a_torn_tail() {
+        let log = log_of(&records());
+        let second = log_of(&records()[..1]).len();
+        // Past RECORD_MAX_BYTES, and within it but past the end of the log.
+        for len in [0x7fff_ffffu32, (log.len() - second) as u32] {
+            let mut damaged = log.clone();
+            damaged[second..second + 4].copy_from_slice(&len.to_le_bytes());
+            match read_all(&damaged) {
+                Err(LogError::CorruptMiddle { index, offset, .. }) => {
+                    assert_eq!((index, offset), (1, second as u64), "length {len}")
+                }
+                other => panic!("length {len}: {other:?}"),
+            }
+        }
+        // On the last record: a length no writer makes is damage, not a
+        // crash, and is refused too; a possible one with nothing whole
+        // behind it is a torn write, cut.
+        let last = log_of(&records()[..2]).len();
+        let mut damaged = log.clone();
+        damaged[last..last + 4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        assert!(matches!(
+            read_all(&damaged),
+            Err(LogError::CorruptMiddle { index: 2, .. })
+        ));
+        let mut torn = log.clone();
+        torn[last..last + 4].copy_from_slice(&(log.len() as u32).to_le_bytes());
+        let read = read_all(&torn).unwrap();
+        assert_eq!((read.records.len(), read.valid_bytes), (2, last as u64));
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_torn_however_long() {
+        let log = log_of(&records());
+        for zeros in [FRAME_HEADER_BYTES + 1, 4096] {
+            let mut grown = log.clone();
+            grown.resize(log.len() + zeros, 0);
+            let read = read_all(&grown).unwrap();
+            assert_eq!(read.records, records());
+            assert_eq!(read.torn_bytes, zeros as u64);
+        }
     }
 
     #[test]
