@@ -11,8 +11,11 @@ use crate::routing::envelope::MessageParts;
 /// One user's waiting messages, a queue per priority.
 #[derive(Debug, Default)]
 pub struct Mailbox {
-    /// Index 0 = critical … 3 = low.
-    lanes: [VecDeque<Arc<MessageParts>>; 4],
+    /// Index 0 = critical … 3 = low; each message with its arrival number.
+    lanes: [VecDeque<(u64, Arc<MessageParts>)>; 4],
+    /// The next message's arrival number: ties acceptance times, which
+    /// count whole milliseconds, in the order messages came.
+    arrivals: u64,
 }
 
 fn lane(p: Priority) -> usize {
@@ -41,22 +44,30 @@ impl Mailbox {
         } else {
             None
         };
-        self.lanes[lane(msg.priority)].push_back(msg);
+        self.arrivals += 1;
+        self.lanes[lane(msg.priority)].push_back((self.arrivals, msg));
         evicted
     }
 
-    /// The oldest message of all lanes (by acceptance time; lanes are FIFO
-    /// so only their fronts compete).
+    /// The oldest message of all lanes: by acceptance time, then arrival
+    /// (lanes are FIFO, so only their fronts compete).
     fn pop_oldest(&mut self) -> Option<Arc<MessageParts>> {
         let oldest_lane = (0..4)
             .filter(|&l| !self.lanes[l].is_empty())
-            .min_by_key(|&l| self.lanes[l].front().map(|m| m.ts_unix_ms))?;
-        self.lanes[oldest_lane].pop_front()
+            .min_by_key(|&l| {
+                self.lanes[l]
+                    .front()
+                    .map(|(arrival, m)| (m.ts_unix_ms, *arrival))
+            })?;
+        self.lanes[oldest_lane].pop_front().map(|(_, m)| m)
     }
 
     /// Takes every message: critical first, oldest first within a priority.
     pub fn drain(&mut self) -> Vec<Arc<MessageParts>> {
-        self.lanes.iter_mut().flat_map(|l| l.drain(..)).collect()
+        self.lanes
+            .iter_mut()
+            .flat_map(|l| l.drain(..).map(|(_, m)| m))
+            .collect()
     }
 
     /// Takes messages in delivery order until their `size` adds up to
@@ -69,13 +80,13 @@ impl Mailbox {
         let mut taken = Vec::new();
         let mut bytes = 0;
         for lane in &mut self.lanes {
-            while let Some(front) = lane.front() {
+            while let Some((_, front)) = lane.front() {
                 let next = size(front);
                 if !taken.is_empty() && bytes + next > max_bytes {
                     return taken;
                 }
                 bytes += next;
-                taken.push(lane.pop_front().expect("front exists"));
+                taken.push(lane.pop_front().expect("front exists").1);
             }
         }
         taken
@@ -84,8 +95,8 @@ impl Mailbox {
     /// Removes a message by id; returns it.
     pub fn remove(&mut self, id: &str) -> Option<Arc<MessageParts>> {
         for l in &mut self.lanes {
-            if let Some(pos) = l.iter().position(|m| m.id == id) {
-                return l.remove(pos);
+            if let Some(pos) = l.iter().position(|(_, m)| m.id == id) {
+                return l.remove(pos).map(|(_, m)| m);
             }
         }
         None
@@ -93,7 +104,7 @@ impl Mailbox {
 
     /// Every message, in delivery order (for snapshots).
     pub fn iter(&self) -> impl Iterator<Item = &Arc<MessageParts>> {
-        self.lanes.iter().flat_map(|l| l.iter())
+        self.lanes.iter().flat_map(|l| l.iter().map(|(_, m)| m))
     }
 }
 
@@ -118,6 +129,20 @@ mod tests {
 
     fn ids(v: &[Arc<MessageParts>]) -> Vec<&str> {
         v.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_full_mailbox_evicts_the_first_arrived_of_one_millisecond() {
+        // Three messages accepted in the same millisecond, the first low,
+        // the second critical: the low one is the oldest and goes.
+        let mut m = Mailbox::default();
+        assert!(m.push(msg("a-low", Priority::Low, 7), 2).is_none());
+        assert!(m.push(msg("b-critical", Priority::Critical, 7), 2).is_none());
+        let evicted = m.push(msg("c-normal", Priority::Normal, 7), 2);
+        assert_eq!(evicted.unwrap().id, "a-low");
+        let evicted = m.push(msg("d-high", Priority::High, 7), 2);
+        assert_eq!(evicted.unwrap().id, "b-critical");
+        assert_eq!(ids(&m.drain()), ["d-high", "c-normal"]);
     }
 
     #[test]
