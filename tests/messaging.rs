@@ -608,6 +608,17 @@ fn ack_messages_to_a_full_queue_are_redelivered_and_low_ones_dropped() {
         json!({"op":"send","to":"sluggard","data":big,"priority":"low"}),
     );
     assert_eq!(answer["delivered"], 0);
+    // …and counted in `dropped_low` (the metrics are gathered each second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = http_get(server.port, "/metrics.json");
+        let dropped = body_json(&text)["counters"]["dropped_low"].as_u64();
+        if dropped >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dropped_low stayed {dropped:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Reading and acking, every ack:true message arrives, some redelivered.
     // A message that found no room waited 300 ms, 600 ms, 1.2 s… (the ack
     // timeout doubles per attempt), so while a slow machine drains the

@@ -137,7 +137,9 @@ mod tests {
         // the second critical: the low one is the oldest and goes.
         let mut m = Mailbox::default();
         assert!(m.push(msg("a-low", Priority::Low, 7), 2).is_none());
-        assert!(m.push(msg("b-critical", Priority::Critical, 7), 2).is_none());
+        assert!(m
+            .push(msg("b-critical", Priority::Critical, 7), 2)
+            .is_none());
         let evicted = m.push(msg("c-normal", Priority::Normal, 7), 2);
         assert_eq!(evicted.unwrap().id, "a-low");
         let evicted = m.push(msg("d-high", Priority::High, 7), 2);
