@@ -290,6 +290,72 @@ fn a_scheduled_message_expires_at_its_ttl_and_a_replay_gives_it_the_ttl_again() 
 }
 
 #[test]
+fn an_acked_anycast_that_finds_no_member_is_kept_not_lost() {
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--ack-timeout-ms",
+        "300",
+        "--max-retries",
+        "0",
+    ]);
+    let mut sender = user(&server, "boss");
+    let mut worker = user(&server, "worker");
+    // A replay into an empty group: the message goes back to the DLQ
+    // (after its ack timeout), it does not vanish.
+    ok(&mut worker, json!({"op":"join","group":"jobs"}));
+    let sent = ok(
+        &mut sender,
+        json!({"op":"anycast","group":"jobs","data":"job","ack":true}),
+    );
+    assert_eq!(
+        next_msg(&mut worker, Duration::from_secs(3)).unwrap()["id"],
+        sent["id"]
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(dlq(&server)["entries"][0]["reason"], "ack_timeout");
+    ok(&mut worker, json!({"op":"leave","group":"jobs"}));
+    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
+    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)));
+    std::thread::sleep(Duration::from_millis(800));
+    let d = dlq(&server);
+    assert_eq!(d["total"], 1, "{d}");
+    assert_eq!(d["entries"][0]["id"], sent["id"]);
+    // With a member again, the replay reaches it.
+    ok(&mut worker, json!({"op":"join","group":"jobs"}));
+    post(server.port, "/admin/dlq/replay", "{}", "");
+    let m = next_msg(&mut worker, Duration::from_secs(3)).expect("replayed to the member");
+    assert_eq!(m["id"], sent["id"]);
+    ack(&mut worker, &m["id"]);
+
+    // A scheduled one whose group empties before it is due waits for a
+    // member like a retry does, and reaches the member that comes back.
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--ack-timeout-ms",
+        "300",
+        "--max-retries",
+        "3",
+    ]);
+    let mut sender = user(&server, "boss");
+    let mut worker = user(&server, "worker");
+    ok(&mut worker, json!({"op":"join","group":"later"}));
+    let sent = ok(
+        &mut sender,
+        json!({"op":"anycast","group":"later","data":"due","ack":true,"delay_ms":200}),
+    );
+    assert_eq!(sent["held"], "scheduled");
+    ok(&mut worker, json!({"op":"leave","group":"later"}));
+    std::thread::sleep(Duration::from_millis(400));
+    ok(&mut worker, json!({"op":"join","group":"later"}));
+    let m = next_msg(&mut worker, Duration::from_secs(3)).expect("delivered on a retry");
+    assert_eq!((&m["id"], &m["data"]), (&sent["id"], &json!("due")));
+    ack(&mut worker, &m["id"]);
+    assert_eq!(dlq(&server)["total"], 0);
+}
+
+#[test]
 fn scheduled_messages_fire_on_time() {
     let server = TestServer::start(&["--shards", "2"]);
     let mut alice = user(&server, "alice");

@@ -468,11 +468,7 @@ impl ShardState {
         }
         let picked = self.directory.borrow_mut().pick(group);
         let Some(at) = picked else {
-            let f = failure(
-                ErrorCode::NoMembers,
-                format!("group {group:?} has no members"),
-            );
-            return self.answer(reply, origin, Err(f));
+            return self.anycast_without_members(group, &envelope, origin, reply, lsn_before);
         };
         if envelope.ack() {
             let key = PendingKey {
@@ -919,13 +915,7 @@ impl ShardState {
                         self.anycast_here(&group, envelope, origin, reply, lsn_before, strategy)
                     }
                     b"remote" => self.routed(lsn_before, reply, 1, Held::No),
-                    _ => {
-                        let f = failure(
-                            ErrorCode::NoMembers,
-                            format!("group {group:?} has no members"),
-                        );
-                        self.answer(reply, origin, Err(f));
-                    }
+                    _ => self.anycast_without_members(&group, &envelope, origin, reply, lsn_before),
                 }
             }
             Then::StreamCheck { key, pending } => {

@@ -946,6 +946,48 @@ impl ShardState {
 
     /// Tells the origin how a message was routed, once whatever it made
     /// durable (mailbox, schedule, pending ack) is on disk.
+    /// An anycast whose group has no member now. A live command is answered
+    /// `no_members`. Otherwise nobody waits for an answer (a scheduled
+    /// message falling due, a DLQ replay): an `ack:true` message is kept
+    /// pending, as when a retry finds no member, so it is tried again at its
+    /// ack timeout and dead-lettered (`ack_timeout`) only after its retries;
+    /// any other message fails, and its sender, if connected, is told which.
+    pub(super) fn anycast_without_members(
+        &self,
+        group: &str,
+        envelope: &Envelope,
+        origin: ConnRef,
+        reply: Option<ReplyTo>,
+        lsn_before: u64,
+    ) {
+        if reply.is_none() && envelope.ack() {
+            let key = PendingKey {
+                id: envelope.id().to_string(),
+                conn: None,
+            };
+            let target = AckTarget::Anycast {
+                group: group.to_string(),
+            };
+            self.reliable.borrow_mut().track(
+                key,
+                Arc::new(envelope.parts.clone()),
+                target,
+                envelope.attempt,
+                unix_ms(),
+            );
+            self.wake_timers();
+            return self.routed(lsn_before, reply, 0, Held::No);
+        }
+        let reason = match reply {
+            Some(_) => format!("group {group:?} has no members"),
+            None => format!(
+                "group {group:?} has no members for message {}",
+                envelope.id()
+            ),
+        };
+        self.answer(reply, origin, Err(failure(ErrorCode::NoMembers, reason)));
+    }
+
     pub(super) fn routed(&self, lsn_before: u64, reply: Option<ReplyTo>, parts: u32, held: Held) {
         if let Some(reply) = reply {
             let msg = MeshMsg::Routed {
@@ -1096,11 +1138,8 @@ impl ShardState {
             Target::Anycast(group) => {
                 let picked = self.directory.borrow_mut().pick(group);
                 let Some(at) = picked else {
-                    let f = failure(
-                        ErrorCode::NoMembers,
-                        format!("group {group:?} has no members"),
-                    );
-                    return self.answer(reply, origin, Err(f));
+                    return self
+                        .anycast_without_members(group, &envelope, origin, reply, lsn_before);
                 };
                 if ack {
                     let key = PendingKey {
