@@ -58,6 +58,19 @@ pub enum StoreError {
     },
     #[error("data directory {dir}: meta.json is not ws-uring's ({reason})")]
     BadMeta { dir: PathBuf, reason: String },
+    #[error(
+        "data directory {dir} has no meta.json but holds the log of shard {highest}, which \
+         --shards {configured} would not read: start with --shards {needed} or more, or move \
+         the directory aside to start empty"
+    )]
+    LogsBeyondShards {
+        dir: PathBuf,
+        highest: usize,
+        needed: usize,
+        configured: usize,
+    },
+    #[error("data directory {dir} is not a directory")]
+    NotADirectory { dir: PathBuf },
     #[error("log {path}: {source}")]
     Corrupt { path: PathBuf, source: LogError },
 }
@@ -68,6 +81,11 @@ pub fn prepare_data_dir(dir: &Path, shards: usize) -> Result<(), StoreError> {
         dir: dir.to_path_buf(),
         source,
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(StoreError::NotADirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(io)?;
     let meta_path = dir.join("meta.json");
     match std::fs::read_to_string(&meta_path) {
@@ -94,6 +112,18 @@ pub fn prepare_data_dir(dir: &Path, shards: usize) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No record of the shard count: the logs say how many wrote here.
+            // A log beyond `shards` would be ignored, its messages lost.
+            if let Some(highest) = highest_shard_log(dir).map_err(io)? {
+                if highest >= shards {
+                    return Err(StoreError::LogsBeyondShards {
+                        dir: dir.to_path_buf(),
+                        highest,
+                        needed: highest + 1,
+                        configured: shards,
+                    });
+                }
+            }
             let meta = serde_json::json!({"format": DATA_FORMAT, "shards": shards});
             let tmp = dir.join("meta.json.tmp");
             std::fs::write(&tmp, meta.to_string()).map_err(io)?;
@@ -102,6 +132,27 @@ pub fn prepare_data_dir(dir: &Path, shards: usize) -> Result<(), StoreError> {
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// The highest shard number with a non-empty log (`shard-N.wal`) in `dir`.
+fn highest_shard_log(dir: &Path) -> std::io::Result<Option<usize>> {
+    let mut highest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-"))
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata()?.len() > 0 {
+            highest = highest.max(Some(n));
+        }
+    }
+    Ok(highest)
 }
 
 /// Makes a rename or a new file in `dir` durable.
@@ -213,6 +264,27 @@ mod tests {
                 ),
             },
         }
+    }
+
+    #[test]
+    fn without_meta_the_logs_guard_the_shard_count() {
+        let dir = temp_dir("no-meta");
+        prepare_data_dir(&dir, 2).unwrap();
+        std::fs::write(log_path(&dir, 1), b"x").unwrap();
+        std::fs::write(log_path(&dir, 2), b"").unwrap();
+        std::fs::remove_file(dir.join("meta.json")).unwrap();
+        let refused = prepare_data_dir(&dir, 1).unwrap_err().to_string();
+        assert!(
+            refused.contains("shard 1") && refused.contains("--shards 2"),
+            "{refused}"
+        );
+        assert!(!dir.join("meta.json").exists());
+        // Enough shards to read every log (an empty one does not count).
+        prepare_data_dir(&dir, 2).unwrap();
+        let file = dir.join("meta.json");
+        let refused = prepare_data_dir(&file, 2).unwrap_err().to_string();
+        assert!(refused.ends_with("is not a directory"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
