@@ -366,10 +366,15 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
         "ping" => Command::Ping { t: env.t },
         "echo" => Command::Echo { data: env.data },
         "join" => {
-            let weight = match fields.unsigned("weight", env.weight)? {
+            // One message for every bad weight: a whole number in range.
+            let out_of_range = || fields.error("`weight` must be a whole number from 1 to 1000");
+            let weight = match fields
+                .unsigned("weight", env.weight)
+                .map_err(|_| out_of_range())?
+            {
                 None => 1,
                 Some(w) if WEIGHT_RANGE.contains(&(w.min(u32::MAX as u64) as u32)) => w as u32,
-                Some(_) => return Err(fields.error("`weight` must be 1 to 1000")),
+                Some(_) => return Err(out_of_range()),
             };
             Command::Join {
                 group: fields.group(env.group)?,
@@ -551,6 +556,23 @@ mod tests {
                 Some(r) => assert_eq!(event["ref"], json(r)),
                 None => assert_eq!(event["ref"], Value::Null),
             }
+        }
+    }
+
+    #[test]
+    fn every_bad_weight_gets_the_same_reason() {
+        for weight in ["0", "1001", "-1", "1.5", "2.0", "\"3\"", "null"] {
+            let text = format!(r#"{{"op":"join","group":"g","weight":{weight}}}"#);
+            let err = decode_command(&text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(
+                err.reason, "`weight` must be a whole number from 1 to 1000",
+                "{text}"
+            );
+        }
+        for weight in ["1", "1000"] {
+            let text = format!(r#"{{"op":"join","group":"g","weight":{weight}}}"#);
+            assert!(decode_command(&text).is_ok(), "{text}");
         }
     }
 
