@@ -78,6 +78,12 @@ fn post(port: u16, path: &str, body: &str, extra_headers: &str) -> (u16, Value) 
     (status, body_json(&text))
 }
 
+/// Replays the whole DLQ; asserts it answered 200 with `replayed` N.
+fn replay_all(server: &TestServer, replayed: u64) {
+    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
+    assert_eq!((status, body["replayed"].as_u64()), (200, Some(replayed)));
+}
+
 #[test]
 fn unacked_messages_are_retried_with_backoff_then_dead_lettered() {
     let server = TestServer::start(&[
@@ -127,8 +133,7 @@ fn unacked_messages_are_retried_with_backoff_then_dead_lettered() {
     assert_eq!(entry["target"], json!({"user":"bob"}));
 
     // Replay delivers it again, as a new first attempt; acked, it stays.
-    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
-    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)));
+    replay_all(&server, 1);
     let m = next_msg(&mut bob, Duration::from_secs(3)).expect("replayed");
     assert_eq!(m["id"], id);
     assert_eq!(m.get("attempt"), None);
@@ -282,8 +287,7 @@ fn a_scheduled_message_expires_at_its_ttl_and_a_replay_gives_it_the_ttl_again() 
 
     // A replay is a new first attempt with its 150 ms counted again from
     // the replay: it reaches hana, online, instead of expiring on arrival.
-    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
-    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)));
+    replay_all(&server, 1);
     let m = next_msg(&mut hana, Duration::from_secs(3)).expect("the replayed message");
     assert_eq!((&m["id"], &m["data"]), (&answer["id"], &json!("too late")));
     assert_eq!(dlq(&server)["total"], 0);
@@ -315,15 +319,14 @@ fn an_acked_anycast_that_finds_no_member_is_kept_not_lost() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(dlq(&server)["entries"][0]["reason"], "ack_timeout");
     ok(&mut worker, json!({"op":"leave","group":"jobs"}));
-    let (status, body) = post(server.port, "/admin/dlq/replay", "{}", "");
-    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)));
+    replay_all(&server, 1);
     std::thread::sleep(Duration::from_millis(800));
     let d = dlq(&server);
     assert_eq!(d["total"], 1, "{d}");
     assert_eq!(d["entries"][0]["id"], sent["id"]);
     // With a member again, the replay reaches it.
     ok(&mut worker, json!({"op":"join","group":"jobs"}));
-    post(server.port, "/admin/dlq/replay", "{}", "");
+    replay_all(&server, 1);
     let m = next_msg(&mut worker, Duration::from_secs(3)).expect("replayed to the member");
     assert_eq!(m["id"], sent["id"]);
     ack(&mut worker, &m["id"]);

@@ -57,23 +57,7 @@ fn invalid_settings_name_the_key() {
 
 #[test]
 fn a_bad_flag_exits_2_and_help_exits_0() {
-    for args in [&["--bogus"][..], &["--port"]] {
-        let out = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("--help"), "{stderr}");
-    }
-    let out = Command::new(BIN)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: ws-uring"));
+    ws_uring_flags::assert_exit_statuses(BIN, "ws-uring", &[&["--bogus"], &["--port"]]);
 }
 
 #[test]

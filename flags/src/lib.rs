@@ -45,6 +45,30 @@ pub fn parse<T: argh::TopLevelCommand>(argv: &[String]) -> Result<T, (String, i3
     })
 }
 
+/// For each binary's tests: runs the binary at `bin` with each of `bad`
+/// (it must exit 2 and point to `--help` on stderr) and with `--help` (it
+/// must exit 0 with its usage, naming `name`, on stdout). Panics otherwise.
+pub fn assert_exit_statuses(bin: &str, name: &str, bad: &[&[&str]]) {
+    use std::process::{Command, Output, Stdio};
+    let run = |args: &[&str]| -> Output {
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+    };
+    for args in bad {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--help"), "{stderr}");
+    }
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let usage = String::from_utf8_lossy(&out.stdout);
+    assert!(usage.starts_with(&format!("Usage: {name}")), "{usage}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,26 +1,10 @@
 //! The command line's exit statuses, as docs/HOSTILE.md states them.
 
-use std::process::{Command, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hostile");
-
 #[test]
 fn a_bad_flag_exits_2_and_help_exits_0() {
-    for args in [&["--bogus"][..], &["--rounds", "many"], &["--url"]] {
-        let out = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("--help"), "{stderr}");
-    }
-    let out = Command::new(BIN)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: hostile"));
+    ws_uring_flags::assert_exit_statuses(
+        env!("CARGO_BIN_EXE_hostile"),
+        "hostile",
+        &[&["--bogus"][..], &["--rounds", "many"], &["--url"]],
+    );
 }

@@ -472,10 +472,8 @@ impl ReliableState {
         self.log(|s| s.scheduled_record(&scheduled));
         self.next_scheduled += 1;
         let seq = self.next_scheduled;
-        let fires_at = match scheduled.msg.expires_unix_ms {
-            Some(expires) => expires.min(scheduled.due_unix_ms),
-            None => scheduled.due_unix_ms,
-        };
+        let due = scheduled.due_unix_ms;
+        let fires_at = scheduled.msg.expires_unix_ms.map_or(due, |e| e.min(due));
         self.timers.insert(fires_at, TimerKind::Scheduled(seq));
         self.scheduled.insert(seq, scheduled);
     }

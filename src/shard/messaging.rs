@@ -518,17 +518,8 @@ impl ShardState {
         );
     }
 
-    /// Counts a low-priority message dropped for lack of outbox room (the
-    /// shard's counter and its exported metric, `dropped_low`).
-    fn count_dropped_low(&self) {
-        self.counters
-            .dropped_low
-            .set(self.counters.dropped_low.get() + 1);
-        self.metrics.count_dropped_low();
-    }
-
     fn evicted(&self, handle: &ConnHandle, item: &OutItem) {
-        self.count_dropped_low();
+        self.metrics.count_dropped_low();
         if let Some(group) = &item.anycast_group {
             self.anycast_done(group, handle.id, 1);
         }
@@ -580,7 +571,7 @@ impl ShardState {
                             true
                         }
                         PushOutcome::DroppedLow => {
-                            self.count_dropped_low();
+                            self.metrics.count_dropped_low();
                             false
                         }
                         PushOutcome::Refused | PushOutcome::Overflow => false,

@@ -96,8 +96,6 @@ pub struct ShardCounters {
     pub connections_closed: Cell<u64>,
     pub stale_closed: Cell<u64>,
     pub slow_consumers_closed: Cell<u64>,
-    /// Low-priority messages dropped for lack of outbox room.
-    pub dropped_low: Cell<u64>,
 }
 
 /// Everything one shard owns.

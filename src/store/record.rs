@@ -140,8 +140,7 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
             torn(&mut outcome);
             return Ok(outcome);
         }
-        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let (len, crc) = frame_header(rest);
         let end = FRAME_HEADER_BYTES + len;
         if len > RECORD_MAX_BYTES || end > rest.len() {
             // Runs past the end. A write cut short leaves a prefix of one
@@ -187,9 +186,7 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
             }
             return Err(bad("checksum mismatch".into()));
         }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-        aligned.extend_from_slice(payload);
-        match rkyv::from_bytes::<WalRecord, rkyv::rancor::Error>(&aligned) {
+        match decode_payload(payload) {
             Ok(record) => outcome.records.push(record),
             // Like a bad checksum: only corruption with data behind it.
             // (Eight zero bytes, a zero-filled tail, pass the checksum.)
@@ -212,19 +209,27 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
 fn whole_record_within(bytes: &[u8]) -> bool {
     (0..bytes.len().saturating_sub(FRAME_HEADER_BYTES)).any(|at| {
         let rest = &bytes[at..];
-        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let (len, crc) = frame_header(rest);
         if len == 0 || len > rest.len() - FRAME_HEADER_BYTES {
             return false;
         }
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len];
-        if crc32fast::hash(payload) != crc {
-            return false;
-        }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-        aligned.extend_from_slice(payload);
-        rkyv::from_bytes::<WalRecord, rkyv::rancor::Error>(&aligned).is_ok()
+        crc32fast::hash(payload) == crc && decode_payload(payload).is_ok()
     })
+}
+
+/// A frame's length and checksum (`rest` holds at least the header).
+fn frame_header(rest: &[u8]) -> (usize, u32) {
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    (len, crc)
+}
+
+/// A record from its payload (copied to rkyv's alignment first).
+fn decode_payload(payload: &[u8]) -> Result<WalRecord, rkyv::rancor::Error> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<WalRecord, rkyv::rancor::Error>(&aligned)
 }
 
 fn priority_code(p: Priority) -> u8 {
