@@ -94,7 +94,7 @@ pub enum WalRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
     #[error(
-        "record {index} at byte {offset} is corrupt ({reason}) and {remaining} more bytes follow it: \
+        "record {index} at byte {offset} is corrupt ({reason}) and {remaining} more bytes follow its header: \
          the log is damaged in the middle, so it was not replayed; move the file aside to start empty, \
          cut it at byte {offset} to keep the records before it, or restore it from a backup"
     )]
@@ -170,17 +170,22 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
             });
         }
         let payload = &rest[FRAME_HEADER_BYTES..end];
-        // A zero-filled tail (the file grew, its data never landed) is torn
-        // like a last record, however long.
-        let is_last = end == rest.len() || rest[end..].iter().all(|&b| b == 0);
+        // A bad record is a torn write only as the last one (a zero-filled
+        // tail, where the file grew but its data never landed, counts as
+        // nothing behind it) and with no whole record inside it: a damaged
+        // length can stretch a frame over the records that follow.
+        let torn_write = || {
+            (end == rest.len() || rest[end..].iter().all(|&b| b == 0))
+                && !whole_record_within(&rest[1..])
+        };
         let bad = |reason: String| LogError::CorruptMiddle {
             index,
             offset: pos as u64,
             reason,
-            remaining: (rest.len() - end) as u64,
+            remaining: (rest.len() - FRAME_HEADER_BYTES) as u64,
         };
         if crc32fast::hash(payload) != crc {
-            if is_last {
+            if torn_write() {
                 torn(&mut outcome);
                 return Ok(outcome);
             }
@@ -188,9 +193,8 @@ pub fn read_all(log: &[u8]) -> Result<ReadOutcome, LogError> {
         }
         match decode_payload(payload) {
             Ok(record) => outcome.records.push(record),
-            // Like a bad checksum: only corruption with data behind it.
-            // (Eight zero bytes, a zero-filled tail, pass the checksum.)
-            Err(_) if is_last => {
+            // Like a bad checksum. (Eight zero bytes pass the checksum.)
+            Err(_) if torn_write() => {
                 torn(&mut outcome);
                 return Ok(outcome);
             }
