@@ -410,6 +410,13 @@ fn wal_record() -> impl Strategy<Value = WalRecord> {
     ];
     let entry = prop_oneof![
         (name(), stored_msg()).prop_map(|(user, msg)| DurableEntry::Mailbox { user, msg }),
+        (name(), stored_msg(), any::<u32>()).prop_map(|(user, msg, attempts_made)| {
+            DurableEntry::MailboxRedelivery {
+                user,
+                msg,
+                attempts_made,
+            }
+        }),
         (stored_target(), stored_msg(), any::<u64>()).prop_map(|(target, msg, due_unix_ms)| {
             DurableEntry::Scheduled {
                 target,

@@ -142,6 +142,101 @@ fn unacked_messages_are_retried_with_backoff_then_dead_lettered() {
     assert_eq!(dlq(&server)["total"], 0);
 }
 
+/// A delivery whose ack never came counts, whatever cut it short: its
+/// user going offline (the retry finds the mailbox) or a `kill -9`. The
+/// next delivery shows the attempt after it, and the retry limit counts
+/// them all.
+#[test]
+fn redeliveries_after_going_offline_or_a_restart_carry_their_attempt() {
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = [
+        "--ack-timeout-ms",
+        "300",
+        "--max-retries",
+        "3",
+        "--fsync",
+        "always",
+        "--data-dir",
+        &dir_arg,
+    ];
+    let server = TestServer::start(&args);
+    let mut alice = user(&server, "alice");
+    let mut bob = user(&server, "bob");
+    let sent = ok(
+        &mut alice,
+        json!({"op":"send","to":"bob","data":"x","ack":true}),
+    );
+    let id = sent["id"].clone();
+    let first = next_msg(&mut bob, Duration::from_secs(3)).expect("attempt 1");
+    assert_eq!((&first["id"], first.get("attempt")), (&id, None));
+    // Bob leaves without acking; the retry at 300 ms finds him offline.
+    drop(bob);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut bob = user(&server, "bob");
+    let second = next_msg(&mut bob, Duration::from_secs(3)).expect("from the mailbox");
+    assert_eq!((&second["id"], &second["attempt"]), (&id, &json!(2)));
+    // Not acked either: the server dies while it waits for the ack, once
+    // the log holds the delivery (a delivery is written to the socket
+    // without waiting for its record, so a crash in between counts one
+    // attempt fewer).
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGKILL);
+    drop((alice, bob, server));
+
+    let server = TestServer::start(&args);
+    let mut bob = user(&server, "bob");
+    let third = next_msg(&mut bob, Duration::from_secs(3)).expect("after the restart");
+    assert_eq!((&third["id"], &third["attempt"]), (&id, &json!(3)));
+    // The last retry (1 + max_retries), 1200 ms later; then the DLQ.
+    let fourth = next_msg(&mut bob, Duration::from_secs(3)).expect("the last retry");
+    assert_eq!((&fourth["id"], &fourth["attempt"]), (&id, &json!(4)));
+    assert!(next_msg(&mut bob, Duration::from_millis(3000)).is_none());
+    let d = dlq(&server);
+    assert_eq!(d["total"], 1, "{d}");
+    let entry = &d["entries"][0];
+    assert_eq!(
+        (&entry["id"], &entry["reason"], &entry["attempts"]),
+        (&id, &json!("ack_timeout"), &json!(4))
+    );
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A member's unacked delivery of a publish is tracked on the group's
+/// home shard; after a `kill -9` it goes to the member's mailbox on its
+/// own home shard (a hand-off between shards), still counted.
+#[test]
+fn a_members_unacked_publish_is_redelivered_after_a_restart_as_attempt_2() {
+    use ws_uring::routing::home_shard;
+    let (member, group) = ("carol", "board");
+    assert_ne!(home_shard(member, 2), home_shard(group, 2), "a hand-off");
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = ["--shards", "2", "--fsync", "always", "--data-dir", &dir_arg];
+    let server = TestServer::start(&args);
+    let mut carol = user(&server, member);
+    ok(&mut carol, json!({"op":"join","group":group}));
+    let mut alice = user(&server, "alice");
+    let sent = ok(
+        &mut alice,
+        json!({"op":"publish","group":group,"data":"x","ack":true}),
+    );
+    let first = next_msg(&mut carol, Duration::from_secs(3)).expect("attempt 1");
+    assert_eq!((&first["id"], first.get("attempt")), (&sent["id"], None));
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGKILL);
+    drop((alice, carol, server));
+
+    let server = TestServer::start(&args);
+    let mut carol = user(&server, member);
+    let again = next_msg(&mut carol, Duration::from_secs(5)).expect("after the restart");
+    assert_eq!((&again["id"], &again["attempt"]), (&sent["id"], &json!(2)));
+    ack(&mut carol, &again["id"]);
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn an_ack_from_any_connection_of_the_user_settles_it() {
     let server = TestServer::start(&[

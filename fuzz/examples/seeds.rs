@@ -255,8 +255,16 @@ fn wal_logs() -> Seeds {
             key: "s/mwyw03rq-0-8".into(),
             entry: DurableEntry::Scheduled {
                 target: StoredTarget::User("carol".into()),
-                msg: json,
+                msg: json.clone(),
                 due_unix_ms: 7,
+            },
+        },
+        WalRecord::Upsert {
+            key: "m/dave/mwyw03rq-0-9".into(),
+            entry: DurableEntry::MailboxRedelivery {
+                user: "dave".into(),
+                msg: json,
+                attempts_made: 2,
             },
         },
         WalRecord::Remove {
@@ -277,6 +285,7 @@ fn wal_logs() -> Seeds {
         "pending-binary",
         "dead",
         "scheduled-user",
+        "mailbox-redelivery",
         "remove",
     ];
     for (name, r) in names.into_iter().zip(&records) {

@@ -930,6 +930,7 @@ fn check_stored(r: &WalRecord) {
     if let WalRecord::Upsert { entry, .. } = r {
         let msg = match entry {
             DurableEntry::Mailbox { msg, .. }
+            | DurableEntry::MailboxRedelivery { msg, .. }
             | DurableEntry::Scheduled { msg, .. }
             | DurableEntry::Pending { msg, .. }
             | DurableEntry::Dead { msg, .. } => msg,

@@ -15,7 +15,7 @@ use crate::routing::envelope::MessageParts;
 use crate::routing::{ConnRef, Target};
 use crate::store::record::{DurableEntry, StoredAckTarget, StoredMsg, StoredTarget, WalRecord};
 use dlq::{DeadLetter, DeadLetterQueue, DeadReason};
-use mailbox::Mailbox;
+use mailbox::{Mailbox, Waiting};
 use timers::{TimerKind, Timers};
 
 /// The reliable-delivery settings.
@@ -263,15 +263,12 @@ impl ReliableState {
         self.log(|_| WalRecord::Remove { key });
     }
 
-    /// Stores a message for an offline user. A message evicted from a full
-    /// mailbox goes to the DLQ (`mailbox_full`) and is returned.
-    pub fn store_offline(
-        &mut self,
-        user: &str,
-        msg: Arc<MessageParts>,
-        now: u64,
-    ) -> Option<DeadLetter> {
-        self.log(|s| s.mailbox_record(user, &msg));
+    /// Stores a message for an offline user (`waiting.attempts_made`: how
+    /// many deliveries of it went unacked before). A message evicted from a
+    /// full mailbox goes to the DLQ (`mailbox_full`) and is returned.
+    pub fn store_offline(&mut self, user: &str, waiting: Waiting, now: u64) -> Option<DeadLetter> {
+        self.log(|s| s.mailbox_record(user, &waiting));
+        let msg = &waiting.msg;
         if let Some(expires) = msg.expires_unix_ms {
             self.timers.insert(
                 expires,
@@ -285,31 +282,44 @@ impl ReliableState {
             .mailboxes
             .entry(user.to_string())
             .or_default()
-            .push(msg, self.config.mailbox_max_msgs)?;
-        self.log_remove(mailbox_key(user, &evicted.id));
+            .push(waiting, self.config.mailbox_max_msgs)?;
+        self.log_remove(mailbox_key(user, &evicted.msg.id));
         let target = Target::User(user.to_string());
-        Some(self.dead_letter(evicted, target, DeadReason::MailboxFull, 0, now))
+        Some(self.dead_letter(
+            evicted.msg,
+            target,
+            DeadReason::MailboxFull,
+            evicted.attempts_made,
+            now,
+        ))
     }
 
     /// Takes a user's mailbox for delivery (priority, then oldest first);
     /// messages whose TTL ran out go to the DLQ instead.
-    pub fn take_mailbox(&mut self, user: &str, now: u64) -> Vec<Arc<MessageParts>> {
+    pub fn take_mailbox(&mut self, user: &str, now: u64) -> Vec<Waiting> {
         let Some(mut mailbox) = self.mailboxes.remove(user) else {
             return Vec::new();
         };
-        let mut deliverable = Vec::new();
-        for msg in mailbox.drain() {
-            self.log_remove(mailbox_key(user, &msg.id));
-            if msg.expires_unix_ms.is_some_and(|t| t <= now) {
+        let taken = mailbox.drain();
+        self.unless_expired(user, taken, now)
+    }
+
+    /// `taken` (just removed from `user`'s mailbox) with their removal
+    /// logged, less those whose TTL ran out: those go to the DLQ.
+    fn unless_expired(&mut self, user: &str, taken: Vec<Waiting>, now: u64) -> Vec<Waiting> {
+        let mut deliverable = Vec::with_capacity(taken.len());
+        for waiting in taken {
+            self.log_remove(mailbox_key(user, &waiting.msg.id));
+            if waiting.msg.expires_unix_ms.is_some_and(|t| t <= now) {
                 self.dead_letter(
-                    msg,
+                    waiting.msg,
                     Target::User(user.to_string()),
                     DeadReason::Expired,
-                    0,
+                    waiting.attempts_made,
                     now,
                 );
             } else {
-                deliverable.push(msg);
+                deliverable.push(waiting);
             }
         }
         deliverable
@@ -323,7 +333,7 @@ impl ReliableState {
         user: &str,
         now: u64,
         max_bytes: usize,
-    ) -> (Vec<Arc<MessageParts>>, bool) {
+    ) -> (Vec<Waiting>, bool) {
         let Some(mailbox) = self.mailboxes.get_mut(user) else {
             return (Vec::new(), false);
         };
@@ -332,22 +342,7 @@ impl ReliableState {
         if !more {
             self.mailboxes.remove(user);
         }
-        let mut deliverable = Vec::with_capacity(batch.len());
-        for msg in batch {
-            self.log_remove(mailbox_key(user, &msg.id));
-            if msg.expires_unix_ms.is_some_and(|t| t <= now) {
-                self.dead_letter(
-                    msg,
-                    Target::User(user.to_string()),
-                    DeadReason::Expired,
-                    0,
-                    now,
-                );
-            } else {
-                deliverable.push(msg);
-            }
-        }
-        (deliverable, more)
+        (self.unless_expired(user, batch, now), more)
     }
 
     /// Every mailbox message of the users `foreign` picks (those homed on
@@ -355,11 +350,11 @@ impl ReliableState {
     pub fn foreign_mailbox_messages(
         &self,
         foreign: impl Fn(&str) -> bool,
-    ) -> Vec<(String, Arc<MessageParts>)> {
+    ) -> Vec<(String, Waiting)> {
         self.mailboxes
             .iter()
             .filter(|(user, _)| foreign(user))
-            .flat_map(|(user, mailbox)| mailbox.iter().map(move |m| (user.clone(), m.clone())))
+            .flat_map(|(user, mailbox)| mailbox.iter().map(move |w| (user.clone(), w.clone())))
             .collect()
     }
 
@@ -519,12 +514,18 @@ impl ReliableState {
                 }
                 TimerKind::MailboxExpiry { user, id } => {
                     let removed = self.mailboxes.get_mut(&user).and_then(|m| m.remove(&id));
-                    if let Some(msg) = removed {
+                    if let Some(waiting) = removed {
                         self.log_remove(mailbox_key(&user, &id));
                         if self.mailboxes.get(&user).is_some_and(Mailbox::is_empty) {
                             self.mailboxes.remove(&user);
                         }
-                        self.dead_letter(msg, Target::User(user), DeadReason::Expired, 0, now);
+                        self.dead_letter(
+                            waiting.msg,
+                            Target::User(user),
+                            DeadReason::Expired,
+                            waiting.attempts_made,
+                            now,
+                        );
                         fired.push(Fired::Expired(id));
                     }
                 }
@@ -596,12 +597,18 @@ impl ReliableState {
         self.log(|s| s.dead_record(letter));
     }
 
-    fn mailbox_record(&self, user: &str, msg: &MessageParts) -> WalRecord {
+    fn mailbox_record(&self, user: &str, waiting: &Waiting) -> WalRecord {
+        let (user, msg) = (user.to_string(), self.stored(&waiting.msg));
         WalRecord::Upsert {
-            key: mailbox_key(user, &msg.id),
-            entry: DurableEntry::Mailbox {
-                user: user.to_string(),
-                msg: self.stored(msg),
+            key: mailbox_key(&user, &waiting.msg.id),
+            // Never delivered: the record format 1 knows too.
+            entry: match waiting.attempts_made {
+                0 => DurableEntry::Mailbox { user, msg },
+                attempts_made => DurableEntry::MailboxRedelivery {
+                    user,
+                    msg,
+                    attempts_made,
+                },
             },
         }
     }
@@ -666,8 +673,8 @@ impl ReliableState {
         let mailboxes = self
             .mailboxes
             .iter()
-            .flat_map(|(user, mailbox)| mailbox.iter().map(move |msg| (user, msg)))
-            .map(|(user, msg)| self.mailbox_record(user, msg));
+            .flat_map(|(user, mailbox)| mailbox.iter().map(move |w| (user, w)))
+            .map(|(user, waiting)| self.mailbox_record(user, waiting));
         let scheduled = self.scheduled.values().map(|s| self.scheduled_record(s));
         let pending = self
             .pending
@@ -693,6 +700,7 @@ impl ReliableState {
         for entry in entries {
             let decoded = match &entry {
                 DurableEntry::Mailbox { msg, .. }
+                | DurableEntry::MailboxRedelivery { msg, .. }
                 | DurableEntry::Scheduled { msg, .. }
                 | DurableEntry::Pending { msg, .. }
                 | DurableEntry::Dead { msg, .. } => msg.to_parts(),
@@ -707,7 +715,14 @@ impl ReliableState {
             };
             match entry {
                 DurableEntry::Mailbox { user, .. } => {
-                    self.store_offline(&user, msg, now);
+                    self.store_offline(&user, Waiting::new(msg), now);
+                }
+                DurableEntry::MailboxRedelivery {
+                    user,
+                    attempts_made,
+                    ..
+                } => {
+                    self.store_offline(&user, Waiting::after(msg, attempts_made), now);
                 }
                 DurableEntry::Scheduled {
                     target,
@@ -725,8 +740,10 @@ impl ReliableState {
                 DurableEntry::Pending {
                     target, attempt, ..
                 } => match target {
+                    // The delivery cut short by the restart counts: the
+                    // next one is attempt `attempt + 1`.
                     StoredAckTarget::User(user) | StoredAckTarget::Member { user, .. } => {
-                        self.store_offline(&user, msg, now);
+                        self.store_offline(&user, Waiting::after(msg, attempt), now);
                     }
                     StoredAckTarget::Anycast(group) => {
                         self.dead_letter(
@@ -887,32 +904,32 @@ mod tests {
     fn mailbox_overflow_and_ttl_go_to_the_dlq() {
         let mut s = ReliableState::new(config());
         for i in 0..4 {
-            s.store_offline("u", msg(&format!("m{i}"), None), i);
+            s.store_offline("u", Waiting::new(msg(&format!("m{i}"), None)), i);
         }
         assert_eq!(s.mailbox_len("u"), 3);
         assert_eq!(
             s.dlq().iter().next().unwrap().reason,
             DeadReason::MailboxFull
         );
-        s.store_offline("v", msg("short", Some(50)), 0);
+        s.store_offline("v", Waiting::new(msg("short", Some(50))), 0);
         let fired = s.pop_due(50);
         assert!(matches!(&fired[..], [Fired::Expired(id)] if id == "short"));
         assert_eq!(s.mailbox_len("v"), 0);
         assert_eq!(s.dlq().len(), 2);
         // Taking a mailbox dead-letters what expired meanwhile.
-        s.store_offline("w", msg("late", Some(10)), 0);
-        s.store_offline("w", msg("fine", None), 0);
+        s.store_offline("w", Waiting::new(msg("late", Some(10))), 0);
+        s.store_offline("w", Waiting::new(msg("fine", None)), 0);
         let got = s.take_mailbox("w", 20);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].id, "fine");
+        assert_eq!(got[0].msg.id, "fine");
     }
 
     #[test]
     fn journal_replays_to_the_same_state() {
         let mut s = ReliableState::new(config());
         s.enable_journal(16);
-        s.store_offline("u", msg("m1", None), 0);
-        s.store_offline("u", msg("m2", None), 0);
+        s.store_offline("u", Waiting::new(msg("m1", None)), 0);
+        s.store_offline("u", Waiting::new(msg("m2", None)), 0);
         s.track(
             key("p1"),
             msg("p1", None),
@@ -943,7 +960,7 @@ mod tests {
         );
         let taken = s.take_mailbox("u", 1);
         assert_eq!(taken.len(), 2);
-        s.store_offline("u", msg("m3", None), 0);
+        s.store_offline("u", Waiting::new(msg("m3", None)), 0);
         let (records, lsn) = s.take_journal();
         assert_eq!(lsn as usize, records.len());
         // Replay: last write per key wins.
@@ -979,6 +996,72 @@ mod tests {
         );
         // The snapshot of the restored state holds exactly its live facts.
         assert_eq!(restored.durable_entries().len(), 1 + 1 + 2);
+    }
+
+    /// A delivery whose ack never came counts, through the mailbox and a
+    /// restart: the next one shows the attempt after it.
+    #[test]
+    fn unacked_deliveries_keep_counting_through_mailbox_and_restart() {
+        let mut s = ReliableState::new(config());
+        s.enable_journal(16);
+        s.track(
+            key("cut"),
+            msg("cut", None),
+            AckTarget::User("v".into()),
+            2,
+            0,
+        );
+        s.store_offline("w", Waiting::after(msg("back", None), 1), 0);
+        s.store_offline("w", Waiting::new(msg("new", None)), 0);
+        let (records, _) = s.take_journal();
+        let mut live: Vec<(String, DurableEntry)> = Vec::new();
+        for r in records {
+            match r {
+                WalRecord::Upsert { key, entry } => {
+                    live.retain(|(k, _)| *k != key);
+                    live.push((key, entry));
+                }
+                WalRecord::Remove { key } => live.retain(|(k, _)| *k != key),
+            }
+        }
+        let kinds: Vec<_> = live
+            .iter()
+            .map(|(_, e)| std::mem::discriminant(e))
+            .collect();
+        assert!(
+            kinds.contains(&std::mem::discriminant(&DurableEntry::MailboxRedelivery {
+                user: String::new(),
+                msg: StoredMsg::from_parts(&msg("x", None), 1024),
+                attempts_made: 0,
+            }))
+        );
+        let mut restored = ReliableState::new(config());
+        let entries = live.into_iter().map(|(_, e)| e).collect();
+        assert_eq!(restored.restore(entries, 100), 0);
+        let next = |s: &mut ReliableState, user: &str| -> Vec<(String, u32)> {
+            s.take_mailbox(user, 100)
+                .into_iter()
+                .map(|w| (w.msg.id.clone(), w.next_attempt()))
+                .collect()
+        };
+        // The snapshot keeps the counts too.
+        let snapshot: Vec<DurableEntry> = restored
+            .durable_entries()
+            .into_iter()
+            .map(|r| match r {
+                WalRecord::Upsert { entry, .. } => entry,
+                WalRecord::Remove { .. } => unreachable!("a snapshot holds live keys"),
+            })
+            .collect();
+        let mut again = ReliableState::new(config());
+        assert_eq!(again.restore(snapshot, 100), 0);
+        for state in [&mut restored, &mut again] {
+            assert_eq!(next(state, "v"), [("cut".to_string(), 3)]);
+            assert_eq!(
+                next(state, "w"),
+                [("back".to_string(), 2), ("new".to_string(), 1)]
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::cluster::scripts::Script;
 use crate::cluster::wire::{self, ClusterMsg, RemoteReply};
 use crate::cluster::{self as redis_keys, RedisAddr};
 use crate::delivery::dlq::DeadReason;
+use crate::delivery::mailbox::Waiting;
 use crate::delivery::{AckTarget, AfterTimeout, PendingAck, PendingKey, StreamRef};
 use crate::protocol::{ErrorCode, StrategyKind};
 use crate::routing::envelope::MessageParts;
@@ -737,8 +738,10 @@ impl ShardState {
             }
             let msgs = self.reliable.borrow_mut().take_mailbox(&user, now);
             moved += msgs.len();
-            for msg in msgs {
-                self.store_in_redis(&user, msg);
+            // (A Redis mailbox entry keeps no attempt count: see
+            // docs/CLUSTER.md.)
+            for waiting in msgs {
+                self.store_in_redis(&user, waiting.msg);
             }
         }
         if moved > 0 {
@@ -953,7 +956,7 @@ impl ShardState {
                     // Kept here until Redis takes it (`migrate_mailboxes`).
                     self.reliable
                         .borrow_mut()
-                        .store_offline(&user, msg, unix_ms());
+                        .store_offline(&user, Waiting::new(msg), unix_ms());
                     self.wake_timers();
                 }
             },

@@ -20,6 +20,7 @@ use crate::conn::commands::{self, Action, CommandContext, Mode};
 use crate::conn::handle::GROUPS_PER_CONNECTION_MAX;
 use crate::conn::outbox::{Lane, OutItem, PushOutcome};
 use crate::conn::ConnHandle;
+use crate::delivery::mailbox::Waiting;
 use crate::delivery::{AckTarget, PendingKey, Scheduled};
 use crate::protocol::{self, CommandError, ErrorCode};
 use crate::routing::{home_shard, ConnRef, Envelope, Target};
@@ -1064,9 +1065,13 @@ impl ShardState {
                 // new message waits its turn behind the stored ones).
                 let draining = self.reliable.borrow().mailbox_len(user) > 0;
                 if draining || parts.is_empty() {
-                    // The mailbox, delivered after the next welcome.
+                    // The mailbox, delivered after the next welcome (a
+                    // redelivery handed over keeps its attempt count).
                     let msg = Arc::new(envelope.parts.clone());
-                    self.reliable.borrow_mut().store_offline(user, msg, now());
+                    let waiting = Waiting::after(msg, envelope.attempt.saturating_sub(1));
+                    self.reliable
+                        .borrow_mut()
+                        .store_offline(user, waiting, now());
                     self.wake_timers();
                     (0, Held::Mailbox)
                 } else {

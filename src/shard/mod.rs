@@ -156,8 +156,7 @@ pub struct ShardState {
     /// Cluster mode: this shard's Redis link and cluster chores.
     cluster: Option<cluster::ClusterShard>,
     /// Restored mailbox messages still to hand to their users' homes.
-    handoffs:
-        RefCell<std::collections::VecDeque<(String, Arc<crate::routing::envelope::MessageParts>)>>,
+    handoffs: RefCell<std::collections::VecDeque<(String, crate::delivery::mailbox::Waiting)>>,
     /// Hand-offs sent and not yet confirmed by the home.
     handoffs_in_flight: Cell<usize>,
     /// Quiet connections resting without a task (`hibernate_after_ms` > 0).

@@ -19,6 +19,7 @@ use super::ShardState;
 /// reply sends the next.
 const HANDOFFS_IN_FLIGHT_MAX: usize = 256;
 use crate::delivery::dlq::DeadReason;
+use crate::delivery::mailbox::Waiting;
 use crate::delivery::{AckTarget, AfterTimeout, Fired, PendingAck, PendingKey};
 use crate::routing::{home_shard, ConnRef, Envelope, Target};
 
@@ -162,11 +163,13 @@ impl ShardState {
                     .user_conns_by_shard(&user, self.shard_count);
                 if by_shard.iter().all(Vec::is_empty) {
                     // The user went offline: back to the mailbox (one kept
-                    // in a Redis Stream is still there).
+                    // in a Redis Stream is still there), its unacked
+                    // deliveries counted.
                     if pending.stream.is_none() {
+                        let waiting = Waiting::after(pending.msg, pending.attempt);
                         self.reliable
                             .borrow_mut()
-                            .store_offline(&user, pending.msg, now);
+                            .store_offline(&user, waiting, now);
                     }
                     return;
                 }
@@ -239,10 +242,12 @@ impl ShardState {
             return;
         }
         let origin = self.origin_here();
-        for msg in msgs {
+        for waiting in msgs {
+            let attempt = waiting.next_attempt();
+            let msg = waiting.msg;
             let envelope = Arc::new(Envelope::new(
                 (*msg).clone(),
-                1,
+                attempt,
                 self.config.compress_min_bytes,
             ));
             if msg.ack {
@@ -251,7 +256,9 @@ impl ShardState {
                     conn: None,
                 };
                 let target = AckTarget::User(user.to_string());
-                self.reliable.borrow_mut().track(key, msg, target, 1, now);
+                self.reliable
+                    .borrow_mut()
+                    .track(key, msg, target, attempt, now);
             }
             self.fan_out_to_one(&envelope, at, None, origin, None);
         }
@@ -307,18 +314,21 @@ impl ShardState {
 
     /// Sends the next queued hand-off, if any.
     pub(super) fn hand_off_next(&self) {
-        let Some((user, msg)) = self.handoffs.borrow_mut().pop_front() else {
+        let Some((user, waiting)) = self.handoffs.borrow_mut().pop_front() else {
             return;
         };
+        let msg = waiting.msg;
         let Some(reply) = self.wait_for_handoff(&user, &msg.id) else {
             // Too many requests pending: it stays here, handed off next start.
             return;
         };
         self.handoffs_in_flight
             .set(self.handoffs_in_flight.get() + 1);
+        // The home keeps the attempt count: it stores the message as
+        // delivered `attempt - 1` times.
         let envelope = Arc::new(Envelope::new(
             (*msg).clone(),
-            1,
+            waiting.attempts_made.saturating_add(1),
             self.config.compress_min_bytes,
         ));
         self.to_shard(

@@ -10,8 +10,13 @@ use std::path::{Path, PathBuf};
 
 use record::{DurableEntry, LogError, WalRecord};
 
-/// The format of a data directory, written to `meta.json`.
-pub const DATA_FORMAT: u64 = 1;
+/// The format of a data directory, written to `meta.json`. 2 added the
+/// `MailboxRedelivery` record; a format-1 directory is read as it is and
+/// marked 2 when opened, so an older ws-uring refuses it by its meta.json
+/// rather than at a record it cannot decode.
+pub const DATA_FORMAT: u64 = 2;
+/// The oldest format this version reads.
+pub const DATA_FORMAT_OLDEST: u64 = 1;
 /// A log is compacted once it is past this size…
 pub const COMPACT_MIN_BYTES: u64 = 16 << 20;
 /// …and this many times the size of its last snapshot.
@@ -95,11 +100,28 @@ pub fn prepare_data_dir(dir: &Path, shards: usize) -> Result<(), StoreError> {
                     dir: dir.to_path_buf(),
                     reason: e.to_string(),
                 })?;
-            if meta["format"].as_u64() != Some(DATA_FORMAT) {
-                return Err(StoreError::BadMeta {
-                    dir: dir.to_path_buf(),
-                    reason: format!("format {} is not {DATA_FORMAT}", meta["format"]),
-                });
+            let format = meta["format"].as_u64();
+            match format {
+                Some(f) if (DATA_FORMAT_OLDEST..=DATA_FORMAT).contains(&f) => {}
+                Some(f) if f > DATA_FORMAT => {
+                    return Err(StoreError::BadMeta {
+                        dir: dir.to_path_buf(),
+                        reason: format!(
+                            "format {f} is newer than this version reads \
+                             ({DATA_FORMAT_OLDEST} to {DATA_FORMAT}): run the ws-uring that wrote it, \
+                             or a newer one"
+                        ),
+                    })
+                }
+                _ => {
+                    return Err(StoreError::BadMeta {
+                        dir: dir.to_path_buf(),
+                        reason: format!(
+                            "format {} is not one this version reads ({DATA_FORMAT_OLDEST} to {DATA_FORMAT})",
+                            meta["format"]
+                        ),
+                    })
+                }
             }
             let found = meta["shards"].as_u64().unwrap_or(0);
             if found != shards as u64 {
@@ -108,6 +130,14 @@ pub fn prepare_data_dir(dir: &Path, shards: usize) -> Result<(), StoreError> {
                     found,
                     configured: shards,
                 });
+            }
+            if format != Some(DATA_FORMAT) {
+                log::info!(
+                    "data directory {}: format {} marked {DATA_FORMAT} (its logs are read as they are)",
+                    dir.display(),
+                    meta["format"]
+                );
+                write_meta(dir, shards).map_err(io)?;
             }
             Ok(())
         }
@@ -124,14 +154,20 @@ pub fn prepare_data_dir(dir: &Path, shards: usize) -> Result<(), StoreError> {
                     });
                 }
             }
-            let meta = serde_json::json!({"format": DATA_FORMAT, "shards": shards});
-            let tmp = dir.join("meta.json.tmp");
-            std::fs::write(&tmp, meta.to_string()).map_err(io)?;
-            std::fs::rename(&tmp, &meta_path).map_err(io)?;
-            sync_dir(dir).map_err(io)
+            write_meta(dir, shards).map_err(io)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `meta.json` (this format, `shards`) atomically: a crash leaves
+/// the old one or the new one.
+fn write_meta(dir: &Path, shards: usize) -> std::io::Result<()> {
+    let meta = serde_json::json!({"format": DATA_FORMAT, "shards": shards});
+    let tmp = dir.join("meta.json.tmp");
+    std::fs::write(&tmp, meta.to_string())?;
+    std::fs::rename(&tmp, dir.join("meta.json"))?;
+    sync_dir(dir)
 }
 
 /// The highest shard number with a non-empty log (`shard-N.wal`) in `dir`.
@@ -284,6 +320,25 @@ mod tests {
         let file = dir.join("meta.json");
         let refused = prepare_data_dir(&file, 2).unwrap_err().to_string();
         assert!(refused.ends_with("is not a directory"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_directory_is_marked_2_and_a_newer_one_refused() {
+        let dir = temp_dir("format");
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = dir.join("meta.json");
+        std::fs::write(&meta, r#"{"format":1,"shards":2}"#).unwrap();
+        prepare_data_dir(&dir, 2).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+        assert_eq!(written, serde_json::json!({"format": 2, "shards": 2}));
+        std::fs::write(&meta, r#"{"format":3,"shards":2}"#).unwrap();
+        let err = prepare_data_dir(&dir, 2).unwrap_err().to_string();
+        assert!(err.contains("format 3 is newer"), "{err}");
+        std::fs::write(&meta, r#"{"format":"x","shards":2}"#).unwrap();
+        let err = prepare_data_dir(&dir, 2).unwrap_err().to_string();
+        assert!(err.contains("1 to 2"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -79,6 +79,15 @@ pub enum DurableEntry {
         attempts: u32,
         seq: u64,
     },
+    /// Waiting in `user`'s mailbox after `attempts_made` deliveries whose
+    /// acks never came (data format 2; a never-delivered message is still
+    /// a `Mailbox` record). Added last: the variants before it, and so the
+    /// records format 1 wrote, keep their encoding.
+    MailboxRedelivery {
+        user: String,
+        msg: StoredMsg,
+        attempts_made: u32,
+    },
 }
 
 /// One log record. (Records are short-lived and built one at a time, so
