@@ -124,6 +124,12 @@ impl Server {
         });
         let (listeners, local_addr) = bind_listeners(config.bind_addr(), shards)?;
 
+        // A write past the file-size limit (`ulimit -f`) must fail with
+        // EFBIG, which the log writer handles like a full disk, rather than
+        // kill the process (SIGXFSZ's default).
+        // SAFETY: SIG_IGN installs no handler code; done before the shards
+        // start.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
         let shutdown_flag = Arc::new(AtomicBool::new(false));
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             // A second signal while shutting down exits at once.

@@ -164,3 +164,129 @@ fn acknowledged_messages_survive_kill_9() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sets the server's file-size limit (`RLIMIT_FSIZE`, soft; hard
+/// unlimited): log writes past it fail with EFBIG, as on a full disk.
+fn limit_file_size(server: &TestServer, bytes: libc::rlim_t) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid struct and no old
+    // value asked for.
+    let rc = unsafe {
+        libc::prlimit(
+            server.child.id() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The answer to command `reference`, or `None` if none comes within
+/// `within`.
+fn answer_within(ws: &mut Client, within: Duration) -> Option<Value> {
+    ws.get_mut().set_read_timeout(Some(within)).unwrap();
+    let answer = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["op"] == "ok" || v["op"] == "error" {
+                    break Some(v);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+    answer
+}
+
+/// A log that cannot be written (here: past the file-size limit; a full
+/// disk fails the same way): the command caught in the failing write waits
+/// for it, later commands that must be stored are refused with a clear
+/// error, `/health` says degraded; once the log can be written again the
+/// waiting one is answered `ok`, and after a `kill -9` exactly the
+/// messages answered `ok` are there.
+#[test]
+fn a_log_that_cannot_be_written_refuses_stored_commands_and_loses_nothing() {
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = ["--shards", "1", "--fsync", "always", "--data-dir", &dir_arg];
+    let server = TestServer::start(&args);
+    let (mut alice, _) = connect_welcomed(&server.url("?user=alice"));
+    limit_file_size(&server, 64 * 1024);
+    let padding = "x".repeat(1000);
+    let mut stored = Vec::new();
+    let mut waiting = None;
+    let mut refused = None;
+    for n in 0..200u64 {
+        let cmd = json!({"op":"send","to":"bob","data":{"n":n,"pad":padding},"ref":n});
+        alice.send(Message::text(cmd.to_string())).unwrap();
+        match answer_within(&mut alice, Duration::from_millis(1000)) {
+            Some(ok) if ok["op"] == "ok" => {
+                assert_eq!((&ok["ref"], &ok["held"]), (&json!(n), &json!("mailbox")));
+                stored.push(n);
+            }
+            Some(error) => {
+                assert_eq!(
+                    (&error["ref"], &error["code"]),
+                    (&json!(n), &json!("overloaded"))
+                );
+                let reason = error["reason"].as_str().unwrap();
+                assert!(
+                    reason.contains("must be stored") && reason.contains("File too large"),
+                    "{reason}"
+                );
+                refused = Some(n);
+                break;
+            }
+            None => {
+                assert!(
+                    waiting.is_none(),
+                    "only the command caught in the write waits"
+                );
+                waiting = Some(n);
+            }
+        }
+    }
+    let (waiting, refused) = (waiting.expect("a write failed"), refused.expect("refused"));
+    assert!(stored.len() > 10, "the log took messages before the limit");
+    let (status, text) = http_get(server.port, "/health");
+    assert_eq!(status, 503, "{text}");
+    let health = body_json(&text);
+    assert_eq!(
+        (&health["status"], &health["logs_failing"]),
+        (&json!("degraded"), &json!(1))
+    );
+
+    // Room again: the waiting command is written and answered.
+    limit_file_size(&server, libc::RLIM_INFINITY);
+    let ok = answer_within(&mut alice, Duration::from_secs(3)).expect("answered once written");
+    assert_eq!((&ok["op"], &ok["ref"]), (&json!("ok"), &json!(waiting)));
+    stored.push(waiting);
+    let (status, text) = http_get(server.port, "/health");
+    assert_eq!(status, 200, "{text}");
+    let last = json!({"op":"send","to":"bob","data":{"n":1000,"pad":padding},"ref":1000});
+    alice.send(Message::text(last.to_string())).unwrap();
+    let ok = answer_within(&mut alice, Duration::from_secs(3)).unwrap();
+    assert_eq!((&ok["op"], &ok["ref"]), (&json!("ok"), &json!(1000)));
+    stored.push(1000);
+    server.signal(libc::SIGKILL);
+    drop((alice, server));
+
+    // After a kill -9: the log reads back whole (the failed writes left
+    // nothing behind), with every message answered `ok`, and only those.
+    let server = TestServer::start(&args);
+    let (mut bob, _) = connect_welcomed(&server.url("?user=bob"));
+    let got: Vec<u64> = collect_msgs(&mut bob, Duration::from_millis(500))
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, stored, "refused: {refused}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1086,6 +1086,7 @@ impl ShardState {
                             stream_entry,
                             strategy: wire::strategy_of(strategy),
                         }),
+                        from_client: false,
                     },
                 );
             }

@@ -113,6 +113,11 @@ pub enum MeshMsg {
         /// delivered to this node's recipients only; `None`: routed
         /// cluster-wide from here.
         arrived: Option<Arrived>,
+        /// A client's command (WebSocket or `/api`), refused while the
+        /// home's log cannot be written if it would be stored; false for
+        /// what the server moves itself (DLQ replays, hand-offs, other
+        /// nodes' envelopes), which memory keeps until the log takes it.
+        from_client: bool,
     },
     /// Cluster mode: tell Redis again which users and groups this shard
     /// has (Redis came back, or the node's subscription did).
@@ -208,6 +213,8 @@ pub struct NodeHealth {
 pub struct ShardHealth {
     pub connections: u64,
     pub stale_closed: u64,
+    /// Shards whose log cannot be written now (0 or 1 for one shard).
+    pub logs_failing: u64,
 }
 
 impl ShardHealth {
@@ -215,6 +222,7 @@ impl ShardHealth {
     pub fn add(&mut self, other: &ShardHealth) {
         self.connections += other.connections;
         self.stale_closed += other.stale_closed;
+        self.logs_failing += other.logs_failing;
     }
 }
 
@@ -229,10 +237,10 @@ pub struct ClusterHealth {
 }
 
 impl ClusterHealth {
-    /// The status word and HTTP status: `ok`/200 when every shard answered,
-    /// `degraded`/503 otherwise.
+    /// The status word and HTTP status: `ok`/200 when every shard answered
+    /// and every log can be written, `degraded`/503 otherwise.
     pub fn status(&self) -> (&'static str, u16) {
-        if self.shards_answered == self.shards {
+        if self.shards_answered == self.shards && self.health.logs_failing == 0 {
             ("ok", 200)
         } else {
             ("degraded", 503)
@@ -248,6 +256,7 @@ impl ClusterHealth {
             "uptime_s": uptime_s,
             "shards_answered": self.shards_answered,
             "stale_closed": self.health.stale_closed,
+            "logs_failing": self.health.logs_failing,
         });
         if let Some(node) = &self.node {
             body["node"] = serde_json::json!(node.node);
@@ -266,10 +275,12 @@ mod tests {
         let mut h = ShardHealth {
             connections: 2,
             stale_closed: 1,
+            logs_failing: 0,
         };
         h.add(&ShardHealth {
             connections: 3,
             stale_closed: 0,
+            logs_failing: 0,
         });
         let full = ClusterHealth {
             shards: 2,
@@ -283,6 +294,15 @@ mod tests {
         assert_eq!(v["shards"], 2);
         assert_eq!(v["uptime_s"], 7);
         assert_eq!(v.get("redis"), None, "single node: no cluster fields");
+        assert_eq!(v["logs_failing"], 0);
+        let log_failing = ClusterHealth {
+            health: ShardHealth {
+                logs_failing: 1,
+                ..h
+            },
+            ..full.clone()
+        };
+        assert_eq!(log_failing.status(), ("degraded", 503));
         let partial = ClusterHealth {
             shards_answered: 1,
             ..full

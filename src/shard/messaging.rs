@@ -353,6 +353,7 @@ impl ShardState {
                 reply,
                 deliver_at_unix_ms,
                 arrived: None,
+                from_client: true,
             },
         );
         Ok(())
@@ -763,20 +764,29 @@ impl ShardState {
                 reply,
                 deliver_at_unix_ms,
                 arrived,
-            } => match deliver_at_unix_ms {
-                Some(due) if due > unix_ms() => {
-                    let lsn_before = self.reliable.borrow().journal_lsn();
-                    self.reliable.borrow_mut().schedule(Scheduled {
-                        target,
-                        msg: Arc::new(envelope.parts.clone()),
-                        origin,
-                        due_unix_ms: due,
-                    });
-                    self.wake_timers();
-                    self.routed(lsn_before, reply, 0, Held::Scheduled);
+                from_client,
+            } => {
+                let refusal = from_client
+                    .then(|| self.refusal_while_log_fails(&target, &envelope, deliver_at_unix_ms))
+                    .flatten();
+                if let Some(refusal) = refusal {
+                    return self.answer(reply, origin, Err(refusal));
                 }
-                _ => self.route_from(target, envelope, origin, reply, arrived),
-            },
+                match deliver_at_unix_ms {
+                    Some(due) if due > unix_ms() => {
+                        let lsn_before = self.reliable.borrow().journal_lsn();
+                        self.reliable.borrow_mut().schedule(Scheduled {
+                            target,
+                            msg: Arc::new(envelope.parts.clone()),
+                            origin,
+                            due_unix_ms: due,
+                        });
+                        self.wake_timers();
+                        self.routed(lsn_before, reply, 0, Held::Scheduled);
+                    }
+                    _ => self.route_from(target, envelope, origin, reply, arrived),
+                }
+            }
             MeshMsg::Deliver {
                 envelope,
                 conns,

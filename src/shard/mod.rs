@@ -152,6 +152,9 @@ pub struct ShardState {
     wal_waker: Cell<Option<Waker>>,
     wal_closing: Cell<bool>,
     wal_done: Cell<bool>,
+    /// Set while the log cannot be written (disk full, I/O error): new
+    /// commands that would be stored are refused meanwhile.
+    wal_failure: RefCell<Option<persistence::WalFailure>>,
     health_waiters: Waiters<ShardHealth>,
     /// Cluster mode: this shard's Redis link and cluster chores.
     cluster: Option<cluster::ClusterShard>,
@@ -254,6 +257,7 @@ impl ShardState {
             wal_waker: Cell::new(None),
             wal_closing: Cell::new(false),
             wal_done: Cell::new(true),
+            wal_failure: RefCell::new(None),
             health_waiters: RefCell::new(HashMap::new()),
             cluster: start.cluster.clone().map(cluster::ClusterShard::new),
             handoffs: RefCell::new(std::collections::VecDeque::new()),
@@ -377,6 +381,7 @@ impl ShardState {
         ShardHealth {
             connections: self.connection_count() as u64,
             stale_closed: self.counters.stale_closed.get(),
+            logs_failing: u64::from(self.log_failing()),
         }
     }
 

@@ -12,13 +12,26 @@ use futures_lite::future;
 use glommio::io::{BufferedFile, OpenOptions};
 use glommio::timer::Timer;
 
-use super::mesh::MeshMsg;
-use super::messaging::unix_ms;
+use super::mesh::{Failure, MeshMsg};
+use super::messaging::{failure, unix_ms};
 use super::ShardState;
+use crate::protocol::ErrorCode;
+use crate::routing::{Envelope, Target};
 use crate::store::{self, record, FsyncMode, COMPACT_GROWTH_FACTOR, COMPACT_MIN_BYTES};
 
 /// Back-off after a failed log write before trying again.
 const WRITE_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// While log writes keep failing, how often the error is logged again.
+const WRITE_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A log that cannot be written now: since when, why, how often tried.
+#[derive(Debug)]
+pub(super) struct WalFailure {
+    since: Instant,
+    reason: String,
+    attempts: u64,
+    logged_at: Instant,
+}
 
 /// The open log of a shard.
 pub(super) struct WalFile {
@@ -239,16 +252,100 @@ impl ShardState {
             match result {
                 Ok(()) => break,
                 Err(e) => {
-                    log::error!(
-                        "shard {}: log write failed ({e}); answers wait, retrying",
-                        self.id
-                    );
+                    self.log_write_failed(&wal.path, std::io::Error::from(e).to_string());
                     Timer::new(WRITE_RETRY_DELAY).await;
                 }
             }
         }
+        if let Some(failure) = self.wal_failure.borrow_mut().take() {
+            log::warn!(
+                "shard {}: log written again after {:.1} s ({} failed attempts); commands are stored again",
+                self.id,
+                failure.since.elapsed().as_secs_f64(),
+                failure.attempts
+            );
+        }
         wal.pos += len;
         self.release_durable(lsn);
+    }
+
+    /// Notes a failed log write: logged at once, then at most every
+    /// `WRITE_FAILURE_LOG_INTERVAL` while it lasts.
+    fn log_write_failed(&self, path: &std::path::Path, reason: String) {
+        let mut failure = self.wal_failure.borrow_mut();
+        let now = Instant::now();
+        match failure.as_mut() {
+            None => {
+                log::error!(
+                    "shard {}: writing {} failed ({reason}); commands that must be stored are \
+                     refused until it succeeds, answers already promised wait; retrying every {} ms",
+                    self.id,
+                    path.display(),
+                    WRITE_RETRY_DELAY.as_millis()
+                );
+                *failure = Some(WalFailure {
+                    since: now,
+                    reason,
+                    attempts: 1,
+                    logged_at: now,
+                });
+            }
+            Some(f) => {
+                f.attempts += 1;
+                if now.duration_since(f.logged_at) >= WRITE_FAILURE_LOG_INTERVAL {
+                    log::error!(
+                        "shard {}: writing {} still fails after {:.0} s ({} attempts): {reason}",
+                        self.id,
+                        path.display(),
+                        f.since.elapsed().as_secs_f64(),
+                        f.attempts
+                    );
+                    f.logged_at = now;
+                }
+                f.reason = reason;
+            }
+        }
+    }
+
+    /// Whether this shard's log is failing now.
+    pub(super) fn log_failing(&self) -> bool {
+        self.wal_failure.borrow().is_some()
+    }
+
+    /// The answer for a client's command that this shard would store (a
+    /// schedule, an `ack:true` delivery, a mailbox message) while its log
+    /// cannot be written: refused, rather than promised with only memory
+    /// holding it. `None` when the log is fine or nothing would be stored.
+    pub(super) fn refusal_while_log_fails(
+        &self,
+        target: &Target,
+        envelope: &Envelope,
+        deliver_at_unix_ms: Option<u64>,
+    ) -> Option<Failure> {
+        let failing = self.wal_failure.borrow();
+        let f = failing.as_ref()?;
+        let scheduled = deliver_at_unix_ms.is_some_and(|due| due > unix_ms());
+        // As `route_from` decides: offline, or a mailbox still draining.
+        // (In cluster mode mailboxes are Redis Streams, not this log.)
+        let to_mailbox = || {
+            self.cluster.is_none()
+                && matches!(target, Target::User(user)
+                    if self.reliable.borrow().mailbox_len(user) > 0
+                        || self.directory.borrow().user_parts(user).is_empty())
+        };
+        if !(scheduled || envelope.ack() || to_mailbox()) {
+            return None;
+        }
+        Some(failure(
+            ErrorCode::Overloaded,
+            format!(
+                "not sent: this message must be stored, and the server's log (shard {}) has \
+                 failed to write for {:.0} s ({}); try again later",
+                self.id,
+                f.since.elapsed().as_secs_f64(),
+                f.reason
+            ),
+        ))
     }
 
     /// At shutdown: write what is left and stop the writer.

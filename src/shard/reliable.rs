@@ -339,6 +339,7 @@ impl ShardState {
                 origin: self.origin_here(),
                 reply: Some(reply),
                 deliver_at_unix_ms: None,
+                from_client: false,
                 arrived: None,
             },
         );
@@ -426,6 +427,7 @@ impl ShardState {
                     origin,
                     reply: None,
                     deliver_at_unix_ms: None,
+                    from_client: false,
                     arrived: None,
                 },
             );
