@@ -241,6 +241,10 @@ fn a_log_that_cannot_be_written_refuses_stored_commands_and_loses_nothing() {
                     reason.contains("must be stored") && reason.contains("File too large"),
                     "{reason}"
                 );
+                assert!(
+                    !reason.contains(".wal"),
+                    "no server paths to clients: {reason}"
+                );
                 refused = Some(n);
                 break;
             }

@@ -252,7 +252,7 @@ impl ShardState {
             match result {
                 Ok(()) => break,
                 Err(e) => {
-                    self.log_write_failed(&wal.path, std::io::Error::from(e).to_string());
+                    self.log_write_failed(&wal.path, e);
                     Timer::new(WRITE_RETRY_DELAY).await;
                 }
             }
@@ -271,13 +271,20 @@ impl ShardState {
 
     /// Notes a failed log write: logged at once, then at most every
     /// `WRITE_FAILURE_LOG_INTERVAL` while it lasts.
-    fn log_write_failed(&self, path: &std::path::Path, reason: String) {
+    fn log_write_failed(&self, path: &std::path::Path, error: glommio::GlommioError<()>) {
+        // Clients are told the OS error only ("No space left on device
+        // (os error 28)"), not glommio's description with the file's path.
+        let reason = match &error {
+            glommio::GlommioError::EnhancedIoError { source, .. }
+            | glommio::GlommioError::IoError(source) => source.to_string(),
+            other => other.to_string(),
+        };
         let mut failure = self.wal_failure.borrow_mut();
         let now = Instant::now();
         match failure.as_mut() {
             None => {
                 log::error!(
-                    "shard {}: writing {} failed ({reason}); commands that must be stored are \
+                    "shard {}: writing {} failed ({error}); commands that must be stored are \
                      refused until it succeeds, answers already promised wait; retrying every {} ms",
                     self.id,
                     path.display(),
