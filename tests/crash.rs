@@ -218,6 +218,7 @@ fn a_log_that_cannot_be_written_refuses_stored_commands_and_loses_nothing() {
     let args = ["--shards", "1", "--fsync", "always", "--data-dir", &dir_arg];
     let server = TestServer::start(&args);
     let (mut alice, _) = connect_welcomed(&server.url("?user=alice"));
+    let (mut carol, _) = connect_welcomed(&server.url("?user=carol"));
     limit_file_size(&server, 64 * 1024);
     let padding = "x".repeat(1000);
     let mut stored = Vec::new();
@@ -266,6 +267,31 @@ fn a_log_that_cannot_be_written_refuses_stored_commands_and_loses_nothing() {
         (&health["status"], &health["logs_failing"]),
         (&json!("degraded"), &json!(1))
     );
+    // What needs no storage still flows; what would be stored is refused.
+    let answer = |ws: &mut Client, cmd: Value| {
+        ws.send(Message::text(cmd.to_string())).unwrap();
+        answer_within(ws, Duration::from_secs(2)).expect("answered")
+    };
+    let plain = answer(
+        &mut alice,
+        json!({"op":"send","to":"carol","data":"live","ref":"plain"}),
+    );
+    assert_eq!(
+        (&plain["op"], &plain["delivered"]),
+        (&json!("ok"), &json!(1)),
+        "{plain}"
+    );
+    assert_eq!(
+        collect_msgs(&mut carol, Duration::from_millis(300)).len(),
+        1
+    );
+    for cmd in [
+        json!({"op":"send","to":"carol","data":"acked","ack":true,"ref":"acked"}),
+        json!({"op":"send","to":"carol","data":"later","delay_ms":1000,"ref":"later"}),
+    ] {
+        let refused = answer(&mut alice, cmd);
+        assert_eq!(refused["code"], "overloaded", "{refused}");
+    }
 
     // Room again: the waiting command is written and answered.
     limit_file_size(&server, libc::RLIM_INFINITY);
@@ -291,6 +317,61 @@ fn a_log_that_cannot_be_written_refuses_stored_commands_and_loses_nothing() {
         .map(|m| m["data"]["n"].as_u64().unwrap())
         .collect();
     assert_eq!(got, stored, "refused: {refused}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A log that grew into the file-size limit with messages since removed:
+/// while appends fail, a snapshot of the live state (small again once bob
+/// took his mailbox from memory) is written in its place, and the shard
+/// goes on without anyone raising the limit.
+#[test]
+fn a_log_at_the_file_size_limit_compacts_itself_to_make_room() {
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = ["--shards", "1", "--fsync", "always", "--data-dir", &dir_arg];
+    let server = TestServer::start(&args);
+    let (mut alice, _) = connect_welcomed(&server.url("?user=alice"));
+    limit_file_size(&server, 64 * 1024);
+    let padding = "x".repeat(1000);
+    let mut waiting = None;
+    for n in 0..200u64 {
+        let cmd = json!({"op":"send","to":"bob","data":{"n":n,"pad":padding},"ref":n});
+        alice.send(Message::text(cmd.to_string())).unwrap();
+        match answer_within(&mut alice, Duration::from_millis(1000)) {
+            Some(ok) => assert_eq!((&ok["op"], &ok["ref"]), (&json!("ok"), &json!(n))),
+            None => {
+                waiting = Some(n);
+                break;
+            }
+        }
+    }
+    let waiting = waiting.expect("a write failed");
+    // Bob takes his mailbox from memory, the waiting message included.
+    let (mut bob, _) = connect_welcomed(&server.url("?user=bob"));
+    let got = collect_msgs(&mut bob, Duration::from_millis(500));
+    assert_eq!(got.len() as u64, waiting + 1);
+    // Within the snapshot interval (5 s), with the limit unchanged.
+    let ok = answer_within(&mut alice, Duration::from_secs(8)).expect("answered once compacted");
+    assert_eq!((&ok["op"], &ok["ref"]), (&json!("ok"), &json!(waiting)));
+    let (status, text) = http_get(server.port, "/health");
+    assert_eq!(status, 200, "{text}");
+    let log_bytes = std::fs::metadata(dir.join("shard-0.wal")).unwrap().len();
+    assert!(log_bytes < 16 * 1024, "compacted: {log_bytes} bytes");
+    let cmd = json!({"op":"send","to":"dave","data":"after","ref":"after"});
+    alice.send(Message::text(cmd.to_string())).unwrap();
+    let ok = answer_within(&mut alice, Duration::from_secs(3)).unwrap();
+    assert_eq!((&ok["op"], &ok["held"]), (&json!("ok"), &json!("mailbox")));
+    server.signal(libc::SIGKILL);
+    drop((alice, bob, server));
+
+    let server = TestServer::start(&args);
+    let (mut bob, _) = connect_welcomed(&server.url("?user=bob"));
+    assert!(collect_msgs(&mut bob, Duration::from_millis(300)).is_empty());
+    let (mut dave, _) = connect_welcomed(&server.url("?user=dave"));
+    let got = collect_msgs(&mut dave, Duration::from_millis(300));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["data"], "after");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

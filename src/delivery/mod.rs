@@ -741,7 +741,19 @@ impl ReliableState {
                     target, attempt, ..
                 } => match target {
                     // The delivery cut short by the restart counts: the
-                    // next one is attempt `attempt + 1`.
+                    // next one is attempt `attempt + 1`, unless that was
+                    // the last (then the DLQ, as its timeout would have).
+                    StoredAckTarget::User(user) | StoredAckTarget::Member { user, .. }
+                        if attempt >= self.config.max_attempts() =>
+                    {
+                        self.dead_letter(
+                            msg,
+                            Target::User(user),
+                            DeadReason::AckTimeout,
+                            attempt,
+                            now,
+                        );
+                    }
                     StoredAckTarget::User(user) | StoredAckTarget::Member { user, .. } => {
                         self.store_offline(&user, Waiting::after(msg, attempt), now);
                     }
@@ -1011,6 +1023,14 @@ mod tests {
             2,
             0,
         );
+        // Its last attempt (max_retries 2: 3 in all) cut short: the DLQ.
+        s.track(
+            key("last"),
+            msg("last", None),
+            AckTarget::User("v".into()),
+            3,
+            0,
+        );
         s.store_offline("w", Waiting::after(msg("back", None), 1), 0);
         s.store_offline("w", Waiting::new(msg("new", None)), 0);
         let (records, _) = s.take_journal();
@@ -1055,6 +1075,12 @@ mod tests {
             .collect();
         let mut again = ReliableState::new(config());
         assert_eq!(again.restore(snapshot, 100), 0);
+        let dead: Vec<_> = restored
+            .dlq()
+            .iter()
+            .map(|d| (d.msg.id.as_str(), d.reason, d.attempts))
+            .collect();
+        assert_eq!(dead, [("last", DeadReason::AckTimeout, 3)]);
         for state in [&mut restored, &mut again] {
             assert_eq!(next(state, "v"), [("cut".to_string(), 3)]);
             assert_eq!(

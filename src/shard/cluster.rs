@@ -8,7 +8,7 @@
 //! home keeps the group's per-node summary and routes publishes and
 //! anycasts cluster-wide. Shard 0 also keeps the node's registry key and
 //! its subscription to `wsu:node:<id>`, and hands what other nodes publish
-//! to the home shards as `MeshMsg::Route { arrived: Some(..) }`.
+//! to the home shards as `MeshMsg::Route { source: RouteSource::Node(..) }`.
 //!
 //! Every command is queued with a continuation (`Then`) that runs when its
 //! reply comes back, or at once with an error while Redis is unreachable:
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use glommio::timer::Timer;
 use redis_protocol::resp2::types::BytesFrame;
 
-use super::mesh::{Arrived, Held, MeshMsg, ReplyTo};
+use super::mesh::{Arrived, Held, MeshMsg, ReplyTo, RouteSource};
 use super::messaging::{failure, unix_ms, API_CONN};
 use super::ShardState;
 use crate::cluster::link::{self, reply, Link, LinkError, LinkEvents, SubscriberEvents};
@@ -1082,11 +1082,10 @@ impl ShardState {
                         },
                         reply: local_reply,
                         deliver_at_unix_ms: None,
-                        arrived: Some(Arrived {
+                        source: RouteSource::Node(Arrived {
                             stream_entry,
                             strategy: wire::strategy_of(strategy),
                         }),
-                        from_client: false,
                     },
                 );
             }

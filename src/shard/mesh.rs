@@ -109,15 +109,7 @@ pub enum MeshMsg {
         origin: ConnRef,
         reply: Option<ReplyTo>,
         deliver_at_unix_ms: Option<u64>,
-        /// Cluster mode: `Some` when another node sent it here, to be
-        /// delivered to this node's recipients only; `None`: routed
-        /// cluster-wide from here.
-        arrived: Option<Arrived>,
-        /// A client's command (WebSocket or `/api`), refused while the
-        /// home's log cannot be written if it would be stored; false for
-        /// what the server moves itself (DLQ replays, hand-offs, other
-        /// nodes' envelopes), which memory keeps until the log takes it.
-        from_client: bool,
+        source: RouteSource,
     },
     /// Cluster mode: tell Redis again which users and groups this shard
     /// has (Redis came back, or the node's subscription did).
@@ -190,6 +182,21 @@ pub enum MeshMsg {
     Failed { origin: ConnRef, failure: Failure },
     /// To a group's home: `n` anycasts to `conn` left its outbox.
     AnycastDone { group: Arc<str>, conn: u64, n: u64 },
+}
+
+/// Where a routed message comes from. (One field: `Client` and `Server`
+/// take spare values of `Arrived`, so `MeshMsg` stays 128 bytes.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSource {
+    /// A client's command (WebSocket or `/api`): refused while the home's
+    /// log cannot be written if it would be stored there.
+    Client,
+    /// Moved by the server itself (DLQ replays, hand-offs between shards):
+    /// never refused; memory keeps it until the log takes it.
+    Server,
+    /// Cluster mode: another node sent it here, to be delivered to this
+    /// node's recipients only (the others route cluster-wide from here).
+    Node(Arrived),
 }
 
 /// A message another node routed here (cluster mode).
@@ -269,6 +276,13 @@ impl ClusterHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every message on the mesh is a `MeshMsg` moved by value: keep it
+    /// small (a `bool` beside `Route`'s fields made it 136).
+    #[test]
+    fn a_mesh_message_stays_128_bytes() {
+        assert!(std::mem::size_of::<MeshMsg>() <= 128);
+    }
 
     #[test]
     fn health_sums_and_degrades() {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use glommio::channels::local_channel::LocalSender;
 use tungstenite::Message;
 
-use super::mesh::{Arrived, Failure, Held, MeshMsg, ReplyTo};
+use super::mesh::{Arrived, Failure, Held, MeshMsg, ReplyTo, RouteSource};
 use super::ShardState;
 use crate::cluster::wire::RemoteReply;
 use crate::conn::commands::{self, Action, CommandContext, Mode};
@@ -352,8 +352,7 @@ impl ShardState {
                 origin,
                 reply,
                 deliver_at_unix_ms,
-                arrived: None,
-                from_client: true,
+                source: RouteSource::Client,
             },
         );
         Ok(())
@@ -763,15 +762,19 @@ impl ShardState {
                 origin,
                 reply,
                 deliver_at_unix_ms,
-                arrived,
-                from_client,
+                source,
             } => {
-                let refusal = from_client
-                    .then(|| self.refusal_while_log_fails(&target, &envelope, deliver_at_unix_ms))
-                    .flatten();
-                if let Some(refusal) = refusal {
-                    return self.answer(reply, origin, Err(refusal));
+                if matches!(source, RouteSource::Client) {
+                    let refusal =
+                        self.refusal_while_log_fails(&target, &envelope, deliver_at_unix_ms);
+                    if let Some(refusal) = refusal {
+                        return self.answer(reply, origin, Err(refusal));
+                    }
                 }
+                let arrived = match source {
+                    RouteSource::Node(arrived) => Some(arrived),
+                    RouteSource::Client | RouteSource::Server => None,
+                };
                 match deliver_at_unix_ms {
                     Some(due) if due > unix_ms() => {
                         let lsn_before = self.reliable.borrow().journal_lsn();
@@ -1035,11 +1038,12 @@ impl ShardState {
         if envelope.parts.expires_unix_ms.is_some_and(|t| t <= now()) {
             let msg = Arc::new(envelope.parts.clone());
             let mut reliable = self.reliable.borrow_mut();
+            // (A hand-off's envelope carries the attempts made so far.)
             reliable.dead_letter(
                 msg,
                 target,
                 crate::delivery::dlq::DeadReason::Expired,
-                0,
+                envelope.attempt.saturating_sub(1),
                 now(),
             );
             drop(reliable);

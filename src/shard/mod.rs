@@ -155,6 +155,8 @@ pub struct ShardState {
     /// Set while the log cannot be written (disk full, I/O error): new
     /// commands that would be stored are refused meanwhile.
     wal_failure: RefCell<Option<persistence::WalFailure>>,
+    /// When a log write error was last logged (rate limit across failures).
+    wal_error_logged_at: Cell<Option<Instant>>,
     health_waiters: Waiters<ShardHealth>,
     /// Cluster mode: this shard's Redis link and cluster chores.
     cluster: Option<cluster::ClusterShard>,
@@ -258,6 +260,7 @@ impl ShardState {
             wal_closing: Cell::new(false),
             wal_done: Cell::new(true),
             wal_failure: RefCell::new(None),
+            wal_error_logged_at: Cell::new(None),
             health_waiters: RefCell::new(HashMap::new()),
             cluster: start.cluster.clone().map(cluster::ClusterShard::new),
             handoffs: RefCell::new(std::collections::VecDeque::new()),

@@ -21,8 +21,14 @@ use crate::store::{self, record, FsyncMode, COMPACT_GROWTH_FACTOR, COMPACT_MIN_B
 
 /// Back-off after a failed log write before trying again.
 const WRITE_RETRY_DELAY: Duration = Duration::from_millis(100);
-/// While log writes keep failing, how often the error is logged again.
+/// While log writes keep failing (or fail again soon after working),
+/// how often the error is logged again.
 const WRITE_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// While a log write fails for want of room, how often a snapshot (which
+/// may be much smaller than the log) is tried instead.
+const SNAPSHOT_FOR_ROOM_INTERVAL: Duration = Duration::from_secs(5);
+/// After a failed compaction, how long before the next try.
+const COMPACT_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 /// A log that cannot be written now: since when, why, how often tried.
 #[derive(Debug)]
@@ -30,7 +36,25 @@ pub(super) struct WalFailure {
     since: Instant,
     reason: String,
     attempts: u64,
-    logged_at: Instant,
+    /// Whether this failure's error was logged (a failure soon after the
+    /// last logged one waits for the interval).
+    logged: bool,
+    /// When a snapshot was last tried to make room.
+    snapshot_tried_at: Option<Instant>,
+}
+
+/// Whether a write failed for want of room: disk full, over the
+/// file-size limit, over quota.
+fn out_of_room(error: &glommio::GlommioError<()>) -> bool {
+    let source = match error {
+        glommio::GlommioError::EnhancedIoError { source, .. }
+        | glommio::GlommioError::IoError(source) => source,
+        _ => return false,
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT)
+    )
 }
 
 /// The open log of a shard.
@@ -144,18 +168,38 @@ impl ShardState {
             record::encode(&r, &mut buf);
         }
         let len = buf.len() as u64;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .buffered_open(&tmp)
-            .await
-            .map_err(std::io::Error::from)?;
-        if len > 0 {
-            file.write_at(buf, 0).await.map_err(std::io::Error::from)?;
+        let written = async {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .buffered_open(&tmp)
+                .await
+                .map_err(std::io::Error::from)?;
+            if len > 0 {
+                let n = file.write_at(buf, 0).await.map_err(std::io::Error::from)?;
+                if (n as u64) < len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("snapshot cut short: {n} of {len} bytes written"),
+                    ));
+                }
+            }
+            file.fdatasync().await.map_err(std::io::Error::from)?;
+            Ok(file)
         }
-        file.fdatasync().await.map_err(std::io::Error::from)?;
+        .await;
+        let mut file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                // What was written of it would only take room (on a full
+                // disk, the room the log needs). A rare error path: a
+                // blocking unlink is fine.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         file.rename(path).await.map_err(std::io::Error::from)?;
         if let Some(dir) = path.parent() {
             store::sync_dir(dir)?;
@@ -171,6 +215,7 @@ impl ShardState {
     /// The log writer: takes what was journaled, appends it in one write,
     /// syncs per `fsync`, releases the answers that waited, compacts.
     pub(super) async fn run_wal(self: Rc<Self>, mut wal: WalFile) {
+        let mut compact_retry_at: Option<Instant> = None;
         loop {
             let ready = future::poll_fn(|cx| {
                 if self.reliable.borrow().has_journal_records() {
@@ -197,6 +242,7 @@ impl ShardState {
             self.write_pending(&mut wal).await;
             if wal.pos > COMPACT_MIN_BYTES
                 && wal.pos > wal.snapshot_bytes.saturating_mul(COMPACT_GROWTH_FACTOR)
+                && compact_retry_at.is_none_or(|at| Instant::now() >= at)
             {
                 match self.write_snapshot(&wal.path.clone()).await {
                     Ok(fresh) => {
@@ -207,8 +253,16 @@ impl ShardState {
                             fresh.pos
                         );
                         wal = fresh;
+                        compact_retry_at = None;
                     }
-                    Err(e) => log::error!("shard {}: log compaction failed: {e}", self.id),
+                    Err(e) => {
+                        log::error!(
+                            "shard {}: log compaction failed ({e}); next try in {} s",
+                            self.id,
+                            COMPACT_RETRY_DELAY.as_secs()
+                        );
+                        compact_retry_at = Some(Instant::now() + COMPACT_RETRY_DELAY);
+                    }
                 }
             }
         }
@@ -216,7 +270,10 @@ impl ShardState {
     }
 
     /// Writes (and syncs) everything journaled; retries until it succeeds,
-    /// since answers wait on it.
+    /// since answers wait on it. While it fails for want of room, a
+    /// snapshot of the live state is tried every few seconds instead: it
+    /// holds these records' effects and may fit where the grown log does
+    /// not (a log of mostly removed messages against a file-size limit).
     async fn write_pending(&self, wal: &mut WalFile) {
         let (records, lsn) = self.reliable.borrow_mut().take_journal();
         if records.is_empty() {
@@ -250,27 +307,68 @@ impl ShardState {
             }
             .await;
             match result {
-                Ok(()) => break,
+                Ok(()) => {
+                    wal.pos += len;
+                    break;
+                }
                 Err(e) => {
+                    let room = out_of_room(&e);
                     self.log_write_failed(&wal.path, e);
+                    if room && self.snapshot_for_room_due() {
+                        let before = wal.pos;
+                        match self.write_snapshot(&wal.path.clone()).await {
+                            Ok(fresh) => {
+                                log::warn!(
+                                    "shard {}: no room to append to the log; compacted it from {before} to {} bytes instead",
+                                    self.id,
+                                    fresh.pos
+                                );
+                                *wal = fresh;
+                                break;
+                            }
+                            Err(e) => log::debug!(
+                                "shard {}: a snapshot to make room failed too: {e}",
+                                self.id
+                            ),
+                        }
+                    }
                     Timer::new(WRITE_RETRY_DELAY).await;
                 }
             }
         }
         if let Some(failure) = self.wal_failure.borrow_mut().take() {
-            log::warn!(
-                "shard {}: log written again after {:.1} s ({} failed attempts); commands are stored again",
-                self.id,
-                failure.since.elapsed().as_secs_f64(),
-                failure.attempts
-            );
+            if failure.logged {
+                log::warn!(
+                    "shard {}: log written again after {:.1} s ({} failed attempts); commands are stored again",
+                    self.id,
+                    failure.since.elapsed().as_secs_f64(),
+                    failure.attempts
+                );
+            }
         }
-        wal.pos += len;
         self.release_durable(lsn);
     }
 
-    /// Notes a failed log write: logged at once, then at most every
-    /// `WRITE_FAILURE_LOG_INTERVAL` while it lasts.
+    /// Whether to try a snapshot for room now (at a failure's first
+    /// attempt, then every `SNAPSHOT_FOR_ROOM_INTERVAL`); notes the try.
+    fn snapshot_for_room_due(&self) -> bool {
+        let mut failing = self.wal_failure.borrow_mut();
+        let Some(f) = failing.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        let due = f
+            .snapshot_tried_at
+            .is_none_or(|at| now.duration_since(at) >= SNAPSHOT_FOR_ROOM_INTERVAL);
+        if due {
+            f.snapshot_tried_at = Some(now);
+        }
+        due
+    }
+
+    /// Notes a failed log write. Its error is logged at once, then at most
+    /// every `WRITE_FAILURE_LOG_INTERVAL`, also across failures in quick
+    /// succession (a nearly full disk where small writes still fit).
     fn log_write_failed(&self, path: &std::path::Path, error: glommio::GlommioError<()>) {
         // Clients are told the OS error only ("No space left on device
         // (os error 28)"), not glommio's description with the file's path.
@@ -279,10 +377,23 @@ impl ShardState {
             | glommio::GlommioError::IoError(source) => source.to_string(),
             other => other.to_string(),
         };
-        let mut failure = self.wal_failure.borrow_mut();
         let now = Instant::now();
-        match failure.as_mut() {
-            None => {
+        let log_now = self
+            .wal_error_logged_at
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= WRITE_FAILURE_LOG_INTERVAL);
+        let mut failing = self.wal_failure.borrow_mut();
+        let failure = failing.get_or_insert_with(|| WalFailure {
+            since: now,
+            reason: String::new(),
+            attempts: 0,
+            logged: false,
+            snapshot_tried_at: None,
+        });
+        failure.attempts += 1;
+        failure.reason = reason;
+        if log_now {
+            if failure.attempts == 1 {
                 log::error!(
                     "shard {}: writing {} failed ({error}); commands that must be stored are \
                      refused until it succeeds, answers already promised wait; retrying every {} ms",
@@ -290,27 +401,17 @@ impl ShardState {
                     path.display(),
                     WRITE_RETRY_DELAY.as_millis()
                 );
-                *failure = Some(WalFailure {
-                    since: now,
-                    reason,
-                    attempts: 1,
-                    logged_at: now,
-                });
+            } else {
+                log::error!(
+                    "shard {}: writing {} still fails after {:.0} s ({} attempts): {error}",
+                    self.id,
+                    path.display(),
+                    failure.since.elapsed().as_secs_f64(),
+                    failure.attempts
+                );
             }
-            Some(f) => {
-                f.attempts += 1;
-                if now.duration_since(f.logged_at) >= WRITE_FAILURE_LOG_INTERVAL {
-                    log::error!(
-                        "shard {}: writing {} still fails after {:.0} s ({} attempts): {reason}",
-                        self.id,
-                        path.display(),
-                        f.since.elapsed().as_secs_f64(),
-                        f.attempts
-                    );
-                    f.logged_at = now;
-                }
-                f.reason = reason;
-            }
+            failure.logged = true;
+            self.wal_error_logged_at.set(Some(now));
         }
     }
 
@@ -332,15 +433,21 @@ impl ShardState {
         let failing = self.wal_failure.borrow();
         let f = failing.as_ref()?;
         let scheduled = deliver_at_unix_ms.is_some_and(|due| due > unix_ms());
-        // As `route_from` decides: offline, or a mailbox still draining.
-        // (In cluster mode mailboxes are Redis Streams, not this log.)
-        let to_mailbox = || {
-            self.cluster.is_none()
-                && matches!(target, Target::User(user)
-                    if self.reliable.borrow().mailbox_len(user) > 0
-                        || self.directory.borrow().user_parts(user).is_empty())
-        };
-        if !(scheduled || envelope.ack() || to_mailbox()) {
+        let stored_here = scheduled
+            || match (self.cluster.is_some(), target) {
+                // A user's messages, acked or waiting offline, are kept in
+                // its Redis Stream, not in this log.
+                (true, Target::User(_)) => false,
+                // The mailbox, as `route_from` decides: offline, or a
+                // mailbox still draining.
+                (false, Target::User(user)) => {
+                    envelope.ack()
+                        || self.reliable.borrow().mailbox_len(user) > 0
+                        || self.directory.borrow().user_parts(user).is_empty()
+                }
+                (_, Target::Group { .. } | Target::Anycast(_)) => envelope.ack(),
+            };
+        if !stored_here {
             return None;
         }
         Some(failure(

@@ -11,7 +11,7 @@ use futures_lite::future;
 use glommio::timer::Timer;
 use ws_uring_readiness::ReadyTimer;
 
-use super::mesh::{DeadLetterView, MeshMsg};
+use super::mesh::{DeadLetterView, MeshMsg, RouteSource};
 use super::messaging::{unix_ms, API_CONN};
 use super::ShardState;
 
@@ -339,8 +339,7 @@ impl ShardState {
                 origin: self.origin_here(),
                 reply: Some(reply),
                 deliver_at_unix_ms: None,
-                from_client: false,
-                arrived: None,
+                source: RouteSource::Server,
             },
         );
     }
@@ -427,8 +426,7 @@ impl ShardState {
                     origin,
                     reply: None,
                     deliver_at_unix_ms: None,
-                    from_client: false,
-                    arrived: None,
+                    source: RouteSource::Server,
                 },
             );
         }
