@@ -697,7 +697,20 @@ impl ReliableState {
     pub fn restore(&mut self, entries: Vec<DurableEntry>, now: u64) -> usize {
         let mut undecodable = 0;
         let mut dead = Vec::new();
-        for entry in entries {
+        // The dead letters first: those made while restoring the rest (a
+        // delivery cut short at its last attempt, an anycast, a full
+        // mailbox) are numbered after them. (Numbered from 1 instead, they
+        // took the keys of restored ones, and the next restart kept only
+        // one of each pair.)
+        let (dead_entries, rest): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| matches!(e, DurableEntry::Dead { .. }));
+        let mut dead_restored = false;
+        for entry in dead_entries.into_iter().chain(rest) {
+            if !dead_restored && !matches!(entry, DurableEntry::Dead { .. }) {
+                self.restore_dead_letters(std::mem::take(&mut dead));
+                dead_restored = true;
+            }
             let decoded = match &entry {
                 DurableEntry::Mailbox { msg, .. }
                 | DurableEntry::MailboxRedelivery { msg, .. }
@@ -784,6 +797,15 @@ impl ReliableState {
                 }),
             }
         }
+        if !dead_restored {
+            self.restore_dead_letters(dead);
+        }
+        undecodable
+    }
+
+    /// Puts restored dead letters back in the DLQ, oldest first; new ones
+    /// are numbered after them.
+    fn restore_dead_letters(&mut self, mut dead: Vec<DeadLetter>) {
         dead.sort_by_key(|d| d.seq);
         for letter in dead {
             self.next_dead_seq = self.next_dead_seq.max(letter.seq);
@@ -792,7 +814,6 @@ impl ReliableState {
                 self.log_remove(dead_key(evicted.seq));
             }
         }
-        undecodable
     }
 }
 
@@ -823,6 +844,22 @@ mod tests {
             expires_unix_ms: expires,
             body: MessageBody::Json("1".into()),
         })
+    }
+
+    /// The live entries of a journal, replayed as the log is: the last
+    /// write per key wins.
+    fn replayed(records: Vec<WalRecord>) -> Vec<DurableEntry> {
+        let mut live: Vec<(String, DurableEntry)> = Vec::new();
+        for r in records {
+            match r {
+                WalRecord::Upsert { key, entry } => {
+                    live.retain(|(k, _)| *k != key);
+                    live.push((key, entry));
+                }
+                WalRecord::Remove { key } => live.retain(|(k, _)| *k != key),
+            }
+        }
+        live.into_iter().map(|(_, e)| e).collect()
     }
 
     fn key(id: &str) -> PendingKey {
@@ -975,19 +1012,8 @@ mod tests {
         s.store_offline("u", Waiting::new(msg("m3", None)), 0);
         let (records, lsn) = s.take_journal();
         assert_eq!(lsn as usize, records.len());
-        // Replay: last write per key wins.
-        let mut live: Vec<(String, DurableEntry)> = Vec::new();
-        for r in records {
-            match r {
-                WalRecord::Upsert { key, entry } => {
-                    live.retain(|(k, _)| *k != key);
-                    live.push((key, entry));
-                }
-                WalRecord::Remove { key } => live.retain(|(k, _)| *k != key),
-            }
-        }
         let mut restored = ReliableState::new(config());
-        let undecodable = restored.restore(live.into_iter().map(|(_, e)| e).collect(), 100);
+        let undecodable = restored.restore(replayed(records), 100);
         assert_eq!(undecodable, 0);
         assert_eq!(restored.mailbox_len("u"), 1, "m3 only");
         assert_eq!(restored.scheduled_len(), 1);
@@ -1008,6 +1034,51 @@ mod tests {
         );
         // The snapshot of the restored state holds exactly its live facts.
         assert_eq!(restored.durable_entries().len(), 1 + 1 + 2);
+    }
+
+    /// Dead letters made while restoring (here: an anycast that waited for
+    /// its ack, logged before the DLQ's letters) are numbered after the
+    /// restored ones, so no two share a log key and a second restart keeps
+    /// them all.
+    #[test]
+    fn dead_letters_made_at_restore_are_numbered_after_the_restored_ones() {
+        let mut s = ReliableState::new(config());
+        s.enable_journal(16);
+        s.track(
+            key("a1"),
+            msg("a1", None),
+            AckTarget::Anycast { group: "g".into() },
+            1,
+            0,
+        );
+        for id in ["d1", "d2"] {
+            s.dead_letter(
+                msg(id, None),
+                Target::User("x".into()),
+                DeadReason::Expired,
+                0,
+                5,
+            );
+        }
+        let (records, _) = s.take_journal();
+        let mut restored = ReliableState::new(config());
+        assert_eq!(restored.restore(replayed(records), 100), 0);
+        let letters = |s: &ReliableState| -> Vec<(String, u64)> {
+            s.dlq().iter().map(|d| (d.msg.id.clone(), d.seq)).collect()
+        };
+        let expected = [("d1".into(), 1), ("d2".into(), 2), ("a1".into(), 3)];
+        assert_eq!(letters(&restored), expected);
+        let snapshot = restored
+            .durable_entries()
+            .into_iter()
+            .map(|r| match r {
+                WalRecord::Upsert { entry, .. } => entry,
+                WalRecord::Remove { .. } => unreachable!("a snapshot holds live keys"),
+            })
+            .collect();
+        let mut again = ReliableState::new(config());
+        assert_eq!(again.restore(snapshot, 100), 0);
+        assert_eq!(letters(&again), expected);
     }
 
     /// A delivery whose ack never came counts, through the mailbox and a
@@ -1034,20 +1105,8 @@ mod tests {
         s.store_offline("w", Waiting::after(msg("back", None), 1), 0);
         s.store_offline("w", Waiting::new(msg("new", None)), 0);
         let (records, _) = s.take_journal();
-        let mut live: Vec<(String, DurableEntry)> = Vec::new();
-        for r in records {
-            match r {
-                WalRecord::Upsert { key, entry } => {
-                    live.retain(|(k, _)| *k != key);
-                    live.push((key, entry));
-                }
-                WalRecord::Remove { key } => live.retain(|(k, _)| *k != key),
-            }
-        }
-        let kinds: Vec<_> = live
-            .iter()
-            .map(|(_, e)| std::mem::discriminant(e))
-            .collect();
+        let live = replayed(records);
+        let kinds: Vec<_> = live.iter().map(std::mem::discriminant).collect();
         assert!(
             kinds.contains(&std::mem::discriminant(&DurableEntry::MailboxRedelivery {
                 user: String::new(),
@@ -1056,8 +1115,7 @@ mod tests {
             }))
         );
         let mut restored = ReliableState::new(config());
-        let entries = live.into_iter().map(|(_, e)| e).collect();
-        assert_eq!(restored.restore(entries, 100), 0);
+        assert_eq!(restored.restore(live, 100), 0);
         let next = |s: &mut ReliableState, user: &str| -> Vec<(String, u32)> {
             s.take_mailbox(user, 100)
                 .into_iter()
