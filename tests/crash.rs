@@ -375,3 +375,48 @@ fn a_log_at_the_file_size_limit_compacts_itself_to_make_room() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What the server moves by itself is not refused while the log fails: a
+/// DLQ replay to an offline user goes to the mailbox (in memory until the
+/// log takes it), while a client's send to that user is refused.
+#[test]
+fn a_dlq_replay_is_not_refused_while_the_log_fails() {
+    let server = TestServer::start(&["--shards", "1", "--fsync", "always"]);
+    let (mut alice, _) = connect_welcomed(&server.url("?user=alice"));
+    let send = |ws: &mut Client, data: &str, extra: Value| {
+        let mut cmd = json!({"op":"send","to":"ghost","data":data,"ref":data});
+        for (k, v) in extra.as_object().unwrap() {
+            cmd[k] = v.clone();
+        }
+        ws.send(Message::text(cmd.to_string())).unwrap();
+        answer_within(ws, Duration::from_millis(1000))
+    };
+    let ok = send(&mut alice, "late", json!({"ttl_ms": 1500})).unwrap();
+    assert_eq!(ok["op"], "ok");
+    std::thread::sleep(Duration::from_millis(1700));
+    let (_, text) = http_get(server.port, "/admin/dlq");
+    assert_eq!(body_json(&text)["total"], 1, "expired into the DLQ");
+
+    // Nothing fits, not even a snapshot of the live state.
+    limit_file_size(&server, 1);
+    assert!(
+        send(&mut alice, "caught", json!({})).is_none(),
+        "its write fails"
+    );
+    let refused = send(&mut alice, "refused", json!({})).unwrap();
+    assert_eq!(refused["code"], "overloaded", "{refused}");
+    let raw = "POST /admin/dlq/replay HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    let (status, text) = http_raw(server.port, raw.as_bytes());
+    assert_eq!(
+        (status, body_json(&text)["replayed"].clone()),
+        (200, json!(1))
+    );
+
+    let (mut ghost, _) = connect_welcomed(&server.url("?user=ghost"));
+    let mut got: Vec<String> = collect_msgs(&mut ghost, Duration::from_millis(500))
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["caught", "late"]);
+}
