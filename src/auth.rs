@@ -1,8 +1,9 @@
 //! Authentication with HS256 JWTs (`auth_secret`): the token's `sub` is the
 //! user, its optional `groups` claim lists the groups the client may join
-//! (an entry ending in `*` is a prefix), and `exp` is honoured (60 s of
-//! clock skew allowed). Validation is `jsonwebtoken`'s; this module only
-//! says which token to read and what the claims mean.
+//! (an entry ending in `*` is a prefix), and `exp` and `nbf` are honoured
+//! when present (60 s of clock skew allowed; a token without `exp` does
+//! not expire; `iat` is not checked). Validation is `jsonwebtoken`'s; this
+//! module only says which token to read and what the claims mean.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -46,6 +47,8 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is honoured when present, not required; `sub` is required.
         validation.required_spec_claims = ["sub".to_string()].into_iter().collect();
+        // A token not valid yet is refused too (the same 60 s leeway).
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         Authenticator {
             key: DecodingKey::from_secret(secret.as_bytes()),
@@ -133,6 +136,14 @@ mod tests {
             auth.verify(&token("s3cret", json!({"name":"a"}))),
             Err(AuthError::Invalid(_))
         ));
+        // Not valid before an hour from now; a minute's skew is allowed.
+        assert!(matches!(
+            auth.verify(&token("s3cret", json!({"sub":"a","nbf":now()+3600}))),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(auth
+            .verify(&token("s3cret", json!({"sub":"a","nbf":now()+30})))
+            .is_ok());
         assert_eq!(
             auth.verify(&token("s3cret", json!({"sub":"a b"}))),
             Err(AuthError::BadSubject)

@@ -47,6 +47,9 @@ pub struct ProcessorRequest<'a> {
 pub enum ProcessorOutput {
     /// An event to the sender (`ref` added when the command had one).
     Reply(Map<String, Value>),
+    /// Success: `{"op":"ok","ref":R}`, and nothing without a `ref` (as
+    /// for the protocol's own commands).
+    Ok,
     /// An `error` event to the sender.
     Error { code: ErrorCode, reason: String },
     /// A message to every connection of `to`, from the sender.
@@ -77,11 +80,10 @@ impl ProcessorContext {
         self.outputs.push(ProcessorOutput::Reply(event));
     }
 
-    /// Answers `{"op":"ok"}` (with the command's `ref`).
+    /// Answers `{"op":"ok","ref":R}`; silent when the command had no
+    /// `ref`, as success is for the protocol's own commands.
     pub fn ok(&mut self) {
-        let mut event = Map::new();
-        event.insert("op".into(), Value::from("ok"));
-        self.reply(event);
+        self.outputs.push(ProcessorOutput::Ok);
     }
 
     /// Answers with an `error` event.

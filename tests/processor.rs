@@ -65,6 +65,32 @@ fn moderation_processor_publishes_clean_lines_and_blocks_others() {
         .send(Message::text(r#"{"op":"say","ref":"s3"}"#))
         .unwrap();
     assert_eq!(next_json(&mut alice)["code"], "bad_request");
+    // Without a `ref`, success is silent: the line comes back, no `ok`.
+    alice
+        .send(Message::text(
+            r#"{"op":"say","group":"room","text":"quiet"}"#,
+        ))
+        .unwrap();
+    let line = next_json(&mut alice);
+    assert_eq!(
+        (&line["op"], &line["data"]["text"]),
+        (&json!("msg"), &json!("quiet"))
+    );
+    alice
+        .send(Message::text(r#"{"op":"ping","ref":"p"}"#))
+        .unwrap();
+    assert_eq!(next_json(&mut alice)["op"], "pong", "nothing between");
+    // A group name that is not one is the client's error.
+    alice
+        .send(Message::text(
+            r#"{"op":"say","group":"bad group!","text":"hi","ref":"s4"}"#,
+        ))
+        .unwrap();
+    let e = next_json(&mut alice);
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("bad_request"), &json!("s4"))
+    );
     // Ops nobody registered stay unknown.
     alice.send(Message::text(r#"{"op":"shout"}"#)).unwrap();
     assert_eq!(next_json(&mut alice)["code"], "unknown_op");

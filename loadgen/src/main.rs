@@ -18,6 +18,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A file that cannot be written is found now, not after the run.
+    for path in [&args.output, &args.report].into_iter().flatten() {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            eprintln!(
+                "loadgen: cannot write {path}: directory {} does not exist",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     eprintln!(
         "loadgen: {} scenario(s) against {} ({}, {} thread(s))",
         config.scenarios.len(),

@@ -3,8 +3,9 @@
 //! First choice: `GET /metrics.json` on the server's host and port. The field
 //! names are found by looking, not assumed: the first numeric field whose
 //! path mentions `cpu` is the CPU figure, the first mentioning `rss` (or else
-//! `memory`/`mem_`) is memory in bytes, one mentioning `connections` the
-//! connection count.
+//! `memory`/`mem_`) is memory in bytes, one named `connections` (or else
+//! mentioning it, but not as a count of opened, closed, peak, hibernated or
+//! total connections) the connection count.
 //!
 //! Fallback, when that endpoint is missing and the server is on this machine:
 //! the process listening on the port is found through `/proc/net/tcp{,6}`
@@ -64,8 +65,16 @@ pub fn extract(doc: &Value) -> (Option<f64>, Option<u64>, Option<u64>) {
     let cpu = find(&|k| k.contains("cpu"));
     let memory = find(&|k| k.contains("rss"))
         .or_else(|| find(&|k| k.contains("memory") || k.contains("mem_")));
-    let connections =
-        find(&|k| k.contains("connections") && !k.contains("total") && !k.contains("max"));
+    // ws-uring has `counters.connections_closed` before `gauges.connections`.
+    let last_segment = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    let connections = find(&|k| last_segment(k) == "connections").or_else(|| {
+        find(&|k| {
+            k.contains("connections")
+                && !["total", "max", "closed", "opened", "peak", "hibernated"]
+                    .iter()
+                    .any(|not_live| k.contains(not_live))
+        })
+    });
     (cpu, memory.map(|m| m as u64), connections.map(|c| c as u64))
 }
 
@@ -311,6 +320,16 @@ mod tests {
             "connections_total": 99
         });
         assert_eq!(extract(&doc), (Some(42.5), Some(1_048_576), Some(12)));
+        // ws-uring's /metrics.json: counters (sorted first) hold opened and
+        // closed connections; the live count is `gauges.connections`.
+        let ws_uring: Value = serde_json::json!({
+            "counters": {"connections_closed": 238, "connections_opened": 338},
+            "gauges": {"connections": 100, "connections_hibernated": 0, "connections_peak": 120},
+            "process": {"cpu_percent": 20.0, "rss_bytes": 1000}
+        });
+        assert_eq!(extract(&ws_uring).2, Some(100));
+        let other: Value = serde_json::json!({"open_connections_peak": 9, "open_connections": 4});
+        assert_eq!(extract(&other).2, Some(4));
         assert_eq!(extract(&serde_json::json!({"x": 1})), (None, None, None));
     }
 }

@@ -78,6 +78,9 @@ pub struct CommandContext<'a> {
     pub user: &'a str,
     pub max_message_bytes: usize,
     pub compress_min_bytes: usize,
+    /// The connection chose `wsu.v1.lz4` (a binary `echo` is answered
+    /// compressed from `compress_min_bytes`, as a message would be).
+    pub wants_lz4: bool,
     /// When the message was taken in (unix µs): its timestamp, the start
     /// of its delivery latency and of its TTL and delay. Read from the
     /// clock on first use (`now_unix_us`), so one read serves all of these
@@ -183,17 +186,45 @@ fn handle_text(text: &str, ctx: &mut CommandContext<'_>) -> Result<Action, Comma
 /// A binary frame: JSON header, `\n`, payload. The payload is the data.
 fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, CommandError> {
     let (header, payload) = protocol::split_binary(bytes)?;
-    let request = protocol::decode_command(header)?;
+    let request = match protocol::decode_command(header) {
+        Ok(request) => request,
+        Err(mut e) => {
+            // Processors take JSON commands; a payload has no place there.
+            if let Some(op) = (e.code == ErrorCode::UnknownOp)
+                .then(|| custom_op(header, ctx))
+                .flatten()
+            {
+                e.code = ErrorCode::BadRequest;
+                e.reason = format!("op {op:?} is a custom op: send it as a text frame");
+            }
+            return Err(e);
+        }
+    };
     let reference = request.reference;
     match request.command {
         Command::Ping { t } => Ok(Action::Reply(text_frame(&protocol::encode_pong(
             reference, t,
         )))),
         Command::Echo { .. } => {
-            let header = protocol::encode_echo_header(reference);
+            // Checked and answered as a message is delivered: plain to a
+            // client without `wsu.v1.lz4`, compressed (`"lz4":true`) to one
+            // with it from `compress_min_bytes` when that is smaller.
+            let plain = if request.lz4 {
+                std::borrow::Cow::Owned(lz4_payload(payload, ctx.max_message_bytes, reference)?)
+            } else {
+                std::borrow::Cow::Borrowed(payload)
+            };
+            let packed = (ctx.wants_lz4 && plain.len() >= ctx.compress_min_bytes)
+                .then(|| match request.lz4 {
+                    true => payload.to_vec(),
+                    false => compress::compress(&plain),
+                })
+                .filter(|packed| packed.len() < plain.len());
+            let header = protocol::encode_echo_header(reference, packed.is_some());
+            let body = packed.as_deref().unwrap_or(&plain);
             Ok(Action::Reply(Bytes::from(encode_frame(
                 OPCODE_BINARY,
-                &[header.as_bytes(), b"\n", payload],
+                &[header.as_bytes(), b"\n", body],
             ))))
         }
         command => {
@@ -201,13 +232,7 @@ fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, C
             let lz4 = request.lz4;
             route_or_membership(command, reference, ctx, || {
                 if lz4 {
-                    let plain = compress::decompress(payload, max).map_err(|e| {
-                        let code = match e {
-                            compress::Lz4Error::TooLarge { .. } => ErrorCode::TooLarge,
-                            compress::Lz4Error::Corrupt(_) => ErrorCode::BadRequest,
-                        };
-                        error(reference, code, e.to_string())
-                    })?;
+                    let plain = lz4_payload(payload, max, reference)?;
                     Ok(MessageBody::Binary {
                         payload: Bytes::from(plain),
                         compressed: Some(Bytes::copy_from_slice(payload)),
@@ -221,6 +246,29 @@ fn handle_binary(bytes: &[u8], ctx: &mut CommandContext<'_>) -> Result<Action, C
             })
         }
     }
+}
+
+/// The op of `header` when a processor is registered for it.
+fn custom_op(header: &str, ctx: &CommandContext<'_>) -> Option<String> {
+    let command: Value = serde_json::from_str(header).ok()?;
+    let op = command.get("op")?.as_str()?;
+    ctx.processors.get(op).map(|_| op.to_string())
+}
+
+/// An lz4 payload (`"lz4":true`) decompressed: `too_large` past
+/// `max_bytes`, `bad_request` when corrupt.
+fn lz4_payload(
+    payload: &[u8],
+    max_bytes: usize,
+    reference: Option<&RawValue>,
+) -> Result<Vec<u8>, CommandError> {
+    compress::decompress(payload, max_bytes).map_err(|e| {
+        let code = match e {
+            compress::Lz4Error::TooLarge { .. } => ErrorCode::TooLarge,
+            compress::Lz4Error::Corrupt(_) => ErrorCode::BadRequest,
+        };
+        error(reference, code, e.to_string())
+    })
 }
 
 /// Hands a command with a custom op to its processor, if one is
@@ -252,6 +300,10 @@ fn run_processor(
     let mut actions = Vec::new();
     for output in pctx.outputs {
         actions.push(match output {
+            ProcessorOutput::Ok => match &reference {
+                Some(r) => Action::Reply(text_frame(&format!(r#"{{"op":"ok","ref":{r}}}"#))),
+                None => continue,
+            },
             ProcessorOutput::Reply(mut event) => {
                 if let Some(r) = &reference {
                     let r: Value = serde_json::from_str(r).unwrap_or(Value::Null);
@@ -273,11 +325,14 @@ fn run_processor(
                 priority,
                 delay_ms,
             } => {
+                // (Most likely taken from the command: the client's error.)
                 if !crate::protocol::identity::is_valid_user_id(&to) {
                     return Err(CommandError {
                         reference,
-                        code: ErrorCode::Internal,
-                        reason: format!("processor for {op:?} sent to an invalid user id"),
+                        code: ErrorCode::BadRequest,
+                        reason: format!(
+                            "{to:?} is not a valid user id (1-128 characters of [A-Za-z0-9_.:@-])"
+                        ),
                     });
                 }
                 processor_route(ctx, Target::User(to), data, priority, delay_ms)
@@ -291,8 +346,10 @@ fn run_processor(
                 if !crate::protocol::identity::is_valid_group_name(&group) {
                     return Err(CommandError {
                         reference,
-                        code: ErrorCode::Internal,
-                        reason: format!("processor for {op:?} published to an invalid group name"),
+                        code: ErrorCode::BadRequest,
+                        reason: format!(
+                            "{group:?} is not a valid group name (1-128 characters of [A-Za-z0-9_.:@/-])"
+                        ),
                     });
                 }
                 processor_route(ctx, Target::Group { group, echo }, data, priority, None)
@@ -480,6 +537,7 @@ mod tests {
             user: "alice",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 64,
+            wants_lz4: false,
             taken_in_unix_us: std::cell::OnceCell::from(1_000_000),
             schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
@@ -515,6 +573,7 @@ mod tests {
             user: "alice",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 64,
+            wants_lz4: false,
             taken_in_unix_us: std::cell::OnceCell::new(),
             schedule_max_ms: 86_400_000,
             next_message_id: &mut next,
@@ -548,6 +607,7 @@ mod tests {
             user: "u",
             max_message_bytes: 100,
             compress_min_bytes: 10,
+            wants_lz4: false,
             taken_in_unix_us: std::cell::OnceCell::from(0),
             schedule_max_ms: 1000,
             next_message_id: &mut next,
@@ -694,11 +754,21 @@ mod tests {
                 }),
             )
             .unwrap();
+        processors
+            .register(
+                "say",
+                std::sync::Arc::new(|req: &ProcessorRequest<'_>, ctx: &mut ProcessorContext| {
+                    let group = req.command["group"].as_str().unwrap_or_default();
+                    ctx.publish(group, json!(1), crate::protocol::Priority::Normal, true);
+                }),
+            )
+            .unwrap();
         let mut next = || "p1".to_string();
         let mut ctx = CommandContext {
             user: "carol",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 1024,
+            wants_lz4: false,
             taken_in_unix_us: std::cell::OnceCell::from(7_000),
             schedule_max_ms: 1000,
             next_message_id: &mut next,
@@ -751,6 +821,107 @@ mod tests {
             },
             other => panic!("{other:?}"),
         }
+        // Without a `ref`, success is silent: the publish, and no `ok`.
+        let action = handle_message(
+            Message::text(r#"{"op":"shout","text":"hi"}"#),
+            Mode::Protocol,
+            &mut ctx,
+        );
+        assert!(
+            matches!(&action, Some(Action::Batch(a)) if matches!(a[..], [Action::Route { .. }])),
+            "{action:?}"
+        );
+        // A group name the client gave that is not one: its error.
+        let error_text = |action: Option<Action>| match action {
+            Some(Action::Reply(f)) => match decode_frame(&f) {
+                Message::Text(t) => serde_json::from_str::<Value>(&t).unwrap(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let e = error_text(handle_message(
+            Message::text(r#"{"op":"say","group":"bad group!","ref":6}"#),
+            Mode::Protocol,
+            &mut ctx,
+        ));
+        assert_eq!(
+            (&e["code"], &e["ref"]),
+            (&json!("bad_request"), &json!(6)),
+            "{e}"
+        );
+        // Custom ops are text commands.
+        let e = error_text(handle_message(
+            Message::binary(b"{\"op\":\"say\",\"group\":\"g\",\"ref\":7}\npayload".to_vec()),
+            Mode::Protocol,
+            &mut ctx,
+        ));
+        assert_eq!(e["code"], "bad_request", "{e}");
+        assert!(e["reason"].as_str().unwrap().contains("text frame"), "{e}");
+    }
+
+    /// A binary `echo` is checked and answered as a message is delivered:
+    /// lz4 input decompressed (or refused), the answer plain to a client
+    /// without `wsu.v1.lz4` and compressed to one with it.
+    #[test]
+    fn binary_echo_follows_the_clients_lz4_choice() {
+        let echo = |wants_lz4: bool, lz4_in: bool, payload: &[u8]| -> Message {
+            let mut next = || "e1".to_string();
+            let mut ctx = CommandContext {
+                user: "alice",
+                max_message_bytes: 1 << 20,
+                compress_min_bytes: 1024,
+                wants_lz4,
+                taken_in_unix_us: std::cell::OnceCell::from(1_000_000),
+                schedule_max_ms: 1000,
+                next_message_id: &mut next,
+                processors: &Processors::default(),
+                errors: Vec::new(),
+            };
+            let header: &[u8] = match lz4_in {
+                true => br#"{"op":"echo","lz4":true,"ref":1}"#,
+                false => br#"{"op":"echo","ref":1}"#,
+            };
+            let frame = [header, b"\n", payload].concat();
+            match handle_message(Message::binary(frame), Mode::Protocol, &mut ctx) {
+                Some(Action::Reply(f)) => decode_frame(&f),
+                other => panic!("{other:?}"),
+            }
+        };
+        let big = vec![b'B'; 5000];
+        let packed = compress::compress(&big);
+        let split = |m: Message| -> (Value, Vec<u8>) {
+            let Message::Binary(b) = m else {
+                panic!("{m:?}")
+            };
+            let (h, p) = protocol::split_binary(&b).unwrap();
+            (serde_json::from_str(h).unwrap(), p.to_vec())
+        };
+        // A plain client sending lz4 gets it back plain.
+        let (header, payload) = split(echo(false, true, &packed));
+        assert_eq!(
+            (header, payload),
+            (json!({"op":"echo","ref":1}), big.clone())
+        );
+        // An lz4 client gets a large payload compressed, a small one plain.
+        let (header, payload) = split(echo(true, false, &big));
+        assert_eq!(header, json!({"op":"echo","ref":1,"lz4":true}));
+        assert_eq!(compress::decompress(&payload, 1 << 20).unwrap(), big);
+        let (header, payload) = split(echo(true, false, b"tiny"));
+        assert_eq!(
+            (header, payload),
+            (json!({"op":"echo","ref":1}), b"tiny".to_vec())
+        );
+        // Corrupt lz4, and lz4 that would expand past the limit: refused.
+        let error = |m: Message| -> Value {
+            let Message::Text(t) = m else { panic!("{m:?}") };
+            serde_json::from_str(&t).unwrap()
+        };
+        assert_eq!(
+            error(echo(false, true, b"\x10\x00\x00\x00garbage"))["code"],
+            "bad_request"
+        );
+        let bomb = compress::compress(&vec![0u8; 2 << 20]);
+        assert_eq!(error(echo(true, true, &bomb))["code"], "too_large");
     }
 
     #[test]
@@ -773,6 +944,7 @@ mod tests {
             user: "carol",
             max_message_bytes: 1 << 20,
             compress_min_bytes: 1024,
+            wants_lz4: false,
             taken_in_unix_us: std::cell::OnceCell::from(1_000_000),
             schedule_max_ms: 1000,
             next_message_id: &mut next,

@@ -88,11 +88,7 @@ pub fn authorize(
 ) -> Result<(), Response> {
     match token {
         Some(token) => {
-            let given = head
-                .header("Authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .unwrap_or_default();
+            let given = head.bearer().unwrap_or_default();
             if constant_time_eq(given.as_bytes(), token.as_bytes()) {
                 Ok(())
             } else {
@@ -160,6 +156,7 @@ async fn api_route(shard: &Rc<ShardState>, op: &str, body: &[u8]) -> Response {
         user: API_SENDER,
         max_message_bytes: shard.config.max_message_bytes,
         compress_min_bytes: shard.config.compress_min_bytes,
+        wants_lz4: false,
         taken_in_unix_us: std::cell::OnceCell::new(),
         schedule_max_ms: SCHEDULE_HORIZON_MS,
         next_message_id: &mut next_id,

@@ -34,6 +34,15 @@ impl RequestHead {
             .map(str::trim)
     }
 
+    /// The credentials of `Authorization: Bearer ...` (the scheme's case
+    /// ignored, as RFC 7235 has it).
+    pub fn bearer(&self) -> Option<&str> {
+        let (scheme, credentials) = self.header("Authorization")?.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| credentials.trim())
+    }
+
     /// Whether a comma-separated header (all its occurrences) holds `token`,
     /// ignoring case: `Connection: keep-alive, Upgrade`.
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {

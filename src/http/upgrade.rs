@@ -107,8 +107,9 @@ pub fn check_upgrade(
             let unauthorized = |reason: String| {
                 Response::error(401, &reason).with_header("WWW-Authenticate", "Bearer")
             };
-            let token =
-                token_of(head).ok_or_else(|| unauthorized(AuthError::Missing.to_string()))?;
+            let token = token_of(head)
+                .map_err(|reason| Response::error(400, &reason))?
+                .ok_or_else(|| unauthorized(AuthError::Missing.to_string()))?;
             let identity = auth
                 .verify(&token)
                 .map_err(|e| unauthorized(e.to_string()))?;
@@ -129,16 +130,24 @@ pub fn check_upgrade(
     })
 }
 
-/// The JWT of a request: `?token=` or `Authorization: Bearer`.
-fn token_of(head: &RequestHead) -> Option<String> {
-    let from_query = form_urlencoded::parse(head.query.as_bytes())
-        .find(|(k, _)| k == "token")
+/// The JWT of a request: `?token=` or `Authorization: Bearer`. Two
+/// different tokens (or `?token=` twice) are refused rather than one of
+/// them picked.
+fn token_of(head: &RequestHead) -> Result<Option<String>, String> {
+    let mut from_query = form_urlencoded::parse(head.query.as_bytes())
+        .filter(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned());
-    from_query.or_else(|| {
-        head.header("Authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
-    })
+    let first = from_query.next();
+    if from_query.next().is_some() {
+        return Err("?token= is given more than once".into());
+    }
+    match (first, head.bearer()) {
+        (Some(q), Some(h)) if q != h => {
+            Err("two different tokens: one in ?token=, one in Authorization".into())
+        }
+        (Some(t), _) => Ok(Some(t)),
+        (None, h) => Ok(h.map(str::to_string)),
+    }
 }
 
 /// The first subprotocol, in the client's order of preference, that we
@@ -199,6 +208,28 @@ mod tests {
             headers,
             head_len: 0,
         }
+    }
+
+    #[test]
+    fn one_token_from_the_query_or_a_bearer_header_of_any_case() {
+        let token = |extra: &[(&str, &str)], query: &str| token_of(&upgrade_head(extra, query));
+        assert_eq!(token(&[], "token=q"), Ok(Some("q".into())));
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let header = format!("{scheme} h");
+            assert_eq!(
+                token(&[("Authorization", &header)], ""),
+                Ok(Some("h".into()))
+            );
+        }
+        assert_eq!(token(&[("Authorization", "Basic h")], ""), Ok(None));
+        assert_eq!(token(&[], ""), Ok(None));
+        // The same token both ways is one; two different ones are refused.
+        assert_eq!(
+            token(&[("Authorization", "Bearer q")], "token=q"),
+            Ok(Some("q".into()))
+        );
+        assert!(token(&[("Authorization", "Bearer h")], "token=q").is_err());
+        assert!(token(&[], "token=q&token=q2").is_err());
     }
 
     #[test]

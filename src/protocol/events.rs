@@ -99,11 +99,15 @@ pub fn encode_echo(reference: Option<&RawValue>, data: &RawValue) -> String {
         .finish()
 }
 
-/// The header of a binary `echo` reply, `{"op":"echo"}`, without the `\n`.
-pub fn encode_echo_header(reference: Option<&RawValue>) -> String {
-    EventWriter::new("echo", 32)
-        .reference(reference.map(RawValue::get))
-        .finish()
+/// The header of a binary `echo` reply, `{"op":"echo"}` (with
+/// `"lz4":true` when its payload is compressed), without the `\n`.
+pub fn encode_echo_header(reference: Option<&RawValue>, lz4: bool) -> String {
+    let w = EventWriter::new("echo", 40).reference(reference.map(RawValue::get));
+    if lz4 {
+        w.raw("lz4", "true").finish()
+    } else {
+        w.finish()
+    }
 }
 
 /// `{"op":"error","ref":R|null,"code":CODE,"reason":"..."}`

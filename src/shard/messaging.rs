@@ -135,6 +135,7 @@ impl ShardState {
             user: &handle.user,
             max_message_bytes: self.config.max_message_bytes,
             compress_min_bytes: self.config.compress_min_bytes,
+            wants_lz4: handle.wants_lz4,
             taken_in_unix_us: std::cell::OnceCell::new(),
             schedule_max_ms: SCHEDULE_HORIZON_MS,
             next_message_id: &mut next_id,
