@@ -40,7 +40,9 @@ pub struct Limits {
     pub grade: Grade,
     pub p95_us: u64,
     pub p99_us: u64,
-    pub p999_us: u64,
+    /// `None`: no P99.9 limit (`null` in JSON, where `u64::MAX` would be
+    /// past what JavaScript reads exactly).
+    pub p999_us: Option<u64>,
     pub max_error_rate: f64,
     pub min_connect_success: f64,
     pub min_throughput_ratio: f64,
@@ -54,7 +56,7 @@ pub const LIMITS: [Limits; 5] = [
         grade: Grade::APlus,
         p95_us: 2 * MS,
         p99_us: 5 * MS,
-        p999_us: 20 * MS,
+        p999_us: Some(20 * MS),
         max_error_rate: 0.0001,
         min_connect_success: 0.9999,
         min_throughput_ratio: 0.99,
@@ -63,7 +65,7 @@ pub const LIMITS: [Limits; 5] = [
         grade: Grade::A,
         p95_us: 10 * MS,
         p99_us: 25 * MS,
-        p999_us: 100 * MS,
+        p999_us: Some(100 * MS),
         max_error_rate: 0.001,
         min_connect_success: 0.999,
         min_throughput_ratio: 0.97,
@@ -72,7 +74,7 @@ pub const LIMITS: [Limits; 5] = [
         grade: Grade::B,
         p95_us: 50 * MS,
         p99_us: 100 * MS,
-        p999_us: 500 * MS,
+        p999_us: Some(500 * MS),
         max_error_rate: 0.005,
         min_connect_success: 0.995,
         min_throughput_ratio: 0.95,
@@ -82,7 +84,7 @@ pub const LIMITS: [Limits; 5] = [
         grade: Grade::C,
         p95_us: 100 * MS,
         p99_us: 200 * MS,
-        p999_us: u64::MAX,
+        p999_us: None,
         max_error_rate: 0.01,
         min_connect_success: 0.99,
         min_throughput_ratio: 0.90,
@@ -91,7 +93,7 @@ pub const LIMITS: [Limits; 5] = [
         grade: Grade::D,
         p95_us: 500 * MS,
         p99_us: 1_000 * MS,
-        p999_us: u64::MAX,
+        p999_us: None,
         max_error_rate: 0.05,
         min_connect_success: 0.95,
         min_throughput_ratio: 0.50,
@@ -155,11 +157,11 @@ fn misses(limits: &Limits, input: &GradeInput) -> Vec<String> {
             ms(limits.p99_us)
         ));
     }
-    if input.p999_us > limits.p999_us {
+    if let Some(limit) = limits.p999_us.filter(|limit| input.p999_us > *limit) {
         out.push(format!(
             "P99.9 {:.1} ms > {:.0} ms",
             ms(input.p999_us),
-            ms(limits.p999_us)
+            ms(limit)
         ));
     }
     if input.error_rate > limits.max_error_rate {
@@ -223,6 +225,21 @@ pub fn grade(input: &GradeInput) -> GradeReport {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn no_p999_limit_is_null_in_json() {
+        let json = serde_json::to_value(LIMITS).unwrap();
+        assert_eq!(json[0]["p999_us"], 20_000);
+        assert!(json[3]["p999_us"].is_null() && json[4]["p999_us"].is_null());
+        // Reports written before still read (their limit was u64::MAX).
+        let old: Limits = serde_json::from_str(
+            r#"{"grade":"C","p95_us":1,"p99_us":2,"p999_us":18446744073709551615,
+                "max_error_rate":0.01,"min_connect_success":0.99,"min_throughput_ratio":0.9}"#,
+        )
+        .unwrap();
+        assert_eq!(old.p999_us, Some(u64::MAX));
+    }
+
     use super::*;
 
     fn input(p95_ms: f64, p99_ms: f64, error_rate: f64) -> GradeInput {
