@@ -331,7 +331,8 @@ fn run_processor(
                         reference,
                         code: ErrorCode::BadRequest,
                         reason: format!(
-                            "{to:?} is not a valid user id (1-128 characters of [A-Za-z0-9_.:@-])"
+                            "{:?} is not a valid user id (1-128 characters of [A-Za-z0-9_.:@-])",
+                            crate::protocol::truncate(&to, 64)
                         ),
                     });
                 }
@@ -348,7 +349,8 @@ fn run_processor(
                         reference,
                         code: ErrorCode::BadRequest,
                         reason: format!(
-                            "{group:?} is not a valid group name (1-128 characters of [A-Za-z0-9_.:@/-])"
+                            "{:?} is not a valid group name (1-128 characters of [A-Za-z0-9_.:@/-])",
+                            crate::protocol::truncate(&group, 64)
                         ),
                     });
                 }

@@ -448,7 +448,8 @@ fn is_valid_ref(raw: &RawValue) -> bool {
     }
 }
 
-fn truncate(s: &str, max_chars: usize) -> &str {
+/// At most `max_chars` characters of `s` (for quoting input in reasons).
+pub(crate) fn truncate(s: &str, max_chars: usize) -> &str {
     match s.char_indices().nth(max_chars) {
         Some((i, _)) => &s[..i],
         None => s,
