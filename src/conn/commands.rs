@@ -851,6 +851,14 @@ mod tests {
             (&json!("bad_request"), &json!(6)),
             "{e}"
         );
+        // The reason quotes at most a prefix of it.
+        let long = json!({"op":"say","group":"x ".repeat(5000)}).to_string();
+        let e = error_text(handle_message(
+            Message::text(long),
+            Mode::Protocol,
+            &mut ctx,
+        ));
+        assert!(e["reason"].as_str().unwrap().len() < 200, "{e}");
         // Custom ops are text commands.
         let e = error_text(handle_message(
             Message::binary(b"{\"op\":\"say\",\"group\":\"g\",\"ref\":7}\npayload".to_vec()),
