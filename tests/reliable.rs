@@ -15,6 +15,24 @@ fn user(server: &TestServer, name: &str) -> Client {
     connect_welcomed(&server.url(&format!("?user={name}"))).0
 }
 
+/// A server with `shards`, whose unacked messages are retried after
+/// `ack_timeout_ms` (doubling), `max_retries` times.
+fn retrying_server(shards: usize, ack_timeout_ms: u64, max_retries: u32) -> TestServer {
+    let (shards, timeout, retries) = (
+        shards.to_string(),
+        ack_timeout_ms.to_string(),
+        max_retries.to_string(),
+    );
+    TestServer::start(&[
+        "--shards",
+        &shards,
+        "--ack-timeout-ms",
+        &timeout,
+        "--max-retries",
+        &retries,
+    ])
+}
+
 fn ok(ws: &mut Client, mut cmd: Value) -> Value {
     cmd["ref"] = json!("r");
     ws.send(Message::text(cmd.to_string())).unwrap();
@@ -86,14 +104,7 @@ fn replay_all(server: &TestServer, replayed: u64) {
 
 #[test]
 fn unacked_messages_are_retried_with_backoff_then_dead_lettered() {
-    let server = TestServer::start(&[
-        "--shards",
-        "2",
-        "--ack-timeout-ms",
-        "200",
-        "--max-retries",
-        "2",
-    ]);
+    let server = retrying_server(2, 200, 2);
     let mut bob = user(&server, "bob");
     let mut alice = user(&server, "alice");
     let sent_at = Instant::now();
@@ -239,14 +250,7 @@ fn a_members_unacked_publish_is_redelivered_after_a_restart_as_attempt_2() {
 
 #[test]
 fn an_ack_from_any_connection_of_the_user_settles_it() {
-    let server = TestServer::start(&[
-        "--shards",
-        "3",
-        "--ack-timeout-ms",
-        "150",
-        "--max-retries",
-        "3",
-    ]);
+    let server = retrying_server(3, 150, 3);
     let mut phone = user(&server, "carol");
     let mut laptop = user(&server, "carol");
     let mut alice = user(&server, "alice");
@@ -390,14 +394,7 @@ fn a_scheduled_message_expires_at_its_ttl_and_a_replay_gives_it_the_ttl_again() 
 
 #[test]
 fn an_acked_anycast_that_finds_no_member_is_kept_not_lost() {
-    let server = TestServer::start(&[
-        "--shards",
-        "2",
-        "--ack-timeout-ms",
-        "300",
-        "--max-retries",
-        "0",
-    ]);
+    let server = retrying_server(2, 300, 0);
     let mut sender = user(&server, "boss");
     let mut worker = user(&server, "worker");
     // A replay into an empty group: the message goes back to the DLQ
@@ -428,14 +425,7 @@ fn an_acked_anycast_that_finds_no_member_is_kept_not_lost() {
 
     // A scheduled one whose group empties before it is due waits for a
     // member like a retry does, and reaches the member that comes back.
-    let server = TestServer::start(&[
-        "--shards",
-        "2",
-        "--ack-timeout-ms",
-        "300",
-        "--max-retries",
-        "3",
-    ]);
+    let server = retrying_server(2, 300, 3);
     let mut sender = user(&server, "boss");
     let mut worker = user(&server, "worker");
     ok(&mut worker, json!({"op":"join","group":"later"}));
@@ -603,14 +593,7 @@ fn chunked_or_oversized_bodies_are_refused() {
 
 #[test]
 fn publish_with_ack_is_acked_per_member_and_anycast_retries_elsewhere() {
-    let server = TestServer::start(&[
-        "--shards",
-        "2",
-        "--ack-timeout-ms",
-        "150",
-        "--max-retries",
-        "5",
-    ]);
+    let server = retrying_server(2, 150, 5);
     let mut m1 = user(&server, "m1");
     let mut m2 = user(&server, "m2");
     for ws in [&mut m1, &mut m2] {

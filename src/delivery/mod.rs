@@ -862,6 +862,21 @@ mod tests {
         live.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// A fresh state restored from `state`'s snapshot (its live facts).
+    fn restored_from_snapshot(state: &ReliableState) -> ReliableState {
+        let snapshot = state
+            .durable_entries()
+            .into_iter()
+            .map(|r| match r {
+                WalRecord::Upsert { entry, .. } => entry,
+                WalRecord::Remove { .. } => unreachable!("a snapshot holds live keys"),
+            })
+            .collect();
+        let mut restored = ReliableState::new(config());
+        assert_eq!(restored.restore(snapshot, 100), 0);
+        restored
+    }
+
     fn key(id: &str) -> PendingKey {
         PendingKey {
             id: id.into(),
@@ -1068,16 +1083,7 @@ mod tests {
         };
         let expected = [("d1".into(), 1), ("d2".into(), 2), ("a1".into(), 3)];
         assert_eq!(letters(&restored), expected);
-        let snapshot = restored
-            .durable_entries()
-            .into_iter()
-            .map(|r| match r {
-                WalRecord::Upsert { entry, .. } => entry,
-                WalRecord::Remove { .. } => unreachable!("a snapshot holds live keys"),
-            })
-            .collect();
-        let mut again = ReliableState::new(config());
-        assert_eq!(again.restore(snapshot, 100), 0);
+        let again = restored_from_snapshot(&restored);
         assert_eq!(letters(&again), expected);
     }
 
@@ -1123,16 +1129,7 @@ mod tests {
                 .collect()
         };
         // The snapshot keeps the counts too.
-        let snapshot: Vec<DurableEntry> = restored
-            .durable_entries()
-            .into_iter()
-            .map(|r| match r {
-                WalRecord::Upsert { entry, .. } => entry,
-                WalRecord::Remove { .. } => unreachable!("a snapshot holds live keys"),
-            })
-            .collect();
-        let mut again = ReliableState::new(config());
-        assert_eq!(again.restore(snapshot, 100), 0);
+        let mut again = restored_from_snapshot(&restored);
         let dead: Vec<_> = restored
             .dlq()
             .iter()

@@ -994,6 +994,13 @@ impl ShardState {
         self.answer(reply, origin, Err(failure(ErrorCode::NoMembers, reason)));
     }
 
+    /// Whether a message to `user` goes to its mailbox: offline, or online
+    /// with a mailbox still being drained (a new message waits its turn
+    /// behind the stored ones).
+    pub(super) fn held_in_mailbox(&self, user: &str, offline: bool) -> bool {
+        offline || self.reliable.borrow().mailbox_len(user) > 0
+    }
+
     pub(super) fn routed(&self, lsn_before: u64, reply: Option<ReplyTo>, parts: u32, held: Held) {
         if let Some(reply) = reply {
             let msg = MeshMsg::Routed {
@@ -1076,10 +1083,7 @@ impl ShardState {
         let (parts, held) = match &target {
             Target::User(user) => {
                 let parts = self.directory.borrow().user_parts(user);
-                // Offline, or online with a mailbox still being drained (a
-                // new message waits its turn behind the stored ones).
-                let draining = self.reliable.borrow().mailbox_len(user) > 0;
-                if draining || parts.is_empty() {
+                if self.held_in_mailbox(user, parts.is_empty()) {
                     // The mailbox, delivered after the next welcome (a
                     // redelivery handed over keeps its attempt count).
                     let msg = Arc::new(envelope.parts.clone());

@@ -438,12 +438,11 @@ impl ShardState {
                 // A user's messages, acked or waiting offline, are kept in
                 // its Redis Stream, not in this log.
                 (true, Target::User(_)) => false,
-                // The mailbox, as `route_from` decides: offline, or a
-                // mailbox still draining.
                 (false, Target::User(user)) => {
-                    envelope.ack()
-                        || self.reliable.borrow().mailbox_len(user) > 0
-                        || self.directory.borrow().user_parts(user).is_empty()
+                    envelope.ack() || {
+                        let offline = self.directory.borrow().user_parts(user).is_empty();
+                        self.held_in_mailbox(user, offline)
+                    }
                 }
                 (_, Target::Group { .. } | Target::Anycast(_)) => envelope.ack(),
             };
