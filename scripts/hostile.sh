@@ -67,11 +67,12 @@ fi
 # process itself (shards, rings, metrics, allocator slack); each endless
 # fragmenter may hold one message of max_message_bytes (twice, counting the
 # read buffer); each never-reader up to twice outbox_max_bytes plus one
-# 64 KiB write batch; every socket (live, slowloris, random) 16 KiB.
+# write: a 64 KiB batch from the outbox and up to 64 KiB of replies put
+# straight into it; every socket (live, slowloris, random) 16 KiB.
 MIB=$((1024 * 1024))
 RSS_BOUND_BYTES=$((64 * MIB \
     + FRAGMENT * 2 * MAX_MESSAGE_BYTES \
-    + NEVER_READ * (2 * OUTBOX_MAX_BYTES + 65536) \
+    + NEVER_READ * (2 * OUTBOX_MAX_BYTES + 131072) \
     + (MAX_CONNECTIONS + SLOWLORIS + RANDOM_CLIENTS) * 16384))
 if [ -n "${RSS_BOUND_MIB:-}" ]; then RSS_BOUND_BYTES=$((RSS_BOUND_MIB * MIB)); fi
 

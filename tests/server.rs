@@ -446,3 +446,67 @@ fn commands_over_the_rate_limit_are_refused_and_the_connection_lives() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(request(&mut ws, r#"{"op":"ping"}"#), json!({"op":"pong"}));
 }
+
+/// Replies leave in the order of their commands, whether they went straight
+/// into the connection's next write or through its outbox: 4,000 pipelined
+/// commands (echoes, pings, errors; about 400 KB of answers) to a client
+/// that reads nothing for a while through a 4 KiB receive buffer, so the
+/// server's writes stall, the direct replies of a turn pass their bound,
+/// and later replies queue behind a write under way.
+#[test]
+fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
+    let server = TestServer::start(&[
+        "--shards",
+        "1",
+        "--rate-limit-per-s",
+        "1000000",
+        "--rate-limit-burst",
+        "1000000",
+    ]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&upgrade_request("/ws?user=pipeliner")).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (_, welcome) = read_server_frame(&mut s).expect("welcome");
+    assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
+
+    const COMMANDS: usize = 4000;
+    let padding = "p".repeat(60);
+    let mut bytes = Vec::new();
+    for i in 0..COMMANDS {
+        let command = match i % 5 {
+            0 => format!(r#"{{"op":"ping","ref":{i}}}"#),
+            // No data: answered with an error that keeps the ref.
+            1 => format!(r#"{{"op":"echo","ref":{i}}}"#),
+            _ => format!(r#"{{"op":"echo","ref":{i},"data":"{padding}"}}"#),
+        };
+        bytes.extend(masked_frame(0x81, command.as_bytes(), [1, 2, 3, 4]));
+    }
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&bytes).unwrap());
+    // Nothing is read meanwhile: the server's writes stall on the 4 KiB buffer.
+    std::thread::sleep(Duration::from_millis(300));
+    for expected in 0..COMMANDS {
+        let (opcode, payload) = read_server_frame(&mut s).expect("an answer");
+        assert_eq!(opcode, 1);
+        let answer: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(answer["ref"], expected, "answers out of order: {answer}");
+        let op = match expected % 5 {
+            0 => "pong",
+            1 => "error",
+            _ => "echo",
+        };
+        assert_eq!(answer["op"], op, "{answer}");
+    }
+    sender.join().unwrap();
+}

@@ -144,7 +144,16 @@ pub(super) async fn run_session<S: super::Transport>(
                         }
                         _ => {}
                     }
-                    shard.handle_message(handle, message, mode)
+                    // Nothing is being written: a reply may go straight
+                    // into the session's output, ahead of the next write.
+                    let take_reply = pending.is_done();
+                    if let Some(frame) = shard.handle_message(handle, message, mode, take_reply) {
+                        if session.append_reply(&frame) {
+                            shard.metrics.count_messages_out(1, frame.len() as u64);
+                        } else {
+                            shard.reply(handle, frame);
+                        }
+                    }
                 }
                 Ok(None) => break,
                 Err(_) => ended = true,

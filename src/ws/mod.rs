@@ -21,6 +21,12 @@ pub const SESSION_READ_CHUNK_BYTES: usize = 1024;
 /// that once sent a large message does not keep its memory while idle.
 pub const IDLE_BUFFER_KEEP_BYTES: usize = 16 * 1024;
 
+/// Most output a session holds from replies appended by `append_reply`
+/// (one turn's answers, taken by the next write); past it, replies queue in
+/// the connection's outbox, which bounds what a peer that does not read
+/// can pile up.
+pub const DIRECT_REPLIES_MAX_BYTES: usize = 64 * 1024;
+
 /// The in-memory stream tungstenite reads from and writes to.
 #[derive(Debug, Default)]
 pub struct MemStream {
@@ -300,6 +306,28 @@ impl WsSession {
             Err(WsError::Protocol(_)) if !ws.can_write() => Err(SessionEnd::Closed),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// Appends one encoded data frame (a reply) to the output, behind what
+    /// tungstenite queued so far; false if the session may not send data
+    /// (closing), is resting, or holds `DIRECT_REPLIES_MAX_BYTES` of
+    /// output already: the caller queues the frame in the outbox instead.
+    pub fn append_reply(&mut self, frame: &[u8]) -> bool {
+        let Some(ws) = self.ws.as_mut() else {
+            return false;
+        };
+        if !ws.can_write() {
+            return false;
+        }
+        // tungstenite's buffered frames (a pong) go first: output keeps
+        // the order things were answered in.
+        let _ = ws.flush();
+        let outbound = &mut ws.get_mut().outbound;
+        if outbound.len() + frame.len() > DIRECT_REPLIES_MAX_BYTES {
+            return false;
+        }
+        outbound.extend_from_slice(frame);
+        true
     }
 
     /// Starts the close handshake with `code` (no-op once closing).
@@ -646,6 +674,54 @@ mod tests {
             decode_server_output(&out),
             vec![Message::Pong(vec![7u8].into())]
         );
+    }
+
+    #[test]
+    fn a_reply_goes_out_behind_what_was_answered_before_it() {
+        let bytes = client_bytes(vec![Message::Ping(vec![7u8].into()), Message::text("hi")]);
+        let mut s = WsSession::new(1024, &bytes);
+        assert!(matches!(s.next_message(), Ok(Some(Message::Ping(_)))));
+        assert!(matches!(s.next_message(), Ok(Some(Message::Text(_)))));
+        assert!(s.append_reply(&encode_frame(OPCODE_TEXT, &[b"one"])));
+        assert!(s.append_reply(&encode_frame(OPCODE_TEXT, &[b"two"])));
+        let mut out = Vec::new();
+        s.take_output(&mut out);
+        assert_eq!(
+            decode_server_output(&out),
+            vec![
+                Message::Pong(vec![7u8].into()),
+                Message::text("one"),
+                Message::text("two")
+            ]
+        );
+    }
+
+    #[test]
+    fn replies_are_refused_when_closing_resting_or_past_their_bound() {
+        // Resting (nothing read yet): the caller queues in the outbox.
+        let mut s = WsSession::new(1024, &[]);
+        assert!(!s.append_reply(&encode_frame(OPCODE_TEXT, &[b"x"])));
+
+        let bytes = client_bytes(vec![Message::text("hi")]);
+        let mut s = WsSession::new(1024, &bytes);
+        assert!(matches!(s.next_message(), Ok(Some(Message::Text(_)))));
+        let big = encode_frame(OPCODE_TEXT, &[&[b'a'; 1000]]);
+        let fit = DIRECT_REPLIES_MAX_BYTES / big.len();
+        for _ in 0..fit {
+            assert!(s.append_reply(&big));
+        }
+        assert!(!s.append_reply(&big), "past DIRECT_REPLIES_MAX_BYTES");
+        let mut out = Vec::new();
+        s.take_output(&mut out);
+        assert_eq!(out.len(), fit * big.len());
+        // Taken: room again, until the session closes.
+        assert!(s.append_reply(&big));
+        s.close(1000, "bye");
+        assert!(!s.append_reply(&big), "nothing follows a close frame");
+        s.take_output(&mut out);
+        let messages = decode_server_output(&out);
+        assert_eq!(messages.len(), 2);
+        assert!(matches!(messages[1], Message::Close(_)));
     }
 
     #[test]
