@@ -134,7 +134,7 @@ impl ShardState {
     /// command answered by one reply frame gets it back instead of queued,
     /// if the outbox is empty (so it cannot overtake a queued reply): the
     /// loop puts it straight into its next write. The outbox would cost an
-    /// echo two touches of its cold lanes and a fifth of its user time.
+    /// echo two touches of its cold lanes and a quarter of its user time.
     pub fn handle_message(
         self: &Rc<Self>,
         handle: &ConnHandle,
@@ -442,7 +442,6 @@ impl ShardState {
     }
 
     /// Queues a frame on the reply lane of one of this shard's connections.
-    /// Queues a reply frame in the connection's outbox (reply lane).
     pub fn reply(&self, handle: &ConnHandle, frame: Bytes) {
         let item = OutItem {
             frame,
