@@ -448,11 +448,13 @@ fn commands_over_the_rate_limit_are_refused_and_the_connection_lives() {
 }
 
 /// Replies leave in the order of their commands, whether they went straight
-/// into the connection's next write or through its outbox: 4,000 pipelined
-/// commands (echoes, pings, errors; about 400 KB of answers) to a client
-/// that reads nothing for a while through a 4 KiB receive buffer, so the
-/// server's writes stall, the direct replies of a turn pass their bound,
-/// and later replies queue behind a write under way.
+/// into the connection's next write or through its outbox: 100,000
+/// pipelined commands (echoes, pings, errors; about 10 MB of answers, more
+/// than the server's socket buffer can grow to, 4 MiB here) to a client
+/// that reads nothing until it has sent them all, so the direct replies of
+/// a turn pass their 64 KiB bound and, once the server's writes stall,
+/// replies queue behind a write under way (the outbox bound raised to
+/// hold them).
 #[test]
 fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
     let server = TestServer::start(&[
@@ -462,6 +464,8 @@ fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
         "1000000",
         "--rate-limit-burst",
         "1000000",
+        "--outbox-max-bytes",
+        "67108864",
     ]);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -480,7 +484,7 @@ fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
     let (_, welcome) = read_server_frame(&mut s).expect("welcome");
     assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
 
-    const COMMANDS: usize = 4000;
+    const COMMANDS: usize = 100_000;
     let padding = "p".repeat(60);
     let mut bytes = Vec::new();
     for i in 0..COMMANDS {
@@ -493,8 +497,10 @@ fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
         bytes.extend(masked_frame(0x81, command.as_bytes(), [1, 2, 3, 4]));
     }
     let mut writer = s.try_clone().unwrap();
-    let sender = std::thread::spawn(move || writer.write_all(&bytes).unwrap());
-    // Nothing is read meanwhile: the server's writes stall on the 4 KiB buffer.
+    // Nothing is read until every command is sent: the server's writes stall.
+    std::thread::spawn(move || writer.write_all(&bytes).unwrap())
+        .join()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     for expected in 0..COMMANDS {
         let (opcode, payload) = read_server_frame(&mut s).expect("an answer");
@@ -508,5 +514,4 @@ fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
         };
         assert_eq!(answer["op"], op, "{answer}");
     }
-    sender.join().unwrap();
 }

@@ -214,3 +214,51 @@ fn bad_tls_files_stop_the_start_with_one_clear_line() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot read the TLS key"), "{err}");
 }
+
+/// A write that fills the socket leaves its last TLS records inside rustls
+/// (futures-rustls takes the plaintext and answers "written"); they must
+/// still go out once the socket drains, not wait for the next write (a
+/// ping, 20 s later). Twenty 512 KiB echoes, each to a client that reads
+/// nothing for a moment through a 4 KiB receive buffer, come back whole.
+#[test]
+fn a_large_reply_to_a_slow_tls_reader_arrives_whole() {
+    let pki = Pki::new();
+    let cert = pki.path("cert.pem");
+    let key = pki.path("key.pem");
+    let server = TestServer::start(&[
+        "--echo",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--max-message-bytes",
+        "16777216",
+    ]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    // Segments as on a real network: the server's send buffer then starts
+    // small (a few dozen KiB, not loopback's megabytes), so a socket that
+    // says writable again has less room than rustls's 64 KiB of records.
+    socket.set_mss(536).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(pki.client_config(), name).unwrap();
+    let url = format!("wss://localhost:{}/ws", server.port);
+    let (mut ws, _) = tungstenite::client(url, StreamOwned::new(conn, tcp)).expect("wss handshake");
+    // Each reply's last records may be the ones a full socket leaves in
+    // rustls; eight make that all but certain to happen once.
+    for round in 0..8u8 {
+        let payload: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8 ^ round).collect();
+        ws.send(Message::binary(payload.clone())).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        match ws.read() {
+            Ok(Message::Binary(echoed)) => {
+                assert!(echoed[..] == payload[..], "echo {round} differs")
+            }
+            other => panic!("expected echo {round} whole within {WAIT:?}, got {other:?}"),
+        }
+    }
+}

@@ -48,6 +48,10 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
     /// Whether a quiet connection over it may hibernate (`hibernate`).
     const CAN_HIBERNATE: bool = false;
 
+    /// Whether a write it answered in full may still sit inside it until
+    /// flushed (TLS records a full socket did not take).
+    const WRITES_NEED_FLUSH: bool = false;
+
     /// Hands a quiet connection to its shard's hibernation; `Err` hands it
     /// back to keep its task.
     #[allow(clippy::result_large_err)] // moved once per hibernation; see hibernate.rs
@@ -70,8 +74,11 @@ impl Transport for ReadyStream {
 }
 
 /// TLS: rustls's state is large and has no resting form, so these keep
-/// their tasks.
-impl Transport for Box<futures_rustls::server::TlsStream<ReadyStream>> {}
+/// their tasks. futures-rustls answers a write in full once rustls took the
+/// plaintext, even when the socket took only part of the records.
+impl Transport for Box<futures_rustls::server::TlsStream<ReadyStream>> {
+    const WRITES_NEED_FLUSH: bool = true;
+}
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(shard: Rc<ShardState>, mut stream: ReadyStream) {

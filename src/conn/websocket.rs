@@ -1,6 +1,7 @@
 //! The WebSocket loop of one connection: answer every complete message,
-//! fill one write from the outbox (highest lane first) and the session's
-//! control frames, then wait for the socket, a signal or a deadline.
+//! fill one write from the session's output (control frames, and replies
+//! put there directly) and the outbox (highest lane first), then wait for
+//! the socket, a signal or a deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,12 +53,16 @@ enum Wake {
     /// Bytes arrived, read at this time.
     Input(Instant),
     Wrote(usize),
+    /// What the transport held back of a finished write went out.
+    Flushed,
     PeerGone,
     Signals(u8),
     Deadline,
 }
 
-/// Bytes waiting for the socket: outbox frames first, then control frames.
+/// Bytes waiting for the socket: the session's output first (control
+/// frames, direct replies), then outbox frames; control frames raised
+/// while it is written are appended behind.
 struct Pending {
     bytes: Vec<u8>,
     written: usize,
@@ -65,10 +70,19 @@ struct Pending {
     from_outbox: usize,
     /// …starting at this offset (after the control frames).
     outbox_start: usize,
+    /// Every byte was taken, but the transport may hold some back (TLS:
+    /// rustls keeps the records a full socket did not take, and answers
+    /// "written"): the write ends when a flush says it went out.
+    flush_owed: bool,
 }
 
 impl Pending {
+    /// Whether the write is over: every byte taken, and flushed.
     fn is_done(&self) -> bool {
+        self.all_taken() && !self.flush_owed
+    }
+
+    fn all_taken(&self) -> bool {
         self.written == self.bytes.len()
     }
 }
@@ -86,6 +100,7 @@ pub(super) async fn run_session<S: super::Transport>(
         written: 0,
         from_outbox: 0,
         outbox_start: 0,
+        flush_owed: false,
     };
     let mut stale = false;
     let mut ended = false;
@@ -189,11 +204,15 @@ pub(super) async fn run_session<S: super::Transport>(
                 let end = (pending.written + n).min(pending.outbox_start + pending.from_outbox);
                 let from_outbox = end.saturating_sub(start);
                 pending.written += n;
+                if S::WRITES_NEED_FLUSH && pending.all_taken() {
+                    pending.flush_owed = true;
+                }
                 if from_outbox > 0 {
                     handle.outbox.borrow_mut().wrote(from_outbox);
                     shard.mailbox_written(handle);
                 }
             }
+            Wake::Flushed => pending.flush_owed = false,
             Wake::PeerGone => {
                 // A stale peer that hangs up after our close is still stale.
                 return if stale {
@@ -235,9 +254,11 @@ pub(super) async fn run_session<S: super::Transport>(
     }
 }
 
-/// Starts a new write: the session's own output first (pongs answer pings
-/// at once, ahead of data, as RFC 6455 asks), then outbox frames while the
-/// session is open (a closed session takes none: nothing follows a close).
+/// Starts a new write: the session's own output first (pongs, which answer
+/// pings at once as RFC 6455 asks, in order with the replies put there
+/// directly, at most `DIRECT_REPLIES_MAX_BYTES` of them), then outbox
+/// frames while the session is open (a closed session takes none: nothing
+/// follows a close).
 fn refill(shard: &ShardState, session: &mut WsSession, handle: &ConnHandle, pending: &mut Pending) {
     pending.bytes.clear();
     if pending.bytes.capacity() == 0 {
@@ -341,10 +362,17 @@ fn poll_wake<S: super::Transport>(
             return Poll::Ready(Wake::Deadline);
         }
     }
-    if !pending.is_done() {
+    if !pending.all_taken() {
         match Pin::new(&mut *stream).poll_write(cx, &pending.bytes[pending.written..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wake::PeerGone),
             Poll::Ready(Ok(n)) => return Poll::Ready(Wake::Wrote(n)),
+            Poll::Pending => {}
+        }
+    } else if pending.flush_owed {
+        // Writable again wakes this task through the flush's own wait.
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Err(_)) => return Poll::Ready(Wake::PeerGone),
+            Poll::Ready(Ok(())) => return Poll::Ready(Wake::Flushed),
             Poll::Pending => {}
         }
     }
