@@ -60,6 +60,24 @@ thread_local! {
 /// Message id → the shard tracking its ack, and the ids in arrival order.
 type AckRoutes = (HashMap<String, usize>, VecDeque<String>);
 
+/// What few connections have: see `ConnHandle::extras`.
+#[derive(Default)]
+struct Extras {
+    /// Groups this connection joined (left for it when it closes).
+    groups: HashSet<String>,
+    /// For `ack:true` messages delivered here: message id → the shard that
+    /// tracks its ack. The ids in arrival order bound it.
+    ack_routes: AckRoutes,
+    /// The groups its token lets it join (`None`: any).
+    allowed_groups: Option<Box<[String]>>,
+}
+
+impl Extras {
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.ack_routes.0.is_empty() && self.allowed_groups.is_none()
+    }
+}
+
 /// One live WebSocket connection, as its shard sees it.
 pub struct ConnHandle {
     pub id: u64,
@@ -67,16 +85,11 @@ pub struct ConnHandle {
     /// Chose `wsu.v1.lz4`: large binary payloads arrive compressed.
     pub wants_lz4: bool,
     pub outbox: RefCell<Outbox>,
-    /// Groups this connection joined (left for it when it closes);
-    /// allocated on the first join.
-    // Boxed on purpose: 8 bytes in every handle instead of an empty
-    // HashSet's 48, for the many connections that never join a group.
-    #[allow(clippy::box_collection)]
-    groups: RefCell<Option<Box<HashSet<String>>>>,
-    /// For `ack:true` messages delivered here: message id → the shard that
-    /// tracks its ack. The ids in arrival order bound it.
-    /// Allocated on first use, freed when empty at hibernation.
-    ack_routes: RefCell<Option<Box<AckRoutes>>>,
+    /// Its groups, ack routes and allowed groups: most connections have
+    /// none of them, so they share one box (8 bytes in every handle, not
+    /// three fields' 48), allocated on first use and freed when all three
+    /// are empty again.
+    extras: RefCell<Option<Box<Extras>>>,
     signals: Cell<u8>,
     waker: Cell<Option<Waker>>,
     /// When the peer last sent anything, in ms of `clock_ms`.
@@ -86,9 +99,7 @@ pub struct ConnHandle {
     /// The last ping round trip, in µs (0: none yet; saturates at ~71 min).
     last_rtt_us: Cell<u32>,
     /// The command budget (`rate_limit_per_s`, `rate_limit_burst`).
-    pub rate_limit: RefCell<TokenBucket>,
-    /// The groups its token lets it join (`None`: any).
-    allowed_groups: Option<Box<[String]>>,
+    rate_limit: Cell<TokenBucket>,
     /// Its user's home holds the rest of a mailbox until this connection
     /// has written the batch it was sent.
     pub mailbox_paused: Cell<bool>,
@@ -113,8 +124,7 @@ impl ConnHandle {
         now: Instant,
     ) -> Self {
         ConnHandle {
-            rate_limit: RefCell::new(rate_limit),
-            allowed_groups: None,
+            rate_limit: Cell::new(rate_limit),
             mailbox_paused: Cell::new(false),
             can_hibernate: Cell::new(false),
             sleeping: Cell::new(None),
@@ -124,8 +134,7 @@ impl ConnHandle {
             user,
             wants_lz4,
             outbox: RefCell::new(Outbox::new(outbox_max_bytes)),
-            groups: RefCell::new(None),
-            ack_routes: RefCell::new(None),
+            extras: RefCell::new(None),
             signals: Cell::new(0),
             waker: Cell::new(None),
             last_rx_ms: Cell::new(clock_ms(now)),
@@ -153,8 +162,8 @@ impl ConnHandle {
 
     /// Remembers where the ack for message `id` must go.
     pub fn expect_ack(&self, id: &str, home: usize) {
-        let mut routes = self.ack_routes.borrow_mut();
-        let (map, order) = &mut **routes.get_or_insert_with(Default::default);
+        let mut extras = self.extras.borrow_mut();
+        let (map, order) = &mut extras.get_or_insert_with(Default::default).ack_routes;
         if map.insert(id.to_string(), home).is_none() {
             order.push_back(id.to_string());
         }
@@ -170,8 +179,8 @@ impl ConnHandle {
 
     /// Where the ack for `id` goes (and forget it), if it was delivered here.
     pub fn take_ack_route(&self, id: &str) -> Option<usize> {
-        let mut routes = self.ack_routes.borrow_mut();
-        let (map, order) = &mut **routes.as_mut()?;
+        let mut extras = self.extras.borrow_mut();
+        let (map, order) = &mut extras.as_mut()?.ack_routes;
         let home = map.remove(id)?;
         // Keep `order` from growing with settled ids.
         if order.len() > 2 * map.len() + 64 {
@@ -185,56 +194,73 @@ impl ConnHandle {
         instant_of(self.last_rx_ms.get())
     }
 
+    /// Takes one command from its budget: `per_s` a second, bursts up to
+    /// `burst` (the shard's settings); false when it is spent.
+    pub fn take_command(&self, per_s: u64, burst: u64, now: Instant) -> bool {
+        let mut bucket = self.rate_limit.get();
+        let taken = bucket.try_take(per_s, burst, now);
+        self.rate_limit.set(bucket);
+        taken
+    }
+
     /// Records traffic from the peer.
     pub fn heard_at(&self, now: Instant) {
         self.last_rx_ms.set(clock_ms(now));
     }
 
     /// Sets the groups its token lets it join (`None`: any).
-    pub fn with_allowed_groups(mut self, allowed: Option<Vec<String>>) -> Self {
-        self.allowed_groups = allowed.map(Vec::into_boxed_slice);
+    pub fn with_allowed_groups(self, allowed: Option<Vec<String>>) -> Self {
+        if let Some(allowed) = allowed {
+            self.extras
+                .borrow_mut()
+                .get_or_insert_with(Default::default)
+                .allowed_groups = Some(allowed.into_boxed_slice());
+        }
         self
     }
 
-    /// The groups its token lets it join (`None`: any).
-    pub fn allowed_groups(&self) -> Option<&[String]> {
-        self.allowed_groups.as_deref()
+    /// Whether its token lets it join `group` (`crate::auth::group_allowed`).
+    pub fn may_join(&self, group: &str) -> bool {
+        let extras = self.extras.borrow();
+        let allowed = extras.as_ref().and_then(|e| e.allowed_groups.as_deref());
+        crate::auth::group_allowed(allowed, group)
     }
 
     /// Whether it joined `group`.
     pub fn in_group(&self, group: &str) -> bool {
-        self.groups
+        self.extras
             .borrow()
             .as_ref()
-            .is_some_and(|g| g.contains(group))
+            .is_some_and(|e| e.groups.contains(group))
     }
 
     /// Groups joined.
     pub fn group_count(&self) -> usize {
-        self.groups.borrow().as_ref().map_or(0, |g| g.len())
+        self.extras.borrow().as_ref().map_or(0, |e| e.groups.len())
     }
 
     /// Records a join.
     pub fn add_group(&self, group: &str) {
-        self.groups
+        self.extras
             .borrow_mut()
             .get_or_insert_with(Default::default)
+            .groups
             .insert(group.to_string());
     }
 
     /// Records a leave.
     pub fn remove_group(&self, group: &str) {
-        if let Some(groups) = self.groups.borrow_mut().as_mut() {
-            groups.remove(group);
+        if let Some(extras) = self.extras.borrow_mut().as_mut() {
+            extras.groups.remove(group);
         }
     }
 
     /// Takes every joined group (the connection is closing).
     pub fn take_groups(&self) -> Vec<String> {
-        self.groups
+        self.extras
             .borrow_mut()
-            .take()
-            .map_or_else(Vec::new, |g| g.into_iter().collect())
+            .as_mut()
+            .map_or_else(Vec::new, |e| e.groups.drain().collect())
     }
 
     /// Records the round trip of the last ping.
@@ -335,9 +361,18 @@ impl ConnHandle {
     /// buffers keep their capacity while busy; a resting one gives it back).
     pub fn release_idle_memory(&self) {
         self.outbox.borrow_mut().release_idle_memory();
-        let mut routes = self.ack_routes.borrow_mut();
-        if routes.as_ref().is_some_and(|r| r.0.is_empty()) {
-            *routes = None;
+        let mut extras = self.extras.borrow_mut();
+        if let Some(e) = extras.as_mut() {
+            // Emptied maps keep their capacity: a resting one gives it back.
+            if e.ack_routes.0.is_empty() {
+                e.ack_routes = AckRoutes::default();
+            }
+            if e.groups.is_empty() {
+                e.groups = HashSet::new();
+            }
+        }
+        if extras.as_ref().is_some_and(|e| e.is_empty()) {
+            *extras = None;
         }
     }
 
@@ -390,7 +425,7 @@ mod tests {
             Rc::from("u"),
             false,
             1 << 20,
-            TokenBucket::new(10, 10, now),
+            TokenBucket::new(10, now),
             now,
         )
     }
@@ -476,6 +511,39 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_with_its_rc_counts_fits_jemallocs_192_byte_class() {
+        // Every connection, idle or not, holds one: 256 bytes before the
+        // rarely used fields shared a box and the settings left it.
+        assert!(std::mem::size_of::<ConnHandle>() + 2 * std::mem::size_of::<usize>() <= 192);
+    }
+
+    #[test]
+    fn allowed_groups_and_joined_groups_share_the_box_with_ack_routes() {
+        let h = handle().with_allowed_groups(Some(vec!["room".into()]));
+        assert!(h.may_join("room"));
+        assert!(!h.may_join("other"));
+        h.add_group("room");
+        h.expect_ack("m1", 1);
+        assert!(h.in_group("room"));
+        assert_eq!(h.take_ack_route("m1"), Some(1));
+        assert_eq!(h.take_groups(), vec!["room".to_string()]);
+        h.release_idle_memory();
+        // The allowed groups stay (they are the token's), so the box does.
+        assert!(h.may_join("room") && !h.may_join("other"));
+        assert_eq!(h.group_count(), 0);
+
+        let open = handle();
+        assert!(open.may_join("anything"), "no groups claim: any group");
+        open.add_group("g");
+        open.take_groups();
+        open.release_idle_memory();
+        assert!(
+            open.extras.borrow().is_none(),
+            "all empty: the box is freed"
+        );
+    }
+
+    #[test]
     fn idle_memory_release_keeps_pending_ack_routes() {
         let h = handle();
         h.release_idle_memory();
@@ -484,7 +552,7 @@ mod tests {
         assert_eq!(h.take_ack_route("m1"), Some(1), "a route in use is kept");
         assert_eq!(h.take_ack_route("m1"), None);
         h.release_idle_memory();
-        assert!(h.ack_routes.borrow().is_none(), "empty routes are freed");
+        assert!(h.extras.borrow().is_none(), "empty routes are freed");
         assert_eq!(h.take_ack_route("m2"), None);
     }
 

@@ -394,11 +394,7 @@ async fn upgrade<S: Transport>(
             Rc::from(user.as_str()),
             upgrade.wants_lz4(),
             shard.config.outbox_max_bytes,
-            rate_limit::TokenBucket::new(
-                shard.config.rate_limit_per_s,
-                shard.config.rate_limit_burst,
-                Instant::now(),
-            ),
+            rate_limit::TokenBucket::new(shard.config.rate_limit_burst, Instant::now()),
             Instant::now(),
         )
         .with_allowed_groups(upgrade.allowed_groups.clone()),

@@ -1,7 +1,8 @@
 //! A connection's outgoing queue, sans-IO: five lanes (command replies,
 //! then critical, high, normal, low), FIFO within a lane, bounded in bytes.
 //!
-//! Over `outbox_max_bytes`, low messages are dropped first (counted); other
+//! Over `outbox_max_bytes`, low messages are dropped first (the shard counts
+//! them in its `dropped_low` metric: the outbox keeps no count); other
 //! messages are still queued, but the connection is then "over" and the
 //! shard closes it with 1008 if it stays over for `slow_consumer_grace_ms`.
 //! Past twice the bound it is closed at once. Messages sent with `ack:true`
@@ -57,7 +58,7 @@ pub struct OutItem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
     Queued,
-    /// A low-priority message dropped for lack of room (counted).
+    /// A low-priority message dropped for lack of room (the caller counts it).
     DroppedLow,
     /// An `ack:true` message refused for lack of room: tell the sender.
     Refused,
@@ -76,7 +77,6 @@ pub struct Outbox {
     in_flight_bytes: usize,
     max_bytes: usize,
     over_since: Option<Instant>,
-    dropped_low: u64,
 }
 
 impl Outbox {
@@ -87,7 +87,6 @@ impl Outbox {
             in_flight_bytes: 0,
             max_bytes,
             over_since: None,
-            dropped_low: 0,
         }
     }
 
@@ -121,18 +120,14 @@ impl Outbox {
         self.lanes.get_or_insert_with(Default::default)
     }
 
-    /// Low-priority messages dropped for lack of room so far.
-    pub fn dropped_low(&self) -> u64 {
-        self.dropped_low
-    }
-
     /// Since when the queue has been over its bound, if it is.
     pub fn over_since(&self) -> Option<Instant> {
         self.over_since
     }
 
     /// Queues `item` (or drops or refuses it, see the module doc). Evicted
-    /// anycasts are passed to `evicted` so their groups can be told. `now`
+    /// messages are passed to `evicted`, to be counted and their anycast
+    /// groups told. `now`
     /// is read only when the queue goes over its bound: a reply costs no
     /// clock read.
     pub fn push(
@@ -156,7 +151,6 @@ impl Outbox {
                 if item.ack {
                     return PushOutcome::Refused;
                 }
-                self.dropped_low += 1;
                 return PushOutcome::DroppedLow;
             }
             self.evict_low(size, &mut evicted);
@@ -191,7 +185,6 @@ impl Outbox {
                 continue;
             }
             self.queued_bytes -= item.frame.len();
-            self.dropped_low += 1;
             evicted(&item);
         }
         while let Some(item) = kept.pop_back() {
@@ -346,7 +339,6 @@ mod tests {
             PushOutcome::Queued
         );
         assert_eq!(evicted, 1);
-        assert_eq!(o.dropped_low(), 2);
         assert!(o.over_since().is_none());
         assert_eq!(drain_tags(&mut o), vec![4, 2]);
     }

@@ -136,10 +136,11 @@ pub(super) async fn run_session<S: super::Transport>(
                     }
                     if is_data
                         && mode == Mode::Protocol
-                        && !handle
-                            .rate_limit
-                            .borrow_mut()
-                            .try_take(*read_at.get_or_insert_with(Instant::now))
+                        && !handle.take_command(
+                            shard.config.rate_limit_per_s,
+                            shard.config.rate_limit_burst,
+                            *read_at.get_or_insert_with(Instant::now),
+                        )
                     {
                         shard.refuse_rate_limited(handle, &message);
                         continue;

@@ -225,7 +225,7 @@ impl ShardState {
                 group,
                 weight,
             } => {
-                if !crate::auth::group_allowed(handle.allowed_groups(), &group) {
+                if !handle.may_join(&group) {
                     let reason = format!("your token does not allow joining {group:?}");
                     return self.reply_error(
                         handle,
