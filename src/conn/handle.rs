@@ -66,15 +66,17 @@ struct Extras {
     /// Groups this connection joined (left for it when it closes).
     groups: HashSet<String>,
     /// For `ack:true` messages delivered here: message id → the shard that
-    /// tracks its ack. The ids in arrival order bound it.
-    ack_routes: AckRoutes,
+    /// tracks its ack. The ids in arrival order bound it. Boxed again: a
+    /// member of groups that never sees `ack:true` keeps 8 bytes for it,
+    /// not 80.
+    ack_routes: Option<Box<AckRoutes>>,
     /// The groups its token lets it join (`None`: any).
     allowed_groups: Option<Box<[String]>>,
 }
 
 impl Extras {
     fn is_empty(&self) -> bool {
-        self.groups.is_empty() && self.ack_routes.0.is_empty() && self.allowed_groups.is_none()
+        self.groups.is_empty() && self.ack_routes.is_none() && self.allowed_groups.is_none()
     }
 }
 
@@ -163,7 +165,10 @@ impl ConnHandle {
     /// Remembers where the ack for message `id` must go.
     pub fn expect_ack(&self, id: &str, home: usize) {
         let mut extras = self.extras.borrow_mut();
-        let (map, order) = &mut extras.get_or_insert_with(Default::default).ack_routes;
+        let (map, order) = &mut **extras
+            .get_or_insert_with(Default::default)
+            .ack_routes
+            .get_or_insert_with(Default::default);
         if map.insert(id.to_string(), home).is_none() {
             order.push_back(id.to_string());
         }
@@ -180,7 +185,7 @@ impl ConnHandle {
     /// Where the ack for `id` goes (and forget it), if it was delivered here.
     pub fn take_ack_route(&self, id: &str) -> Option<usize> {
         let mut extras = self.extras.borrow_mut();
-        let (map, order) = &mut extras.as_mut()?.ack_routes;
+        let (map, order) = &mut **extras.as_mut()?.ack_routes.as_mut()?;
         let home = map.remove(id)?;
         // Keep `order` from growing with settled ids.
         if order.len() > 2 * map.len() + 64 {
@@ -364,8 +369,8 @@ impl ConnHandle {
         let mut extras = self.extras.borrow_mut();
         if let Some(e) = extras.as_mut() {
             // Emptied maps keep their capacity: a resting one gives it back.
-            if e.ack_routes.0.is_empty() {
-                e.ack_routes = AckRoutes::default();
+            if e.ack_routes.as_ref().is_some_and(|r| r.0.is_empty()) {
+                e.ack_routes = None;
             }
             if e.groups.is_empty() {
                 e.groups = HashSet::new();
