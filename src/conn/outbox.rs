@@ -127,9 +127,8 @@ impl Outbox {
 
     /// Queues `item` (or drops or refuses it, see the module doc). Evicted
     /// messages are passed to `evicted`, to be counted and their anycast
-    /// groups told. `now`
-    /// is read only when the queue goes over its bound: a reply costs no
-    /// clock read.
+    /// groups told. `now` is read only when the queue goes over its bound:
+    /// a reply costs no clock read.
     pub fn push(
         &mut self,
         item: OutItem,
