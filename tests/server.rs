@@ -467,22 +467,8 @@ fn pipelined_commands_are_answered_in_order_through_stalled_writes() {
         "--outbox-max-bytes",
         "67108864",
     ]);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let mut s: TcpStream = socket.into();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(&upgrade_request("/ws?user=pipeliner")).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    let (_, welcome) = read_server_frame(&mut s).expect("welcome");
-    assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
+    let mut s = small_window_socket(server.port, 4096, None);
+    raw_upgrade(&mut s, "/ws?user=pipeliner", false);
 
     const COMMANDS: usize = 100_000;
     let padding = "p".repeat(60);

@@ -234,16 +234,10 @@ fn a_large_reply_to_a_slow_tls_reader_arrives_whole() {
         "--max-message-bytes",
         "16777216",
     ]);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
     // Segments as on a real network: the server's send buffer then starts
     // small (a few dozen KiB, not loopback's megabytes), so a socket that
     // says writable again has less room than rustls's 64 KiB of records.
-    socket.set_mss(536).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let tcp: TcpStream = socket.into();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let tcp = small_window_socket(server.port, 4096, Some(536));
     let name = ServerName::try_from("localhost").unwrap();
     let conn = ClientConnection::new(pki.client_config(), name).unwrap();
     let url = format!("wss://localhost:{}/ws", server.port);

@@ -244,7 +244,15 @@ pub fn upgrade_request(path_and_query: &str) -> Vec<u8> {
 pub fn raw_upgraded(port: u16, echo_mode: bool) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(&upgrade_request("/ws")).unwrap();
+    raw_upgrade(&mut s, "/ws", echo_mode);
+    s
+}
+
+/// Upgrades a connected raw socket: sends the request for
+/// `path_and_query`, checks the 101, and consumes the welcome unless
+/// `echo_mode`.
+pub fn raw_upgrade(s: &mut TcpStream, path_and_query: &str, echo_mode: bool) {
+    s.write_all(&upgrade_request(path_and_query)).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -257,10 +265,27 @@ pub fn raw_upgraded(port: u16, echo_mode: bool) -> TcpStream {
         String::from_utf8_lossy(&head)
     );
     if !echo_mode {
-        let (opcode, _) = read_server_frame(&mut s).expect("welcome frame");
+        let (opcode, payload) = read_server_frame(s).expect("welcome frame");
         assert_eq!(opcode, 1);
+        assert!(String::from_utf8_lossy(&payload).contains("welcome"));
     }
-    s
+}
+
+/// A TCP connection to `port` whose receive buffer is `recv_buffer_bytes`
+/// (the server's writes stall until it reads), with segments of at most
+/// `mss` bytes if given (set before connecting: the server's send buffer
+/// then starts as small as on a real network, not loopback's megabytes).
+pub fn small_window_socket(port: u16, recv_buffer_bytes: usize, mss: Option<u32>) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(recv_buffer_bytes).unwrap();
+    if let Some(mss) = mss {
+        socket.set_mss(mss).unwrap();
+    }
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
 }
 
 /// One unmasked server frame: (opcode, payload). `None` at EOF.
@@ -318,12 +343,7 @@ pub fn masked_frame(first_byte: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 
 /// A client whose socket takes almost nothing until it reads.
 pub fn tiny_buffer_client(server: &TestServer, name: &str) -> Client {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let stream = small_window_socket(server.port, 4096, None);
     let (mut ws, _) = tungstenite::client(server.url(&format!("?user={name}")), stream).unwrap();
     assert_eq!(next_json(&mut ws)["op"], "welcome");
     ws
